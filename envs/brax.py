@@ -1,0 +1,3 @@
+"""Brax adapter (ids ``brax/<name>``)."""
+
+NAMES: tuple[str, ...] = ()

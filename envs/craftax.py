@@ -1,0 +1,3 @@
+"""Craftax adapter (ids ``craftax/<name>``)."""
+
+NAMES: tuple[str, ...] = ()

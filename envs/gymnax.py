@@ -1,0 +1,61 @@
+"""gymnax adapter: every registered gymnax environment as ``gymnax/<name>``.
+
+gymnax 1.x already separates ``terminated`` from ``truncated``; its ``step`` always
+auto-resets, so the adapter calls the pure ``step_env`` and asks ``is_truncated``
+itself. Any object with the gymnax 1.x API (a user's own
+``gymnax.environments.environment.Environment`` subclass too) is wrapped the same way.
+"""
+
+from __future__ import annotations
+
+import gymnax
+import jax.numpy as jnp
+
+from esrl.env import Environment
+
+
+class GymnaxEnv(Environment):
+    """Wraps a gymnax 1.x environment (``step_env``/``reset_env``/``is_truncated``)."""
+
+    def __init__(self, env):
+        self.env = env
+
+    @property
+    def default_params(self):
+        return self.env.default_params
+
+    def reset(self, key, params=None):
+        params = self.default_params if params is None else params
+        return self.env.reset_env(key, params)
+
+    def step(self, key, state, action, params=None):
+        params = self.default_params if params is None else params
+        obs, state, reward, terminated, info = self.env.step_env(
+            key, state, action, params
+        )
+        truncated = self.env.is_truncated(state, params)
+        terminated = jnp.asarray(terminated, dtype=bool)
+        truncated = jnp.asarray(truncated, dtype=bool)
+        reward = jnp.asarray(reward, dtype=jnp.float32)
+        return obs, state, reward, terminated, truncated, dict(info)
+
+    def observation_space(self, params=None):
+        return self.env.observation_space(self.default_params if params is None else params)
+
+    def action_space(self, params=None):
+        return self.env.action_space(self.default_params if params is None else params)
+
+    @property
+    def name(self) -> str:
+        return f"gymnax/{self.env.name}"
+
+
+def make_gymnax(name: str, **kwargs) -> GymnaxEnv:
+    """Build ``gymnax/<name>``; keyword arguments go to the gymnax constructor."""
+    env, _ = gymnax.make(name, **kwargs)
+    return GymnaxEnv(env)
+
+
+def names() -> list[str]:
+    """The gymnax environment names this gymnax version registers."""
+    return list(gymnax.registered_envs)

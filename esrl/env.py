@@ -1,0 +1,111 @@
+"""The esrl environment protocol (gymnax 1.x shape) and the explicit auto-reset wrapper.
+
+An environment is functional, jittable and vmappable::
+
+    obs, state = env.reset(key, params)
+    obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
+
+`step` never resets by itself: ES rollouts run fixed-length episodes with done-masking and
+must not pay for a reset every step. Wrap an environment in `AutoReset` (or call
+`esrl.make(id, autoreset=True)`) when a trainer needs it; the observation that ended the
+episode is then kept in ``info["final_obs"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from gymnax.environments import spaces
+
+Obs = Any
+State = Any
+Params = Any
+StepResult = tuple[Obs, State, jax.Array, jax.Array, jax.Array, dict[str, Any]]
+
+
+class Environment:
+    """Base class: subclasses implement `reset` and `step` (without auto-reset)."""
+
+    @property
+    def default_params(self) -> Params:
+        """Environment parameters used when `params` is None (a pytree, may be traced)."""
+        return None
+
+    def reset(self, key: jax.Array, params: Params = None) -> tuple[Obs, State]:
+        """Start an episode; returns ``(obs, state)``."""
+        raise NotImplementedError
+
+    def step(
+        self, key: jax.Array, state: State, action: jax.Array, params: Params = None
+    ) -> StepResult:
+        """Advance one step; returns ``(obs, state, reward, terminated, truncated, info)``."""
+        raise NotImplementedError
+
+    def observation_space(self, params: Params = None) -> spaces.Space:
+        """The space observations live in (gymnax space: sample, contains, shape, dtype)."""
+        raise NotImplementedError
+
+    def action_space(self, params: Params = None) -> spaces.Space:
+        """The space actions live in (`spaces.Discrete` with ``n`` or `spaces.Box`)."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """A readable name for messages and logs."""
+        return type(self).__name__
+
+    @property
+    def unwrapped(self) -> Environment:
+        """The innermost environment."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+class AutoReset(Environment):
+    """Resets the wrapped environment whenever an episode ends, keeping the final obs.
+
+    Every step also computes a reset (selected where the episode ended): cheap for
+    gymnax and Brax, expensive for Craftax. For batches of Craftax environments use
+    `esrl.vec.VecEnv` with ``reset_pool`` instead.
+    """
+
+    def __init__(self, env: Environment):
+        self.env = env
+
+    @property
+    def default_params(self) -> Params:
+        return self.env.default_params
+
+    def reset(self, key, params=None):
+        return self.env.reset(key, params)
+
+    def step(self, key, state, action, params=None):
+        key_step, key_reset = jax.random.split(key)
+        obs, state, reward, terminated, truncated, info = self.env.step(
+            key_step, state, action, params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        obs_reset, state_reset = self.env.reset(key_reset, params)
+        select = lambda new, old: jnp.where(done, new, old)  # noqa: E731
+        next_obs = jax.tree.map(select, obs_reset, obs)
+        next_state = jax.tree.map(select, state_reset, state)
+        info = {**info, "final_obs": obs}
+        return next_obs, next_state, reward, terminated, truncated, info
+
+    def observation_space(self, params=None):
+        return self.env.observation_space(params)
+
+    def action_space(self, params=None):
+        return self.env.action_space(params)
+
+    @property
+    def name(self) -> str:
+        return self.env.name
+
+    @property
+    def unwrapped(self) -> Environment:
+        return self.env.unwrapped

@@ -1,0 +1,117 @@
+"""Environment registry: ``make``, ``register``, ``list_envs`` and entry-point plug-ins.
+
+Ids look like ``gymnax/CartPole-v1``, ``brax/ant``, ``craftax/Craftax-Classic-Symbolic-v1``,
+``llm/countdown``. Third-party packages register through the entry-point group
+``esrl.envs``: each entry point names a callable that is called with no arguments and
+registers its environments with `register`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from esrl.env import AutoReset, Environment
+
+ENTRY_POINT_GROUP = "esrl.envs"
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A registered environment."""
+
+    id: str
+    """The id passed to `make`."""
+    entry_point: Callable[..., Any] | str
+    """A class, a factory or ``"module:attr"`` returning an environment."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the entry point unless `make` overrides them."""
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+_builtins_loaded = False
+_plugins_loaded = False
+
+
+def register(
+    id: str, entry_point: Callable[..., Any] | str, *, override: bool = False, **defaults
+) -> None:
+    """Register ``id``; `make` calls ``entry_point(**defaults, **kwargs)``."""
+    if not isinstance(id, str) or "/" not in id:
+        raise ValueError(f"environment id {id!r} must look like 'family/Name-v0'")
+    if id in _REGISTRY and not override:
+        raise ValueError(f"{id!r} is already registered; pass override=True to replace it")
+    _REGISTRY[id] = EnvSpec(id, entry_point, dict(defaults))
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    importlib.import_module("esrl.envs").register_builtins(register)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()()
+
+
+def list_envs() -> list[str]:
+    """All registered ids, sorted."""
+    _load_builtins()
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def _resolve(entry_point: Callable[..., Any] | str) -> Callable[..., Any]:
+    if callable(entry_point):
+        return entry_point
+    module, _, attr = entry_point.partition(":")
+    if not attr:
+        raise ValueError(f"entry point {entry_point!r} must look like 'module:attr'")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def make(id: str, *, autoreset: bool = False, **kwargs) -> Environment:
+    """Build a registered environment; ``autoreset=True`` wraps it in `AutoReset`."""
+    ids = list_envs()
+    if id not in _REGISTRY:
+        close = difflib.get_close_matches(id, ids, n=3, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(
+            f"unknown environment id {id!r}.{hint} `esrl.list_envs()` lists them all; "
+            "register your own with `esrl.register`."
+        )
+    spec = _REGISTRY[id]
+    env = as_environment(_resolve(spec.entry_point)(**{**spec.defaults, **kwargs}))
+    return AutoReset(env) if autoreset else env
+
+
+def as_environment(obj: Any) -> Environment:
+    """Adapt an object with the gymnax 1.x or the older 5-tuple API to the protocol."""
+    if isinstance(obj, Environment):
+        return obj
+    from esrl.envs.legacy import LegacyEnv, is_legacy
+    from esrl.envs.gymnax import GymnaxEnv
+
+    if is_legacy(obj):
+        return LegacyEnv(obj)
+    if all(hasattr(obj, a) for a in ("step_env", "reset_env", "default_params")):
+        return GymnaxEnv(obj)
+    raise TypeError(
+        f"{type(obj).__name__} is not an environment: it needs the gymnax API "
+        "(reset_env, step_env, default_params, observation_space, action_space) "
+        "or to subclass esrl.Environment"
+    )
