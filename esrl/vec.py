@@ -1,0 +1,77 @@
+"""A batch of environments stepped together, with optional (cheap) auto-reset.
+
+``VecEnv(env, num_envs, autoreset=True, reset_pool=None)``: with ``reset_pool=None``
+every finished environment gets its own fresh reset (exact, one reset per env per step,
+fine for gymnax and Brax). With ``reset_pool=K`` only K reset states are generated per
+step and each finished environment takes one of them at random ("optimistic reset"):
+K resets per batch instead of ``num_envs``, which is what makes Craftax affordable.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from esrl.env import Environment
+
+
+class VecEnv:
+    """``num_envs`` copies of ``env``; arrays carry a leading batch axis."""
+
+    def __init__(
+        self,
+        env: Environment,
+        num_envs: int,
+        autoreset: bool = True,
+        reset_pool: int | None = None,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if reset_pool is not None and not 1 <= reset_pool <= num_envs:
+            raise ValueError(f"reset_pool must be in [1, num_envs], got {reset_pool}")
+        self.env = env
+        self.num_envs = num_envs
+        self.autoreset = autoreset
+        self.reset_pool = reset_pool
+
+    def reset(self, key: jax.Array, params=None):
+        """Reset all environments; returns batched ``(obs, state)``."""
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, params)
+
+    def step(self, key: jax.Array, state, action: jax.Array, params=None):
+        """Step all; finished ones reset (if ``autoreset``), final obs in ``info``."""
+        key_step, key_reset, key_pick = jax.random.split(key, 3)
+        keys = jax.random.split(key_step, self.num_envs)
+        obs, state, reward, terminated, truncated, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None)
+        )(keys, state, action, params)
+        if not self.autoreset:
+            return obs, state, reward, terminated, truncated, info
+        done = jnp.logical_or(terminated, truncated)
+        pool = self.reset_pool or self.num_envs
+        obs_reset, state_reset = jax.vmap(self.env.reset, in_axes=(0, None))(
+            jax.random.split(key_reset, pool), params
+        )
+        if self.reset_pool is not None:
+            pick = jax.random.randint(key_pick, (self.num_envs,), 0, pool)
+            obs_reset, state_reset = jax.tree.map(
+                lambda x: x[pick], (obs_reset, state_reset)
+            )
+
+        def select(new, old):
+            mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
+            return jnp.where(mask, new, old)
+
+        next_obs = jax.tree.map(select, obs_reset, obs)
+        next_state = jax.tree.map(select, state_reset, state)
+        info = {**info, "final_obs": obs}
+        return next_obs, next_state, reward, terminated, truncated, info
+
+    def observation_space(self, params=None):
+        """The space of one environment's observation."""
+        return self.env.observation_space(params)
+
+    def action_space(self, params=None):
+        """The space of one environment's action."""
+        return self.env.action_space(params)
