@@ -1,0 +1,146 @@
+"""The evolution-strategies step: ask for perturbations, tell fitness, update with optax.
+
+Shared by EGGROLL (low-rank noise, Sarkar et al. 2025, arXiv 2511.16652) and OpenAI-ES
+(full-rank noise, Salimans et al. 2017). The gradient estimate (see `esrl.noise`) is
+g = (1/N) sum_i f_i eps_i with E_i = sigma * eps_i; 1/sigma is absorbed into the
+learning rate, and optax minimises, so the optimizer receives -g.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from esrl import noise
+from esrl.fitness import SHAPERS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class ESConfig:
+    """Hyperparameters of one ES strategy."""
+
+    population: int = 256
+    """Members per generation (even when antithetic)."""
+    sigma: float = 0.05
+    """Noise scale of the perturbations."""
+    lr: float = 0.01
+    """Learning rate (absorbs the estimator's 1/sigma)."""
+    optimizer: str = "adam"
+    """adam, adamw or sgd."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (adamw; added to the update for adam and sgd)."""
+    fitness_shaping: str = "centered_ranks"
+    """centered_ranks, z_score or raw."""
+    sigma_decay: float = 1.0
+    """sigma is multiplied by this after every generation ..."""
+    sigma_min: float = 0.0
+    """... but never goes below this."""
+    lr_decay: float = 1.0
+    """Learning rate multiplied by this every generation (optax exponential decay)."""
+    noise: noise.NoiseConfig = field(default_factory=noise.NoiseConfig)
+    """Rank, antithetic sampling, noise reuse and excluded parameters."""
+
+    def __post_init__(self):
+        if self.population < 2:
+            raise ValueError(f"population must be >= 2, got {self.population}")
+        if self.noise.antithetic and self.population % 2:
+            raise ValueError(
+                f"population {self.population} must be even for antithetic pairs; "
+                f"use {self.population + 1}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.fitness_shaping not in SHAPERS:
+            raise ValueError(
+                f"fitness_shaping must be one of {tuple(SHAPERS)}, "
+                f"got {self.fitness_shaping!r}"
+            )
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+
+@struct.dataclass
+class ESState:
+    """Everything that evolves between generations (a pytree, checkpointable)."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    generation: jax.Array
+    sigma: jax.Array
+
+
+class ES:
+    """Public ask/tell over `esrl.noise`; pure functions, jit them at the caller."""
+
+    def __init__(self, config: ESConfig, optimizer: optax.GradientTransformation = None):
+        self.config = config
+        self.optimizer = optimizer or self._optimizer()
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        c = self.config
+        lr = optax.exponential_decay(c.lr, 1, c.lr_decay) if c.lr_decay != 1 else c.lr
+        if c.optimizer == "adamw":
+            return optax.adamw(lr, weight_decay=c.weight_decay)
+        base = optax.adam(lr) if c.optimizer == "adam" else optax.sgd(lr)
+        if c.weight_decay:
+            return optax.chain(optax.add_decayed_weights(c.weight_decay), base)
+        return base
+
+    def init(self, key: jax.Array, params) -> ESState:
+        """Start from ``params``; checks the rank against every perturbed matrix."""
+        noise.check_rank(params, self.config.noise)
+        return ESState(
+            params=params,
+            opt_state=self.optimizer.init(params),
+            key=key,
+            generation=jnp.zeros((), jnp.int32),
+            sigma=jnp.asarray(self.config.sigma, jnp.float32),
+        )
+
+    def ask(self, state: ESState):
+        """Perturbations of the whole population (leading axis = member)."""
+        c = self.config
+        return noise.population_perturbation(
+            state.key, state.generation, state.params, c.noise, state.sigma, c.population
+        )
+
+    def member(self, state: ESState, index):
+        """The perturbation of one member (regenerated from keys)."""
+        c = self.config
+        return noise.member_perturbation(
+            state.key, state.generation, index, state.params, c.noise, state.sigma
+        )
+
+    def tell(self, state: ESState, fitness: jax.Array, shaped: jax.Array | None = None):
+        """Update from raw ``fitness`` [N] (or pre-``shaped`` weights); returns metrics."""
+        c = self.config
+        if shaped is None:
+            shaped = SHAPERS[c.fitness_shaping](fitness)
+        grad = noise.gradient_estimate(
+            state.key, state.generation, state.params, shaped, c.noise
+        )
+        updates, opt_state = self.optimizer.update(
+            jax.tree.map(jnp.negative, grad), state.opt_state, state.params
+        )
+        params = optax.apply_updates(state.params, updates)
+        sigma = jnp.maximum(state.sigma * c.sigma_decay, c.sigma_min)
+        finite = jnp.isfinite(fitness)
+        metrics = {
+            "fitness_mean": jnp.nanmean(jnp.where(finite, fitness, jnp.nan)),
+            "fitness_max": jnp.max(jnp.where(finite, fitness, -jnp.inf)),
+            "nonfinite_members": jnp.sum(~finite),
+            "grad_norm": optax.global_norm(grad),
+            "sigma": state.sigma,
+        }
+        new = state.replace(
+            params=params, opt_state=opt_state, generation=state.generation + 1, sigma=sigma
+        )
+        return new, metrics

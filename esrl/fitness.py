@@ -1,0 +1,42 @@
+"""Fitness shaping as plain functions; a NaN or inf fitness always counts as the worst."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def sanitize(fitness: jax.Array) -> jax.Array:
+    """Replace non-finite fitness by the worst finite value (0 if none is finite)."""
+    finite = jnp.isfinite(fitness)
+    worst = jnp.min(jnp.where(finite, fitness, jnp.inf))
+    worst = jnp.where(jnp.any(finite), worst, 0.0)
+    return jnp.where(finite, fitness, worst)
+
+
+def centered_ranks(fitness: jax.Array) -> jax.Array:
+    """Ranks mapped to [-0.5, 0.5]; non-finite values rank below every finite one."""
+    f = jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
+    ranks = jnp.argsort(jnp.argsort(f)).astype(jnp.float32)
+    n = fitness.shape[0]
+    return ranks / jnp.maximum(n - 1, 1) - 0.5
+
+
+def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """(f - mean) / std after `sanitize`."""
+    f = sanitize(fitness)
+    return (f - f.mean()) / (f.std() + eps)
+
+
+def group_normalize(rewards: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Per-group z-score of rewards [members, groups], averaged over groups -> [members].
+
+    Each group (an LLM prompt, say) is normalised across the population before the
+    groups are averaged, so easy and hard prompts weigh the same.
+    """
+    r = jax.vmap(sanitize, in_axes=1, out_axes=1)(rewards)
+    r = (r - r.mean(axis=0)) / (r.std(axis=0) + eps)
+    return r.mean(axis=1)
+
+
+SHAPERS = {"centered_ranks": centered_ranks, "z_score": z_score, "raw": sanitize}

@@ -1,0 +1,142 @@
+"""Perturbable layers, written once for plain inference, EGGROLL, OpenAI-ES and PPO.
+
+Every layer reads an optional per-member perturbation from the variable collection
+``"perturb"``, whose tree mirrors ``"params"`` (only perturbed leaves are present): a
+matrix leaf is an `esrl.noise.LowRank` (E = a @ b.T, sigma folded in) or a full array,
+a vector leaf a full array. Without that collection a layer is an ordinary flax layer,
+so the same module also trains by gradients. Layers act on one example (any leading
+axes work); a population is a `vmap` over perturbations with shared params, which keeps
+``x @ W`` one batched matmul and adds only the cheap ``(x @ a) @ b.T`` per member::
+
+    jax.vmap(lambda p: model.apply({"params": params, "perturb": p}, x))(perts)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from esrl.noise import LowRank
+
+PERTURB = "perturb"
+
+
+def perturbation(module: nn.Module, name: str):
+    """The perturbation of ``module``'s parameter ``name``, or None."""
+    if module.has_variable(PERTURB, name):
+        return module.get_variable(PERTURB, name)
+    return None
+
+
+def perturbed_matmul(x: jax.Array, kernel: jax.Array, p) -> jax.Array:
+    """x @ (kernel + E) without materialising E when it is low rank."""
+    y = x @ kernel
+    if p is None:
+        return y
+    if isinstance(p, LowRank):
+        return y + (x @ p.a) @ p.b.T
+    return y + x @ p
+
+
+def perturbed(value: jax.Array, p) -> jax.Array:
+    """A vector parameter plus its (full-rank) perturbation, if any."""
+    return value if p is None else value + p
+
+
+class Dense(nn.Module):
+    """y = x @ (W + E) + (b + e); W is (in, out)."""
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = perturbed_matmul(x, kernel, perturbation(self, "kernel"))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,))
+            y = y + perturbed(bias, perturbation(self, "bias"))
+        return y
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a perturbable scale."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        scale = perturbed(scale, perturbation(self, "scale"))
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale
+
+
+class GRUCell(nn.Module):
+    """GRU (Cho et al. 2014): fused input and recurrent matrices, both perturbable."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        xi = Dense(3 * self.hidden, name="input")(x)
+        hh = Dense(3 * self.hidden, name="recurrent")(h)
+        xr, xz, xn = jnp.split(xi, 3, axis=-1)
+        hr, hz, hn = jnp.split(hh, 3, axis=-1)
+        r = nn.sigmoid(xr + hr)
+        z = nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+
+class MinGRUCell(nn.Module):
+    """minGRU (Feng et al. 2024): gates from the input only, h = (1-z) h + z h~."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        z, candidate = jnp.split(Dense(2 * self.hidden, name="input")(x), 2, axis=-1)
+        z = nn.sigmoid(z)
+        h = (1.0 - z) * h + z * candidate
+        return h, h
+
+
+class LSTMCell(nn.Module):
+    """LSTM (Hochreiter & Schmidhuber 1997); carry is (c, h)."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, carry, x: jax.Array):
+        c, h = carry
+        gates = Dense(4 * self.hidden, name="input")(x)
+        gates = gates + Dense(4 * self.hidden, use_bias=False, name="recurrent")(h)
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = nn.sigmoid(f + 1.0) * c + nn.sigmoid(i) * jnp.tanh(g)
+        h = nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+
+CELLS = {"gru": GRUCell, "mingru": MinGRUCell, "lstm": LSTMCell}
+
+
+def initial_carry(kind: str, hidden: int, dtype=jnp.float32):
+    """The zero carry of one cell of ``kind`` ('mlp' has an empty carry)."""
+    if kind == "mlp":
+        return ()
+    if kind == "lstm":
+        return (jnp.zeros((hidden,), dtype), jnp.zeros((hidden,), dtype))
+    if kind in CELLS:
+        return jnp.zeros((hidden,), dtype)
+    raise ValueError(f"unknown cell {kind!r}; choose one of mlp, {', '.join(CELLS)}")
+
+
+def reset_carry(carry, done: jax.Array, kind: str, hidden: int):
+    """Zero the carry where ``done`` (a scalar per example) is true."""
+    zero = initial_carry(kind, hidden)
+    return jax.tree.map(lambda z, c: jnp.where(done, z, c), zero, carry)

@@ -1,0 +1,141 @@
+"""Policies built from perturbable layers: MLP or recurrent actors, optional critic.
+
+One definition serves plain inference, EGGROLL, OpenAI-ES and PPO. Every policy has the
+recurrent signature ``(carry, obs) -> (carry, PolicyOutput)``; an MLP's carry is ``()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esrl import spaces
+from esrl.nn import CELLS, Dense, initial_carry, perturbation, perturbed
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": nn.gelu}
+
+
+class PolicyOutput(NamedTuple):
+    """Action distribution parameters (and value, if the policy has a critic)."""
+
+    logits: jax.Array
+    """Categorical logits [A], or the Gaussian mean [A] for continuous actions."""
+    log_std: jax.Array
+    """Gaussian log standard deviation [A] (zeros for discrete actions)."""
+    value: jax.Array
+    """State value (0 without a critic)."""
+
+
+class Policy(nn.Module):
+    """Actor (and optional critic) over an MLP or recurrent torso."""
+
+    action_dim: int
+    discrete: bool = True
+    hidden: int = 64
+    num_layers: int = 2
+    cell: str = "mlp"
+    critic: bool = False
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, carry, obs: jax.Array):
+        act = ACTIVATIONS[self.activation]
+        x = jnp.ravel(obs).astype(jnp.float32)  # one example; batch with vmap
+        if self.cell == "mlp":
+            features = x
+            for i in range(self.num_layers):
+                features = act(Dense(self.hidden, name=f"actor_{i}")(features))
+        else:
+            features = act(Dense(self.hidden, name="embed")(x))
+            carry, features = CELLS[self.cell](self.hidden, name="cell")(carry, features)
+            for i in range(self.num_layers - 1):
+                features = act(Dense(self.hidden, name=f"actor_{i}")(features))
+        small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
+        logits = Dense(self.action_dim, kernel_init=small, name="head")(features)
+        if self.discrete:
+            log_std = jnp.zeros((self.action_dim,), logits.dtype)
+        else:
+            log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+            log_std = perturbed(log_std, perturbation(self, "log_std"))
+        value = jnp.zeros((), logits.dtype)
+        if self.critic:
+            value = self._critic(x if self.cell == "mlp" else features, act)
+        return carry, PolicyOutput(logits, log_std, value)
+
+    def _critic(self, x: jax.Array, act) -> jax.Array:
+        for i in range(self.num_layers if self.cell == "mlp" else 1):
+            x = act(Dense(self.hidden, name=f"critic_{i}")(x))
+        return Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="value")(x)[0]
+
+    def initial_carry(self):
+        """The zero carry for one example."""
+        return initial_carry(self.cell, self.hidden)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy looks like, independent of the environment."""
+
+    kind: str = "mlp"
+    """Torso: mlp, gru, mingru or lstm."""
+    hidden: int = 64
+    """Width of every hidden layer."""
+    num_layers: int = 2
+    """Hidden layers (for recurrent torsos: the cell plus num_layers - 1 dense layers)."""
+    activation: str = "tanh"
+    """Activation: tanh, relu or gelu."""
+
+
+def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:
+    """A `Policy` for ``action_space``; raises a clear error for spaces it cannot serve."""
+    if spec.kind != "mlp" and spec.kind not in CELLS:
+        raise ValueError(
+            f"unknown policy {spec.kind!r}; choose one of mlp, {', '.join(CELLS)}"
+        )
+    if spec.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {spec.activation!r}: {list(ACTIVATIONS)}")
+    if isinstance(action_space, spaces.Discrete):
+        discrete, dim = True, int(action_space.n)
+    elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        discrete, dim = False, int(action_space.shape[0])
+    else:
+        raise ValueError(
+            f"policies serve Discrete or 1-D Box action spaces, not {action_space!r}; "
+            "wrap the environment to flatten its actions"
+        )
+    return Policy(
+        action_dim=dim,
+        discrete=discrete,
+        hidden=spec.hidden,
+        num_layers=spec.num_layers,
+        cell=spec.kind,
+        critic=critic,
+        activation=spec.activation,
+    )
+
+
+def greedy_action(out: PolicyOutput, action_space) -> jax.Array:
+    """The deterministic action: argmax for discrete, the clipped mean for Box."""
+    if isinstance(action_space, spaces.Discrete):
+        return jnp.argmax(out.logits, axis=-1).astype(action_space.dtype)
+    return clip_action(out.logits, action_space)
+
+
+def sample_action(key: jax.Array, out: PolicyOutput, action_space) -> jax.Array:
+    """A stochastic action (categorical or Gaussian), unclipped for Box spaces."""
+    if isinstance(action_space, spaces.Discrete):
+        return jax.random.categorical(key, out.logits).astype(action_space.dtype)
+    noise = jax.random.normal(key, out.logits.shape)
+    return out.logits + jnp.exp(out.log_std) * noise
+
+
+def clip_action(action: jax.Array, action_space) -> jax.Array:
+    """Clip a continuous action into the Box bounds."""
+    low = np.broadcast_to(np.asarray(action_space.low), action_space.shape)
+    high = np.broadcast_to(np.asarray(action_space.high), action_space.shape)
+    return jnp.clip(action, low, high)
