@@ -1,0 +1,194 @@
+"""Reasoning tasks: a seeded prompt source plus a host-side scoring function.
+
+A `Task` turns ``(seed, count)`` into `Problem`s (a prompt, a reference answer and the
+data its scorer needs) and scores a decoded completion. Built in: Countdown with 3 or 4
+numbers and any reasoning-gym dataset. `make_splits` draws fixed, seeded train and
+held-out splits that never share a prompt.
+
+Prompt and answer format (what the shipped model was pretrained on)::
+
+    Countdown:     "Use 8 3 5 to make 19.\\n"
+    reasoning-gym: the dataset's question followed by "\\n"
+    completion:    "<think>8*3=24\\n24-5=19</think>\\n<answer>(8*3)-5</answer>"
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from esrl.envs.llm.reward import countdown_reward, extract_answer, format_score
+
+
+class Problem(NamedTuple):
+    """One prompt with its reference answer and the data its scorer reads."""
+
+    prompt: str
+    answer: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class Task:
+    """A prompt source and a scoring function; wrap your own task with this."""
+
+    name: str
+    """A readable name (used in ids, logs and seeds)."""
+    generate: Callable[[int, int], list[Problem]]
+    """``generate(seed, count)`` -> ``count`` problems, deterministic in ``seed``."""
+    score: Callable[[str, Problem], float]
+    """``score(completion, problem)`` -> reward (decoded text, special tokens removed)."""
+    max_new_tokens: int = 96
+    """Completion length budget (tokens) that fits a full worked answer."""
+
+
+class Splits(NamedTuple):
+    """Fixed train and held-out problems; no prompt appears in both."""
+
+    train: list[Problem]
+    eval: list[Problem]
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _unique(problems: list[Problem], exclude: set[str]) -> list[Problem]:
+    seen, out = set(exclude), []
+    for problem in problems:
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            out.append(problem)
+    return out
+
+
+def make_splits(task: Task, seed: int, train_size: int, eval_size: int) -> Splits:
+    """Seeded train / held-out splits of unique prompts that never overlap."""
+    if train_size < 0 or eval_size < 0:
+        raise ValueError("train_size and eval_size must be >= 0")
+    evals = _unique(task.generate(_seed(task.name, seed, "eval"), 2 * eval_size), set())
+    evals = evals[:eval_size]
+    train = task.generate(_seed(task.name, seed, "train"), 2 * train_size + 16)
+    train = _unique(train, {p.prompt for p in evals})[:train_size]
+    if len(evals) < eval_size or len(train) < train_size:
+        raise ValueError(
+            f"task {task.name!r} produced only {len(train)} train / {len(evals)} eval "
+            f"unique prompts (asked {train_size} / {eval_size}); ask for fewer or use a "
+            "harder task configuration with more distinct problems"
+        )
+    return Splits(train, evals)
+
+
+# ---------------------------------------------------------------- Countdown
+
+
+def _combine(rng: random.Random, x: int, y: int, max_value: int):
+    """A random legal step: (swap, op, value) with a positive integer value, or None."""
+    ops = ["+", "-", "*", "/"]
+    rng.shuffle(ops)
+    for op in ops:
+        swap = x < y and op in "-/"
+        a, b = (y, x) if swap else (x, y)
+        if op == "-" and a == b or op == "/" and (b == 1 or a % b):
+            continue
+        value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+        if 0 < value <= max_value:
+            return swap, op, value
+    return None
+
+
+def _countdown_solution(rng: random.Random, numbers: list[int], max_value: int):
+    """Combine random pairs until one value is left: (target, steps, expression)."""
+    pool = [(n, str(n)) for n in numbers]
+    steps = []
+    while len(pool) > 1:
+        i, j = rng.sample(range(len(pool)), 2)
+        (x, ex), (y, ey) = pool[i], pool[j]
+        step = _combine(rng, x, y, max_value)
+        if step is None:
+            return None
+        swap, op, value = step
+        (a, ea), (b, eb) = ((y, ey), (x, ex)) if swap else ((x, ex), (y, ey))
+        steps.append(f"{a}{op}{b}={value}")
+        pool = [p for k, p in enumerate(pool) if k not in (i, j)]
+        pool.append((value, f"({ea}{op}{eb})" if len(pool) else f"{ea}{op}{eb}"))
+    return pool[0][0], steps, pool[0][1]
+
+
+def countdown_prompt(numbers: list[int], target: int) -> str:
+    """The Countdown prompt text."""
+    return f"Use {' '.join(map(str, numbers))} to make {target}.\n"
+
+
+def countdown_problems(
+    seed: int, count: int, num_numbers: int = 3, max_number: int = 20, max_value: int = 200
+) -> list[Problem]:
+    """Solvable Countdown problems: the target comes from a random legal expression."""
+    rng = random.Random(seed)
+    problems = []
+    while len(problems) < count:
+        numbers = [rng.randint(1, max_number) for _ in range(num_numbers)]
+        solution = _countdown_solution(rng, numbers, max_value)
+        if solution is None or solution[0] in numbers:
+            continue
+        target, steps, expression = solution
+        answer = f"<think>{chr(10).join(steps)}</think>\n<answer>{expression}</answer>"
+        data = {"numbers": numbers, "target": target}
+        problems.append(Problem(countdown_prompt(numbers, target), answer, data))
+    return problems
+
+
+def _score_countdown(completion: str, problem: Problem) -> float:
+    return countdown_reward(completion, problem.data["numbers"], problem.data["target"])
+
+
+def countdown_task(num_numbers: int = 3, max_number: int = 20, max_value: int = 200) -> Task:
+    """Countdown with ``num_numbers`` numbers in [1, max_number]."""
+    if not 2 <= num_numbers <= 6:
+        raise ValueError(f"num_numbers must be in [2, 6], got {num_numbers}")
+    if max_number < 2:
+        raise ValueError(f"max_number must be >= 2, got {max_number}")
+
+    def generate(seed: int, count: int) -> list[Problem]:
+        return countdown_problems(seed, count, num_numbers, max_number, max_value)
+
+    budget = 24 * num_numbers + 16  # longest worked answer is ~20 * num_numbers
+    return Task(f"countdown-{num_numbers}", generate, _score_countdown, budget)
+
+
+# ---------------------------------------------------------------- reasoning-gym
+
+
+def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
+    """Any reasoning-gym dataset; ``config`` goes to its config (e.g. ``max_digits``)."""
+    import reasoning_gym
+
+    try:
+        reasoning_gym.create_dataset(name, seed=0, size=1, **config)
+    except Exception as err:  # reasoning-gym raises several types for bad names
+        raise ValueError(
+            f"reasoning-gym cannot build dataset {name!r} with {config}: {err}. "
+            "See reasoning_gym.factory.DATASETS for the names."
+        ) from err
+
+    def generate(seed: int, count: int) -> list[Problem]:
+        dataset = reasoning_gym.create_dataset(name, seed=seed, size=count, **config)
+        out = []
+        for entry in dataset:
+            answer = f"<think></think>\n<answer>{entry['answer']}</answer>"
+            out.append(Problem(entry["question"] + "\n", answer, (dataset, entry)))
+        return out
+
+    def score(completion: str, problem: Problem) -> float:
+        dataset, entry = problem.data
+        answer = extract_answer(completion)
+        try:
+            correct = 0.0 if answer is None else float(dataset.score_answer(answer, entry))
+        except Exception:  # a dataset's own scorer may choke on hostile text
+            correct = 0.0
+        return 0.1 * format_score(completion) + correct
+
+    return Task(f"reasoning-gym/{name}", generate, score, max_new_tokens)
