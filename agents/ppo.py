@@ -1,0 +1,465 @@
+"""PPO: clipped-surrogate policy optimisation, feed-forward or recurrent.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), in
+the PureJaxRL style (Lu et al. 2022, "Discovered Policy Optimisation", arXiv
+2210.05639): environments, rollouts and updates all run under one `jit`, a `lax.scan`
+over updates. `PPO.train(state, n)` runs ``n`` updates, so a run goes in chunks with
+logging and checkpoints in between; it is pure, so ``vmap`` over seeds works.
+
+Episode boundaries: a time-limit truncation bootstraps from V(final obs) (see
+`esrl.gae`), and a recurrent policy's carry is zeroed right after the step whose
+``done`` ended the episode, both while acting and when the sequence is replayed for the
+loss (`PPO.unroll`), so training sees exactly the hidden states the actor had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from esrl import spaces
+from esrl.env import AutoReset, Environment
+from esrl.gae import discounted_returns, gae, merge_batch, scale_reward
+from esrl.nn import initial_carry, reset_carry
+from esrl.normalize import ObsStats, init_obs_stats, normalize_obs
+from esrl.policy import PolicyOutput, PolicySpec, clip_action, greedy_action
+from esrl.policy import make_policy, sample_action
+from esrl.registry import make
+from esrl.vec import VecEnv
+
+LOG_2PI_E = 1.0 + jnp.log(2.0 * jnp.pi)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters (defaults solve CartPole-v1: rejax's 16 x 128 setting)."""
+
+    total_steps: int = 500_000
+    """Environment steps of the whole run (rounded down to whole updates)."""
+    num_envs: int = 16
+    """Environments stepped in parallel."""
+    num_steps: int = 128
+    """Steps per environment per update (rollout length T)."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per epoch (recurrent: whole sequences, split over environments)."""
+    lr: float = 2.5e-3
+    """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the run."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_eps: float = 0.2
+    """Clip range of the probability ratio (and of the value change)."""
+    clip_value: bool = True
+    """Clip the value loss around the rollout's values."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    normalize_advantages: bool = True
+    """Standardise advantages per minibatch."""
+    normalize_obs: bool = False
+    """Normalise observations by running statistics (frozen during each update)."""
+    normalize_reward: bool = False
+    """Divide rewards by the running std of the discounted return."""
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    """Network: mlp or a recurrent torso (gru, mingru, lstm), width, depth, activation."""
+    reset_pool: int | None = None
+    """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
+
+    def __post_init__(self):
+        for name in ("total_steps", "num_envs", "num_steps", "update_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
+        what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
+        if self.num_minibatches < 1 or units % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} must divide {what}={units}"
+            )
+        if self.total_steps < self.batch_size:
+            raise ValueError(
+                f"total_steps={self.total_steps} is less than one update "
+                f"(num_envs * num_steps = {self.batch_size}); raise total_steps"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """Environment steps per update."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in the whole run."""
+        return self.total_steps // self.batch_size
+
+
+@struct.dataclass
+class PPOState:
+    """Everything a run carries between updates (a pytree: checkpoint it, vmap it)."""
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array
+    carry: Any
+    episode_return: jax.Array
+    disc_return: jax.Array
+    obs_stats: ObsStats
+    reward_stats: ObsStats
+    key: jax.Array
+    update: jax.Array
+
+
+class Runner(NamedTuple):
+    """The acting side of the state, carried through a rollout."""
+
+    env_state: Any
+    obs: jax.Array
+    carry: Any
+    episode_return: jax.Array
+
+
+class Transition(NamedTuple):
+    """One step of every environment ([N, ...]; a rollout stacks them to [T, N, ...])."""
+
+    obs: jax.Array
+    carry: Any
+    """The policy carry after acting on ``obs`` (before any episode-end reset)."""
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array
+    """The true next observation (the one that ended the episode where it ended)."""
+    episode_return: jax.Array
+    """Undiscounted return of the episode so far, this reward included."""
+
+
+class Batch(NamedTuple):
+    """Training data of one update ([T, N, ...], or flat [B, ...] for an MLP)."""
+
+    obs: jax.Array
+    done: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+class Learner(NamedTuple):
+    """What a gradient step changes."""
+
+    params: Any
+    opt_state: Any
+
+
+class Losses(NamedTuple):
+    """Loss terms and diagnostics of a minibatch (means over an update when logged)."""
+
+    policy_loss: jax.Array
+    value_loss: jax.Array
+    entropy: jax.Array
+    approx_kl: jax.Array
+    clip_fraction: jax.Array
+
+
+class Metrics(NamedTuple):
+    """Per-update metrics; ``return_sum / episodes`` is the mean training return."""
+
+    return_sum: jax.Array
+    episodes: jax.Array
+    losses: Losses
+
+
+class EvalCarry(NamedTuple):
+    """Greedy evaluation: episodes run once, rewards counted until the first done."""
+
+    env_state: Any
+    obs: jax.Array
+    carry: Any
+    alive: jax.Array
+    total: jax.Array
+
+
+def log_prob(out: PolicyOutput, action: jax.Array, discrete: bool) -> jax.Array:
+    """log pi(action): categorical over logits, or diagonal Gaussian (summed)."""
+    if discrete:
+        logp = jax.nn.log_softmax(out.logits)
+        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), -1)[..., 0]
+    z = (action - out.logits) * jnp.exp(-out.log_std)
+    return jnp.sum(-0.5 * z * z - out.log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def entropy(out: PolicyOutput, discrete: bool) -> jax.Array:
+    """Entropy of the action distribution."""
+    if discrete:
+        logp = jax.nn.log_softmax(out.logits)
+        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jnp.sum(out.log_std + 0.5 * LOG_2PI_E, axis=-1)
+
+
+def _split_envs(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
+    """[T, N, ...] -> [M, T, N / M, ...] after permuting environments."""
+    x = jnp.take(x, perm, axis=1)
+    return jnp.swapaxes(x.reshape(x.shape[0], m, -1, *x.shape[2:]), 0, 1)
+
+
+def _split_rows(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
+    """[T, N, ...] -> [M, T * N / M, ...] after permuting all rows."""
+    x = x.reshape(-1, *x.shape[2:])[perm]
+    return x.reshape(m, -1, *x.shape[1:])
+
+
+class PPO:
+    """PPO on one environment: `init(key)`, then `train(state, n)` in chunks."""
+
+    def __init__(self, config: PPOConfig, env: Environment | str, env_params=None):
+        if isinstance(env, str):
+            env = make(env)
+        if isinstance(env, AutoReset):
+            raise ValueError(
+                "PPO resets finished episodes itself (keeping the final observation); "
+                "pass the environment without autoreset (esrl.make(id))"
+            )
+        self.config = config
+        self.env = env
+        self.env_params = env.default_params if env_params is None else env_params
+        self.vec = VecEnv(env, config.num_envs, reset_pool=config.reset_pool)
+        self.action_space = env.action_space(self.env_params)
+        self.policy = make_policy(config.policy, self.action_space, critic=True)
+        self.discrete = isinstance(self.action_space, spaces.Discrete)
+        self.recurrent = config.policy.kind != "mlp"
+        self.optimizer = self._optimizer()
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        c = self.config
+        lr = c.lr
+        if c.anneal_lr:
+            steps = c.num_updates * c.update_epochs * c.num_minibatches
+            lr = optax.linear_schedule(c.lr, 0.0, steps)
+        return optax.chain(
+            optax.clip_by_global_norm(c.max_grad_norm), optax.adam(lr, eps=1e-5)
+        )
+
+    def init(self, key: jax.Array) -> PPOState:
+        """Fresh parameters, optimizer and environments."""
+        k_params, k_env, k_run = jax.random.split(key, 3)
+        obs, env_state = self.vec.reset(k_env, self.env_params)
+        c = self.config
+        carry = initial_carry(c.policy.kind, c.policy.hidden)
+        params = self.policy.init(k_params, carry, obs[0])
+        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (c.num_envs, *x.shape)), carry)
+        obs_stats = init_obs_stats(obs.shape[1:])
+        if c.normalize_obs:
+            obs_stats = merge_batch(obs_stats, obs)
+        zeros = jnp.zeros((c.num_envs,), jnp.float32)
+        return PPOState(
+            params=params,
+            opt_state=self.optimizer.init(params),
+            env_state=env_state,
+            obs=obs,
+            carry=carry,
+            episode_return=zeros,
+            disc_return=zeros,
+            obs_stats=obs_stats,
+            reward_stats=init_obs_stats(()),
+            key=k_run,
+            update=jnp.zeros((), jnp.int32),
+        )
+
+    def train(self, state: PPOState, num_updates: int) -> tuple[PPOState, Metrics]:
+        """Run ``num_updates`` updates (pure: jit with num_updates static, vmap seeds)."""
+        return jax.lax.scan(self._update, state, None, length=num_updates)
+
+    def normalize(self, state: PPOState, obs: jax.Array) -> jax.Array:
+        """The policy's view of raw observations (normalised if configured)."""
+        if self.config.normalize_obs:
+            return normalize_obs(state.obs_stats, obs)
+        return obs.astype(jnp.float32)
+
+    def act(self, params, carry, obs: jax.Array) -> tuple[Any, PolicyOutput]:
+        """The policy on a batch: carry [N, ...], obs [N, ...] -> (carry, outputs)."""
+        return jax.vmap(self.policy.apply, in_axes=(None, 0, 0))(params, carry, obs)
+
+    def reset_done(self, carry, done: jax.Array):
+        """Zero the carry of environments whose episode just ended (done [N])."""
+        if not self.recurrent:
+            return carry
+        kind, hidden = self.config.policy.kind, self.config.policy.hidden
+        return jax.vmap(partial(reset_carry, kind=kind, hidden=hidden))(carry, done)
+
+    def unroll(self, params, carry, obs: jax.Array, done: jax.Array) -> PolicyOutput:
+        """Replay sequences obs [T, N, ...], resetting the carry after each done [T, N]."""
+        _, out = jax.lax.scan(partial(self._unroll_step, params), carry, (obs, done))
+        return out
+
+    def _unroll_step(self, params, carry, xs):
+        obs, done = xs
+        carry, out = self.act(params, carry, obs)
+        return self.reset_done(carry, done), out
+
+    def rollout(self, state: PPOState, key: jax.Array) -> tuple[Runner, Transition]:
+        """``num_steps`` steps of every environment with the current policy."""
+        runner = Runner(state.env_state, state.obs, state.carry, state.episode_return)
+        step = partial(self._rollout_step, state)
+        keys = jax.random.split(key, self.config.num_steps)
+        return jax.lax.scan(step, runner, keys)
+
+    def _rollout_step(self, state: PPOState, runner: Runner, key: jax.Array):
+        k_act, k_env = jax.random.split(key)
+        obs = self.normalize(state, runner.obs)
+        carry, out = self.act(state.params, runner.carry, obs)
+        action = sample_action(k_act, out, self.action_space)
+        env_action = action if self.discrete else clip_action(action, self.action_space)
+        next_obs, env_state, reward, term, trunc, info = self.vec.step(
+            k_env, runner.env_state, env_action, self.env_params
+        )
+        done = jnp.logical_or(term, trunc)
+        ep_return = runner.episode_return + reward
+        transition = Transition(
+            runner.obs, carry, action, log_prob(out, action, self.discrete),
+            out.value, reward, term, trunc, info["final_obs"], ep_return,
+        )
+        next_runner = Runner(
+            env_state, next_obs, self.reset_done(carry, done),
+            jnp.where(done, 0.0, ep_return),
+        )
+        return next_runner, transition
+
+    def _update(self, state: PPOState, _) -> tuple[PPOState, Metrics]:
+        key, k_roll, k_epochs = jax.random.split(state.key, 3)
+        runner, traj = self.rollout(state, k_roll)
+        batch, disc_return, reward_stats = self._batch(state, traj)
+        learner = Learner(state.params, state.opt_state)
+        keys = jax.random.split(k_epochs, self.config.update_epochs)
+        learner, losses = jax.lax.scan(
+            partial(self._epoch, state.carry, batch), learner, keys
+        )
+        obs_stats = state.obs_stats
+        if self.config.normalize_obs:
+            obs_stats = merge_batch(obs_stats, traj.obs.reshape(-1, *traj.obs.shape[2:]))
+        metrics = Metrics(
+            jnp.sum(jnp.where(batch.done, traj.episode_return, 0.0)),
+            jnp.sum(batch.done),
+            jax.tree.map(jnp.mean, losses),
+        )
+        new_state = state.replace(
+            params=learner.params, opt_state=learner.opt_state,
+            env_state=runner.env_state, obs=runner.obs, carry=runner.carry,
+            episode_return=runner.episode_return, disc_return=disc_return,
+            obs_stats=obs_stats, reward_stats=reward_stats, key=key,
+            update=state.update + 1,
+        )
+        return new_state, metrics
+
+    def _batch(self, state: PPOState, traj: Transition):
+        """Advantages and targets; bootstraps from V(final obs) with the acting carry."""
+        c = self.config
+        done = jnp.logical_or(traj.terminated, traj.truncated)
+        final_obs = self.normalize(state, traj.final_obs)
+        act_seq = jax.vmap(self.act, in_axes=(None, 0, 0))
+        _, bootstrap = act_seq(state.params, traj.carry, final_obs)
+        reward, disc, reward_stats = traj.reward, state.disc_return, state.reward_stats
+        if c.normalize_reward:
+            disc, returns = discounted_returns(disc, reward, done, c.gamma)
+            reward_stats = merge_batch(reward_stats, returns.reshape(-1))
+            reward = scale_reward(reward_stats, reward)
+        advantage, target = gae(
+            reward, traj.value, bootstrap.value, traj.terminated, traj.truncated,
+            c.gamma, c.gae_lambda,
+        )
+        obs = self.normalize(state, traj.obs)
+        batch = Batch(obs, done, traj.action, traj.log_prob, traj.value, advantage, target)
+        return batch, disc, reward_stats
+
+    def _epoch(self, carry0, batch: Batch, learner: Learner, key: jax.Array):
+        m = self.config.num_minibatches
+        if self.recurrent:
+            perm = jax.random.permutation(key, self.config.num_envs)
+            carries = jax.tree.map(
+                lambda x: jnp.take(x, perm, 0).reshape(m, -1, *x.shape[1:]), carry0
+            )
+            minibatches = jax.tree.map(partial(_split_envs, perm=perm, m=m), batch)
+        else:
+            perm = jax.random.permutation(key, self.config.batch_size)
+            carries = ()
+            minibatches = jax.tree.map(partial(_split_rows, perm=perm, m=m), batch)
+        return jax.lax.scan(self._grad_step, learner, (carries, minibatches))
+
+    def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, Losses]:
+        carry0, batch = minibatch
+        grads, losses = jax.grad(self.loss, has_aux=True)(learner.params, carry0, batch)
+        updates, opt_state = self.optimizer.update(
+            grads, learner.opt_state, learner.params
+        )
+        return Learner(optax.apply_updates(learner.params, updates), opt_state), losses
+
+    def loss(self, params, carry0, batch: Batch) -> tuple[jax.Array, Losses]:
+        """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch."""
+        c = self.config
+        if self.recurrent:
+            out = self.unroll(params, carry0, batch.obs, batch.done)
+        else:
+            out = self.act(params, (), batch.obs)[1]
+        log_ratio = log_prob(out, batch.action, self.discrete) - batch.log_prob
+        ratio = jnp.exp(log_ratio)
+        adv = batch.advantage
+        if c.normalize_advantages:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        clipped = jnp.clip(ratio, 1.0 - c.clip_eps, 1.0 + c.clip_eps)
+        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+        value_loss = jnp.square(out.value - batch.target)
+        if c.clip_value:
+            v_clip = batch.value + jnp.clip(out.value - batch.value, -c.clip_eps, c.clip_eps)
+            value_loss = jnp.maximum(value_loss, jnp.square(v_clip - batch.target))
+        value_loss = 0.5 * jnp.mean(value_loss)
+        ent = jnp.mean(entropy(out, self.discrete))
+        total = policy_loss + c.vf_coef * value_loss - c.ent_coef * ent
+        losses = Losses(
+            policy_loss, value_loss, ent,
+            jnp.mean(ratio - 1.0 - log_ratio),
+            jnp.mean((jnp.abs(ratio - 1.0) > c.clip_eps).astype(jnp.float32)),
+        )
+        return total, losses
+
+    def evaluate(
+        self, key: jax.Array, state: PPOState, num_envs: int = 16, num_steps: int = 500
+    ) -> jax.Array:
+        """Mean return of the greedy policy over ``num_envs`` episodes (<= num_steps)."""
+        vec = VecEnv(self.env, num_envs, autoreset=False)
+        k_reset, k_steps = jax.random.split(key)
+        obs, env_state = vec.reset(k_reset, self.env_params)
+        c = self.config
+        carry = initial_carry(c.policy.kind, c.policy.hidden)
+        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_envs, *x.shape)), carry)
+        alive = jnp.ones((num_envs,), bool)
+        init = EvalCarry(env_state, obs, carry, alive, jnp.zeros((num_envs,)))
+        step = partial(self._eval_step, state, vec)
+        final, _ = jax.lax.scan(step, init, jax.random.split(k_steps, num_steps))
+        return jnp.mean(final.total)
+
+    def _eval_step(self, state: PPOState, vec: VecEnv, ev: EvalCarry, key: jax.Array):
+        carry, out = self.act(state.params, ev.carry, self.normalize(state, ev.obs))
+        action = greedy_action(out, self.action_space)
+        obs, env_state, reward, term, trunc, _ = vec.step(
+            key, ev.env_state, action, self.env_params
+        )
+        total = ev.total + jnp.where(ev.alive, reward, 0.0)
+        alive = ev.alive & ~jnp.logical_or(term, trunc)
+        return EvalCarry(env_state, obs, carry, alive, total), None
