@@ -40,7 +40,9 @@ class GymnaxEnv(Environment):
         return obs, state, reward, terminated, truncated, dict(info)
 
     def observation_space(self, params=None):
-        return self.env.observation_space(self.default_params if params is None else params)
+        return self.env.observation_space(
+            self.default_params if params is None else params
+        )
 
     def action_space(self, params=None):
         return self.env.action_space(self.default_params if params is None else params)

@@ -1,7 +1,20 @@
 """esrl: evolution strategies at hyperscale on vectorized JAX environments."""
 
+from esrl.checks import EnvCheckError, check_env
 from esrl.env import AutoReset, Environment
+from esrl.gymnasium import to_gymnasium
 from esrl.registry import list_envs, make, register
+from esrl.vec import VecEnv
 
-__all__ = ["AutoReset", "Environment", "list_envs", "make", "register"]
+__all__ = [
+    "AutoReset",
+    "EnvCheckError",
+    "Environment",
+    "VecEnv",
+    "check_env",
+    "list_envs",
+    "make",
+    "register",
+    "to_gymnasium",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,318 @@
+"""``check_env``: tell a user exactly what is wrong with a plugged-in environment.
+
+Two passes. First shapes only (``jax.eval_shape``, nothing compiled): observations
+against ``observation_space``, scalar float reward, scalar bool flags, a state and an
+``info`` whose structure survives a step. Then values, with reset and step compiled
+once each under ``jit(vmap(...))`` on a batch whose first two members share their key
+and action (so determinism is checked in the same call): observations inside their
+space, sampled actions accepted, identical transitions for identical keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esrl import spaces
+from esrl.env import Environment
+
+_BATCH = 3  # members 0 and 1 share key and action, member 2 differs
+# check_env runs a handful of steps, so compile time is all that matters: XLA's backend
+# optimisations off compile Craftax's step ~3x faster on CPU.
+_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+class EnvCheckError(ValueError):
+    """An environment breaks the esrl protocol; the message says what and where."""
+
+
+def check_env(
+    env: Any, params: Any = None, key: jax.Array | None = None, num_steps: int = 4
+) -> None:
+    """Reset and step ``env`` under jit and vmap; raise `EnvCheckError` on problems.
+
+    Args:
+        env: an `esrl.Environment`, or a raw gymnax / 5-tuple (legacy) environment.
+        params: environment parameters; ``env.default_params`` when None.
+        key: PRNG key for resets, steps and action samples; ``key(0)`` when None.
+        num_steps: steps taken from the reset (each compiled once, run repeatedly).
+    """
+    env = _adapt(env)
+    name = env.name
+    params = env.default_params if params is None else params
+    key = jax.random.key(0) if key is None else key
+    obs_space = _call(name, "observation_space", env.observation_space, params)
+    act_space = _call(name, "action_space", env.action_space, params)
+    problems = _space_problems(name, obs_space, act_space)
+    _raise(name, problems)
+    _raise(name, _shape_problems(env, params, key, obs_space, act_space))
+    _raise(name, _value_problems(env, params, key, obs_space, act_space, num_steps))
+
+
+def _adapt(env: Any) -> Environment:
+    from esrl.registry import as_environment
+
+    try:
+        return as_environment(env)
+    except TypeError as e:
+        raise EnvCheckError(str(e)) from e
+
+
+def _raise(name: str, problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise EnvCheckError(problems[0])
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise EnvCheckError(
+            f"{name} failed check_env with {len(problems)} problems:\n{lines}"
+        )
+
+
+def _call(name: str, where: str, fn, *args) -> Any:
+    """Call ``fn``; an exception becomes an `EnvCheckError` naming ``name.where``."""
+    try:
+        return fn(*args)
+    except EnvCheckError:
+        raise
+    except Exception as e:  # re-raised below with the environment's name
+        message = str(e).strip().splitlines()
+        detail = message[0][:300] if message else ""
+        raise EnvCheckError(
+            f"{name}.{where} failed under jax.jit/vmap: {type(e).__name__}: {detail}"
+        ) from e
+
+
+def _space_problems(name: str, obs_space: Any, act_space: Any) -> list[str]:
+    problems = []
+    for label, space in (("observation_space", obs_space), ("action_space", act_space)):
+        missing = [a for a in ("sample", "contains") if not hasattr(space, a)]
+        if missing:
+            problems.append(
+                f"{name}.{label} returned {space!r}, which lacks {', '.join(missing)}; "
+                "return an esrl.spaces Box, Discrete, Dict or Tuple"
+            )
+    return problems
+
+
+def _leaves(space: Any, obs: Any, path: str):
+    """Yield ``(path, leaf space, leaf observation)``, following Dict and Tuple."""
+    if isinstance(space, spaces.Dict):
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+            yield (
+                path,
+                space,
+                f"keys {got}, but observation_space says {sorted(space.spaces)}",
+            )
+            return
+        for k, sub in space.spaces.items():
+            yield from _leaves(sub, obs[k], f"{path}[{k!r}]")
+    elif isinstance(space, spaces.Tuple):
+        if not isinstance(obs, (tuple, list)) or len(obs) != len(space.spaces):
+            yield (
+                path,
+                space,
+                f"a {type(obs).__name__}, but observation_space says a tuple of {len(space.spaces)}",
+            )
+            return
+        for i, (sub, o) in enumerate(zip(space.spaces, obs)):
+            yield from _leaves(sub, o, f"{path}[{i}]")
+    else:
+        yield path, space, obs
+
+
+def _obs_shape_problems(where: str, obs: Any, space: Any) -> list[str]:
+    problems = []
+    for path, sub, leaf in _leaves(space, obs, "observation"):
+        if isinstance(leaf, str):
+            problems.append(f"{where}: {path} has {leaf}")
+            continue
+        if not hasattr(leaf, "shape"):
+            problems.append(f"{where}: {path} is a {type(leaf).__name__}, not an array")
+            continue
+        want_shape, want_dtype = tuple(sub.shape), jnp.dtype(sub.dtype)
+        if tuple(leaf.shape) != want_shape:
+            problems.append(
+                f"{where}: {path} has shape {tuple(leaf.shape)}, but "
+                f"observation_space says {want_shape}"
+            )
+        if jnp.dtype(leaf.dtype) != want_dtype:
+            problems.append(
+                f"{where}: {path} has dtype {jnp.dtype(leaf.dtype).name}, but "
+                f"observation_space says {want_dtype.name}"
+            )
+    return problems
+
+
+def _scalar_problems(where: str, label: str, x: Any, kind: str) -> list[str]:
+    if not hasattr(x, "shape"):
+        return [f"{where}: {label} is a {type(x).__name__}, not a jax array"]
+    problems = []
+    if tuple(x.shape) != ():
+        problems.append(
+            f"{where}: {label} has shape {tuple(x.shape)}, but must be a scalar (shape ())"
+        )
+    ok = (
+        jnp.issubdtype(x.dtype, jnp.floating)
+        if kind == "float"
+        else x.dtype == jnp.bool_
+    )
+    if not ok:
+        want = "a float (float32)" if kind == "float" else "bool"
+        problems.append(
+            f"{where}: {label} has dtype {jnp.dtype(x.dtype).name}, but must be {want}"
+        )
+    return problems
+
+
+def _structure(tree: Any) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [(tuple(x.shape), str(x.dtype)) for x in leaves]
+
+
+def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
+    """Structural checks on abstract values (tracing only, nothing compiled)."""
+    name = env.name
+    obs, state = _call(name, "reset", jax.eval_shape, env.reset, key, params)
+    problems = _obs_shape_problems(f"{name}.reset", obs, obs_space)
+    action = _call(name, "action_space.sample", jax.eval_shape, act_space.sample, key)
+    out = _call(name, "step", jax.eval_shape, env.step, key, state, action, params)
+    if not isinstance(out, tuple) or len(out) != 6:
+        size = len(out) if isinstance(out, tuple) else type(out).__name__
+        message = (
+            f"{name}.step returned {size} values; it must return (obs, state, reward, "
+            "terminated, truncated, info). For the older (obs, state, reward, done, "
+            "info) API wrap the environment with esrl.envs.legacy.LegacyEnv"
+        )
+        return problems + [message]
+    obs, next_state, reward, terminated, truncated, info = out
+    where = f"{name}.step"
+    problems += _obs_shape_problems(where, obs, obs_space)
+    problems += _scalar_problems(where, "reward", reward, "float")
+    problems += _scalar_problems(where, "terminated", terminated, "bool")
+    problems += _scalar_problems(where, "truncated", truncated, "bool")
+    if _structure(next_state) != _structure(state):
+        problems.append(
+            f"{where}: the state it returns differs in structure, shape or dtype from "
+            "the state reset returns; lax.scan needs them identical"
+        )
+        return problems
+    if not isinstance(info, dict):
+        return problems + [
+            f"{where}: info is a {type(info).__name__}, but must be a dict"
+        ]
+    later = _call(
+        name, "step", jax.eval_shape, env.step, key, next_state, action, params
+    )
+    if _structure(later[5]) != _structure(info):
+        problems.append(
+            f"{where}: info changes structure between steps; keep its keys, shapes and dtypes fixed"
+        )
+    return problems
+
+
+def _value_problems(env, params, key, obs_space, act_space, num_steps) -> list[str]:
+    """Run the compiled batched reset and steps; check values and determinism."""
+    name = env.name
+    jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
+    reset = jit(jax.vmap(env.reset, in_axes=(0, None)))
+    step = jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    sample = jit(jax.vmap(act_space.sample))
+    key, sub = jax.random.split(key)
+    obs, state = _call(name, "reset", reset, _pair_keys(sub), params)
+    problems = _obs_value_problems(
+        f"{name}.reset", obs, obs_space, np.ones(_BATCH, bool)
+    )
+    problems += _determinism_problems(
+        f"{name}.reset", {"observation": obs, "state": state}
+    )
+    alive = np.ones(_BATCH, bool)
+    for _ in range(num_steps):
+        if problems or not alive.any():
+            break
+        key, k_act, k_step = jax.random.split(key, 3)
+        action = _call(name, "action_space.sample", sample, _pair_keys(k_act))
+        obs, state, reward, terminated, truncated, info = _call(
+            name, "step", step, _pair_keys(k_step), state, action, params
+        )
+        where = f"{name}.step"
+        problems += _obs_value_problems(where, obs, obs_space, alive)
+        problems += _determinism_problems(
+            where,
+            {
+                "observation": obs,
+                "state": state,
+                "reward": reward,
+                "terminated": terminated,
+                "truncated": truncated,
+                "info": info,
+            },
+        )
+        if np.isnan(np.asarray(reward)[alive]).any():
+            problems.append(f"{where}: reward is NaN")
+        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+    return problems
+
+
+def _pair_keys(key: jax.Array) -> jax.Array:
+    """``_BATCH`` keys; the first two are equal."""
+    keys = jax.random.split(key, _BATCH)
+    return keys.at[1].set(keys[0])
+
+
+def _determinism_problems(where: str, outputs: dict[str, Any]) -> list[str]:
+    for label, tree in outputs.items():
+        paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+        for path, x in paths:
+            x = np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+            if not np.array_equal(x[0], x[1], equal_nan=True):
+                at = jax.tree_util.keystr(path)
+                message = (
+                    f"{where}: {label}{at} differs between two calls with the same key, "
+                    "state and action; draw all randomness from the key argument"
+                )
+                return [message]
+    return []
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _obs_value_problems(
+    where: str, obs: Any, space: Any, alive: np.ndarray
+) -> list[str]:
+    problems = []
+    for i in [i for i in (0, 2) if alive[i]]:  # member 1 duplicates member 0
+        member = jax.tree.map(lambda x, i=i: x[i], obs)
+        for path, sub, leaf in _leaves(space, member, "observation"):
+            problem = _leaf_value_problem(path, sub, np.asarray(leaf))
+            if problem:
+                problems.append(f"{where}: {problem}")
+        if problems:
+            break
+    return problems
+
+
+def _leaf_value_problem(path: str, space: Any, x: np.ndarray) -> str | None:
+    if isinstance(space, spaces.Box):
+        low = np.broadcast_to(np.asarray(space.low, dtype=np.float64), x.shape)
+        high = np.broadcast_to(np.asarray(space.high, dtype=np.float64), x.shape)
+        for bad, bound, word in ((x < low, low, "below"), (x > high, high, "above")):
+            if bad.any():
+                idx = tuple(int(j) for j in np.argwhere(bad)[0])
+                at = "[" + ", ".join(map(str, idx)) + "]" if idx else ""
+                side = "low" if word == "below" else "high"
+                return (
+                    f"{path}{at} = {x[idx]} is {word} observation_space.{side}{at} = "
+                    f"{bound[idx]}"
+                )
+        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+            return f"{path} contains NaN"
+    if not bool(space.contains(jnp.asarray(x))):
+        return f"{path} = {x} is not contained in observation_space {space!r}"
+    return None

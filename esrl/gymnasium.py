@@ -1,0 +1,209 @@
+"""Export an esrl environment as a gymnasium ``Env`` or ``VectorEnv`` (NumPy in and out).
+
+``to_gymnasium(env)`` gives a single environment; ``to_gymnasium(env, num_envs=N)`` a
+``VectorEnv`` that auto-resets in the same step (``AutoresetMode.SAME_STEP``) and, the
+gymnasium 1.x way, reports the observation that ended an episode in
+``infos["final_obs"]`` (object array, mask ``infos["_final_obs"]``) and that step's
+info in ``infos["final_info"]``. Reset and step are jitted once; the environment's
+randomness comes from a JAX key seeded by ``seed`` (or by ``reset(seed=...)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from esrl import spaces
+from esrl.env import Environment
+from esrl.vec import VecEnv
+
+
+def to_gymnasium_space(space: spaces.Space) -> gymnasium.spaces.Space:
+    """The gymnasium space equal to an esrl (gymnax) space: Discrete, Box, Dict, Tuple."""
+    if isinstance(space, spaces.Discrete):
+        return gymnasium.spaces.Discrete(int(space.n))
+    if isinstance(space, spaces.Box):
+        dtype = np.dtype(space.dtype)
+        shape = tuple(space.shape)
+        low = np.broadcast_to(np.asarray(space.low), shape).astype(dtype)
+        high = np.broadcast_to(np.asarray(space.high), shape).astype(dtype)
+        return gymnasium.spaces.Box(low, high, shape, dtype)
+    if isinstance(space, spaces.Dict):
+        return gymnasium.spaces.Dict(
+            {k: to_gymnasium_space(v) for k, v in space.spaces.items()}
+        )
+    if isinstance(space, spaces.Tuple):
+        return gymnasium.spaces.Tuple([to_gymnasium_space(s) for s in space.spaces])
+    raise TypeError(
+        f"cannot convert {space!r} to a gymnasium space; supported: esrl.spaces "
+        "Discrete, Box, Dict and Tuple"
+    )
+
+
+def _to_numpy(x: Any, space: gymnasium.spaces.Space) -> Any:
+    """A JAX value (observation or action) as NumPy matching ``space``."""
+    if isinstance(space, gymnasium.spaces.Dict):
+        return {k: _to_numpy(x[k], s) for k, s in space.spaces.items()}
+    if isinstance(space, gymnasium.spaces.Tuple):
+        return tuple(_to_numpy(v, s) for v, s in zip(x, space.spaces))
+    return np.asarray(x, dtype=space.dtype)
+
+
+def _to_jax(action: Any, space: spaces.Space) -> Any:
+    """A NumPy action as the JAX array the esrl action space expects."""
+    if isinstance(space, spaces.Dict):
+        return {k: _to_jax(action[k], s) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_to_jax(a, s) for a, s in zip(action, space.spaces))
+    return jnp.asarray(action, dtype=space.dtype)
+
+
+def _key(seed: Any) -> jax.Array:
+    if not isinstance(seed, (int, np.integer)):
+        raise TypeError(
+            f"seed must be an int, got {seed!r}; per-environment keys are derived from "
+            "one seed"
+        )
+    return jax.random.key(int(seed))
+
+
+class GymnasiumEnv(gymnasium.Env):
+    """One esrl environment as a ``gymnasium.Env``; never auto-resets."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, env: Environment, seed: int = 0, params: Any = None):
+        self.env = env
+        self.params = env.default_params if params is None else params
+        self._space = env.action_space(self.params)
+        self.observation_space = to_gymnasium_space(env.observation_space(self.params))
+        self.action_space = to_gymnasium_space(self._space)
+        self._rng = _key(seed)
+        self._state = None
+        self._reset = jax.jit(env.reset)
+        self._step = jax.jit(env.step)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = _key(seed)
+        self._rng, key = jax.random.split(self._rng)
+        obs, self._state = self._reset(key, self.params)
+        return _to_numpy(obs, self.observation_space), {}
+
+    def step(self, action: Any):
+        """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        self._rng, key = jax.random.split(self._rng)
+        action = _to_jax(action, self._space)
+        obs, self._state, reward, terminated, truncated, info = self._step(
+            key, self._state, action, self.params
+        )
+        return (
+            _to_numpy(obs, self.observation_space),
+            float(reward),
+            bool(terminated),
+            bool(truncated),
+            jax.tree.map(np.asarray, info),
+        )
+
+
+class GymnasiumVectorEnv(VectorEnv):
+    """``num_envs`` copies of an esrl environment as a same-step auto-reset VectorEnv."""
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": [],
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
+
+    def __init__(
+        self, env: Environment, num_envs: int, seed: int = 0, params: Any = None
+    ):
+        self.env = env
+        self.num_envs = num_envs
+        self.params = env.default_params if params is None else params
+        self._space = env.action_space(self.params)
+        obs_space = to_gymnasium_space(env.observation_space(self.params))
+        self.single_observation_space = obs_space
+        self.single_action_space = to_gymnasium_space(self._space)
+        self.observation_space = batch_space(obs_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        vec = VecEnv(env, num_envs, autoreset=True)
+        self._reset = jax.jit(vec.reset)
+        self._step = jax.jit(vec.step)
+        self._rng = _key(seed)
+        self._state = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Reset every environment; returns batched ``(obs, {})``."""
+        if seed is not None:
+            self._rng = _key(seed)
+        super().reset(seed=seed)
+        self._rng, key = jax.random.split(self._rng)
+        obs, self._state = self._reset(key, self.params)
+        return _to_numpy(obs, self.observation_space), {}
+
+    def step(self, actions: Any):
+        """Step all; finished environments reset in the same step (final obs in info)."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        self._rng, key = jax.random.split(self._rng)
+        actions = _to_jax(actions, self._space)
+        obs, self._state, reward, terminated, truncated, info = self._step(
+            key, self._state, actions, self.params
+        )
+        terminated, truncated = np.asarray(terminated), np.asarray(truncated)
+        infos = self._infos(jax.tree.map(np.asarray, info), terminated | truncated)
+        obs = _to_numpy(obs, self.observation_space)
+        return obs, np.asarray(reward), terminated, truncated, infos
+
+    def _infos(self, info: dict[str, Any], done: np.ndarray) -> dict[str, Any]:
+        """gymnasium's vector info layout: ``key`` arrays with ``_key`` masks."""
+        final_obs = info.pop("final_obs")
+        # A finished environment's info is its reset's, which is empty here.
+        infos = _masked(info, ~done)
+        if done.any():
+            objects = np.full(self.num_envs, None, dtype=object)
+            for i in np.flatnonzero(done):
+                member = jax.tree.map(lambda x, i=i: x[i], final_obs)
+                objects[i] = _to_numpy(member, self.single_observation_space)
+            infos["final_obs"], infos["_final_obs"] = objects, done
+            infos["final_info"], infos["_final_info"] = _masked(info, done), done
+        return infos
+
+
+def _masked(info: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    out = {}
+    for key, value in info.items():
+        out[key] = _masked(value, mask) if isinstance(value, dict) else value
+        out[f"_{key}"] = mask.copy()
+    return out
+
+
+def to_gymnasium(
+    env: Any, num_envs: int | None = None, seed: int = 0, params: Any = None
+) -> GymnasiumEnv | GymnasiumVectorEnv:
+    """A gymnasium ``Env`` (``num_envs=None``) or ``VectorEnv`` for ``env``.
+
+    Args:
+        env: an `esrl.Environment`, a registered id, or a raw gymnax/legacy env.
+        num_envs: None for a single ``gymnasium.Env``, else the vector size.
+        seed: seeds the JAX key until ``reset(seed=...)`` re-seeds it.
+        params: environment parameters; the default ones when None.
+    """
+    from esrl.registry import as_environment, make
+
+    env = make(env) if isinstance(env, str) else as_environment(env)
+    if num_envs is None:
+        return GymnasiumEnv(env, seed=seed, params=params)
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive int or None, got {num_envs!r}")
+    return GymnasiumVectorEnv(env, num_envs, seed=seed, params=params)
