@@ -1,0 +1,197 @@
+"""Population rollout: exact agreement with a naive per-episode loop, masking, keys."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from esrl.agents.eggroll import EggrollConfig
+from memory_env import MemoryEnv
+
+import esrl
+from esrl.normalize import init_obs_stats, normalize_obs, update_obs_stats
+from esrl.policy import PolicySpec, greedy_action, make_policy
+from esrl.rollout import RolloutConfig, evaluate_population
+
+
+def _setup(env, kind="mlp", hidden=8, population=6):
+    policy = make_policy(PolicySpec(kind=kind, hidden=hidden), env.action_space())
+    key = jax.random.PRNGKey(1)
+    obs, _ = env.reset(key)
+    params = jax.jit(policy.init)(key, policy.initial_carry(), obs)["params"]
+    es = EggrollConfig(population=population, sigma=0.5).strategy()
+    state = es.init(key, params)
+    return policy, params, jax.jit(es.ask)(state)
+
+
+def _member(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+@functools.cache
+def _jitted_step(env, policy, normalize):
+    """One policy+env step, jitted once per (env, policy)."""
+
+    def step(params, pert, carry, obs, state, key, stats):
+        env_key, _ = jax.random.split(key)
+        x = normalize_obs(stats, obs) if normalize else obs
+        carry, out = policy.apply({"params": params, "perturb": pert}, carry, x)
+        action = greedy_action(out, env.action_space())
+        obs, state, reward, term, trunc, _ = env.step(env_key, state, action)
+        return carry, obs, state, reward, term | trunc
+
+    return jax.jit(step)
+
+
+def _naive(key, env, policy, params, pert, member, episode, config, stats=None):
+    """One episode by hand: a Python loop that stops when the episode ends."""
+    reset_key, run_key = jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(key, member), episode)
+    )
+    obs, state = env.reset(reset_key)
+    carry, total, seen = policy.initial_carry(), 0.0, []
+    step = _jitted_step(env, policy, stats is not None)
+    for t in range(config.horizon):
+        seen.append(np.asarray(obs))
+        carry, obs, state, reward, done = step(
+            params, pert, carry, obs, state, jax.random.fold_in(run_key, t), stats
+        )
+        total += float(reward)
+        if done:
+            break
+    return total, t + 1, seen
+
+
+CONFIG = RolloutConfig(horizon=40, episodes=2, chunk=7)
+
+
+@pytest.fixture(scope="module")
+def cartpole():
+    return esrl.make("gymnax/CartPole-v1")
+
+
+@pytest.fixture(scope="module")
+def setup(cartpole):
+    return _setup(cartpole)
+
+
+def test_matches_naive_loop(cartpole, setup):
+    policy, params, perts = setup
+    config = CONFIG
+    key = jax.random.PRNGKey(7)
+    res = evaluate_population(key, cartpole, None, policy, params, perts, config)
+    assert res.returns.shape == (6,) and res.episode_lengths.shape == (6, 2)
+    for i in (0, 3, 5):
+        pert = _member(perts, i)
+        for e in range(2):
+            ret, length, _ = _naive(key, cartpole, policy, params, pert, i, e, config)
+            assert res.episode_returns[i, e] == pytest.approx(ret)
+            assert int(res.episode_lengths[i, e]) == length
+    assert np.allclose(res.returns, res.episode_returns.mean(1))
+    assert int(res.episode_lengths.max()) <= 40
+
+
+def test_member_results_do_not_depend_on_the_batch(cartpole, setup):
+    policy, params, perts = setup
+    config = CONFIG
+    key = jax.random.PRNGKey(3)
+    full = evaluate_population(key, cartpole, None, policy, params, perts, config)
+    ids = jnp.array([4, 1])
+    part = evaluate_population(
+        key,
+        cartpole,
+        None,
+        policy,
+        params,
+        jax.tree.map(lambda x: x[ids], perts),
+        config,
+        member_ids=ids,
+    )
+    np.testing.assert_array_equal(part.returns, full.returns[ids])
+
+
+def test_common_random_numbers(cartpole, setup):
+    policy, params, _ = setup
+    key = jax.random.PRNGKey(0)
+    same = evaluate_population(
+        key,
+        cartpole,
+        None,
+        policy,
+        params,
+        None,
+        RolloutConfig(horizon=200, common_random_numbers=True),
+        num_members=8,
+    )
+    assert np.all(same.episode_lengths == same.episode_lengths[0])
+    diff = evaluate_population(
+        key,
+        cartpole,
+        None,
+        policy,
+        params,
+        None,
+        RolloutConfig(horizon=200),
+        num_members=8,
+    )
+    assert len(np.unique(np.asarray(diff.episode_lengths))) > 1
+
+
+def test_memory_env_info_and_recurrent_carry():
+    env = MemoryEnv(delay=3)
+    policy, params, perts = _setup(env, "gru")
+    config = RolloutConfig(horizon=10, episodes=4, info_keys=("correct", "absent"))
+    key = jax.random.PRNGKey(5)
+    res = evaluate_population(key, env, None, policy, params, perts, config)
+    assert np.all(res.episode_lengths == 4)
+    assert set(res.info) == {"correct"}
+    np.testing.assert_allclose(res.info["correct"], res.returns)
+    pert = _member(perts, 2)
+    for e in range(4):
+        ret, _, _ = _naive(key, env, policy, params, pert, 2, e, config)
+        assert float(res.episode_returns[2, e]) == ret
+
+
+def test_obs_normalization_matches_numpy(cartpole, setup):
+    policy, params, perts = setup
+    stats = init_obs_stats((4,))
+    stats = stats.replace(
+        count=jnp.float32(10.0), mean=jnp.ones(4), m2=jnp.full(4, 20.0)
+    )
+    config = RolloutConfig(horizon=30, normalize_obs=True)
+    key = jax.random.PRNGKey(2)
+    res = evaluate_population(
+        key, cartpole, None, policy, params, perts, config, obs_stats=stats
+    )
+    seen, returns = [], []
+    for i in range(6):
+        pert = _member(perts, i)
+        ret, _, obs = _naive(key, cartpole, policy, params, pert, i, 0, config, stats)
+        seen += obs
+        returns.append(ret)
+    np.testing.assert_allclose(res.returns, returns)
+    new = update_obs_stats(stats, res.moments)
+    x = np.stack(seen)
+    prior = np.ones((10, 4)) + np.sqrt(2.0) * np.array([1, -1] * 5)[:, None]
+    all_obs = np.concatenate([prior, x])
+    assert float(new.count) == len(all_obs)
+    np.testing.assert_allclose(new.mean, all_obs.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.m2 / new.count, all_obs.var(0), rtol=1e-4, atol=1e-6)
+
+
+def test_nonfinite_members_are_left_out_of_the_statistics(cartpole, setup):
+    policy, params, perts = setup
+    config = RolloutConfig(horizon=30, normalize_obs=True)
+    res = evaluate_population(
+        jax.random.PRNGKey(0), cartpole, None, policy, params, perts, config
+    )
+    stats = init_obs_stats((4,))
+    bad = res.moments._replace(sumsq=res.moments.sumsq.at[1:].set(jnp.nan))
+    only_first = jax.tree.map(lambda x: x[:1], res.moments)
+    a = update_obs_stats(stats, bad)
+    b = update_obs_stats(stats, only_first)
+    np.testing.assert_allclose(a.mean, b.mean)
+    assert np.all(np.isfinite(a.m2))
