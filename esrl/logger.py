@@ -1,0 +1,219 @@
+"""Run outputs shared by every trainer: metrics.jsonl, TensorBoard, progress bar, plots.
+
+`RunLogger` owns a run directory (the DESIGN.md contract):
+
+- ``metrics.jsonl``: one JSON object per logged iteration (``iteration``, ``env_steps``,
+  ``wall_time_s``, ``train_return_mean``, ``eval_return`` where evaluated, ...);
+  resuming from iteration k keeps lines up to k and appends after them;
+- ``tb/``: the same scalars for TensorBoard (tensorboardX), when asked for;
+- a rich progress bar (generation, mean/max return, eval return, env steps/s), or a
+  plain line per evaluation when the output is not a terminal;
+- ``curve.png`` (matplotlib, no GUI backend) and ``summary.json`` at `finish`.
+
+Non-finite numbers are written as JSON ``null`` so every line is strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CURVE = "curve.png"
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON values: numpy/jax scalars and arrays become floats/ints/lists."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    array = np.asarray(value)
+    if array.ndim:
+        return [to_json(v) for v in array.tolist()]
+    item = array.item()
+    if isinstance(item, float) and not math.isfinite(item):
+        return None
+    return item
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(to_json(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All records of a metrics.jsonl file (a directory means its metrics.jsonl)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _keep_until(path: Path, iteration: int) -> None:
+    """Drop records after ``iteration`` (left by a run killed after its checkpoint)."""
+    records = read_metrics(path)
+    kept = [r for r in records if r.get("iteration", 0) <= iteration]
+    if len(kept) != len(records):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
+
+
+def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
+    """Train (mean, max) and eval return against environment steps, to a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+
+    def series(key):
+        pts = [(r["env_steps"], r[key]) for r in records if r.get(key) is not None]
+        return tuple(zip(*pts, strict=True)) if pts else ((), ())
+
+    ax.plot(*series("train_return_mean"), label="train mean", color="tab:blue")
+    ax.plot(*series("train_return_max"), label="train max", color="tab:blue", alpha=0.3)
+    ax.plot(*series("eval_return"), "o-", label="eval (mean policy)", color="tab:red")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+class RunLogger:
+    """Metrics file, TensorBoard, progress bar and end-of-run files of one run."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike | None,
+        total: int,
+        start: int = 0,
+        *,
+        title: str = "train",
+        progress: bool = True,
+        tensorboard: bool = False,
+        enabled: bool = True,
+    ):
+        self.out_dir = Path(out_dir) if out_dir is not None and enabled else None
+        self.total, self.title, self.enabled = total, title, enabled
+        self.last_eval: float | None = None
+        self.console = Console(file=sys.stderr)
+        self._file = self._tb = self._progress = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            metrics = self.out_dir / METRICS
+            if start > 0 and metrics.exists():
+                _keep_until(metrics, start)
+                self._file = open(metrics, "a")  # noqa: SIM115 (closed in close)
+            else:
+                self._file = open(metrics, "w")  # noqa: SIM115
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=start + 1)
+        self._plain = not (progress and enabled and self.console.is_terminal)
+        self._quiet = not (progress and enabled)
+        if not self._plain:
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[title]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._task = self._progress.add_task(
+                "", total=total, completed=start, title=title, stats=""
+            )
+            self._progress.start()
+
+    def _stats(self, r: dict) -> str:
+        sps = r.get("env_steps_per_s")
+        return (
+            f"mean {_fmt(r.get('train_return_mean'))} max {_fmt(r.get('train_return_max'))}"
+            f" eval {_fmt(self.last_eval)}"
+            + (f" {sps / 1e3:,.0f}k steps/s" if sps else "")
+        )
+
+    def log(self, record: dict) -> None:
+        """Record one iteration (needs ``iteration``; ``eval_return`` where evaluated)."""
+        if not self.enabled:
+            return
+        record = to_json(record)
+        if record.get("eval_return") is not None:
+            self.last_eval = record["eval_return"]
+        if self._file is not None:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, record["iteration"])
+        it = record["iteration"]
+        if self._progress is not None:
+            self._progress.update(self._task, completed=it, stats=self._stats(record))
+        elif not self._quiet and ("eval_return" in record or it == self.total):
+            self.console.print(f"{self.title} {it}/{self.total} {self._stats(record)}")
+
+    def message(self, text: str) -> None:
+        """Print a line (a warning, a note) above the progress bar."""
+        if self.enabled:
+            self.console.print(text)
+
+    def close(self) -> None:
+        """Stop the progress bar and close the files."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def finish(self, summary: dict) -> None:
+        """Close, then write ``summary.json`` and ``curve.png`` from all of metrics.jsonl."""
+        self.close()
+        if self.out_dir is None:
+            return
+        write_json_atomic(self.out_dir / SUMMARY, summary)
+        plot_curve(read_metrics(self.out_dir), self.out_dir / CURVE, self.title)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

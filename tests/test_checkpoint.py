@@ -1,0 +1,116 @@
+"""Checkpoints round-trip exactly and atomically; the run logger's files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from esrl.checkpoint import (
+    checkpoint_path,
+    has_checkpoint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from esrl.logger import RunLogger, read_metrics
+
+
+def _tree(seed: int):
+    k = jax.random.PRNGKey(seed)
+    params = {
+        "w": jax.random.normal(k, (3, 4)),
+        "b16": jax.random.normal(k, (5,)).astype(jnp.bfloat16),
+    }
+    return {
+        "params": params,
+        "opt": optax.adam(1e-3).init(params),
+        "raw_key": k,
+        "typed_key": jax.random.key(seed),
+        "step": jnp.int32(seed),
+        "flag": jnp.array([True, False]),
+    }
+
+
+def _assert_same(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            assert jax.dtypes.issubdtype(y.dtype, jax.dtypes.prng_key)
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_is_exact(tmp_path):
+    tree = _tree(1)
+    save_checkpoint(tmp_path, tree, {"generation": 7, "spec": {"env": "x"}})
+    assert has_checkpoint(tmp_path)
+    restored, meta = load_checkpoint(tmp_path, template=_tree(2))
+    _assert_same(tree, restored)
+    assert meta == {"generation": 7, "spec": {"env": "x"}}
+    assert read_meta(tmp_path)["generation"] == 7
+    # never pickle: the file is safetensors (8-byte header length, then JSON)
+    raw = checkpoint_path(tmp_path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8 : 8 + n])["__metadata__"]["format"] == "esrl-checkpoint-v1"
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, _tree(1), {"generation": 1})
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, _tree(2), {"generation": 2})
+    monkeypatch.undo()
+    restored, meta = load_checkpoint(tmp_path, template=_tree(0))
+    assert meta["generation"] == 1
+    _assert_same(restored, _tree(1))
+
+
+def test_mismatched_template_and_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        read_meta(tmp_path)
+    save_checkpoint(tmp_path, {"w": jnp.zeros((2, 3))}, {})
+    with pytest.raises(ValueError, match="has shape"):
+        load_checkpoint(tmp_path, {"w": jnp.zeros((4, 3))})
+    with pytest.raises(ValueError, match="does not match this run"):
+        load_checkpoint(tmp_path, {"v": jnp.zeros((2, 3))})
+
+
+def test_run_logger_writes_the_contract_files_and_trims_on_resume(tmp_path):
+    rows = [
+        {"iteration": i, "env_steps": 10 * i, "wall_time_s": 0.1 * i,
+         "train_return_mean": float(i), "train_return_max": float(2 * i)}
+        for i in range(1, 6)
+    ]  # fmt: skip
+    rows[1]["eval_return"] = 3.0
+    rows[2]["train_return_mean"] = float("nan")
+    logger = RunLogger(tmp_path, total=5, progress=False, tensorboard=True)
+    for r in rows:
+        logger.log(r)
+    logger.close()
+    records = read_metrics(tmp_path)
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[2]["train_return_mean"] is None and records[1]["eval_return"] == 3.0
+    assert any((tmp_path / "tb").iterdir())
+    # a run killed after its checkpoint at 3 left lines 4-5: resuming drops them
+    logger = RunLogger(tmp_path, total=6, start=3, progress=False)
+    for i in (4, 5, 6):
+        logger.log({**rows[0], "iteration": i, "env_steps": 100 + i})
+    logger.finish({"env": "x", "final_eval_return": 3.0})
+    records = read_metrics(tmp_path)
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[3]["env_steps"] == 104
+    assert json.loads((tmp_path / "summary.json").read_text())["env"] == "x"
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
