@@ -15,11 +15,18 @@ def sanitize(fitness: jax.Array) -> jax.Array:
 
 
 def centered_ranks(fitness: jax.Array) -> jax.Array:
-    """Ranks mapped to [-0.5, 0.5]; non-finite values rank below every finite one."""
+    """Ranks mapped to [-0.5, 0.5]; ties share their mean rank; non-finite rank last.
+
+    Tied members get the same weight, so an antithetic pair with equal fitness (both
+    reaching an episode's maximum return, say) contributes nothing to the update.
+    """
     f = jnp.where(jnp.isfinite(fitness), fitness, -jnp.inf)
-    ranks = jnp.argsort(jnp.argsort(f)).astype(jnp.float32)
+    ordered = jnp.sort(f)
+    low = jnp.searchsorted(ordered, f, side="left")
+    high = jnp.searchsorted(ordered, f, side="right") - 1
+    ranks = (low + high).astype(jnp.result_type(float)) / 2
     n = fitness.shape[0]
-    return ranks / jnp.maximum(n - 1, 1) - 0.5
+    return ranks / max(n - 1, 1) - 0.5
 
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -47,6 +47,19 @@ class NoiseConfig:
     exclude: tuple[str, ...] = ()
     """Parameters whose path contains one of these substrings are never perturbed."""
 
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.noise_reuse < 1:
+            raise ValueError(
+                f"noise_reuse must be >= 1 (1 = fresh noise every generation), "
+                f"got {self.noise_reuse}"
+            )
+        if isinstance(self.exclude, str):
+            raise ValueError(
+                f"exclude must be a tuple of path substrings, e.g. ({self.exclude!r},)"
+            )
+
 
 def perturbed_paths(params: Params, config: NoiseConfig) -> list[tuple[str, ...]]:
     """The parameter paths that receive noise, in a fixed (sorted) order."""
@@ -89,24 +102,62 @@ def _pair_key(key: jax.Array, generation, pair, config: NoiseConfig) -> jax.Arra
     )
 
 
+def _draw_size(shape: tuple[int, ...], config: NoiseConfig) -> int:
+    if _is_lowrank(shape, config):
+        return (shape[0] + shape[1]) * config.rank
+    return math.prod(shape)
+
+
+def _from_draw(draw: jax.Array, shape: tuple[int, ...], config: NoiseConfig):
+    """Unit noise of one leaf from its slice of standard normals (see `unit_noise`)."""
+    if not _is_lowrank(shape, config):
+        return draw.reshape(shape)
+    m, n = shape
+    a = draw[: m * config.rank].reshape(m, config.rank) / math.sqrt(config.rank)
+    return LowRank(a, draw[m * config.rank :].reshape(n, config.rank))
+
+
 def unit_noise(key: jax.Array, shape: tuple[int, ...], config: NoiseConfig):
     """Unit-scale noise for one leaf: `LowRank` (A/sqrt(r), B) for matrices, else eps."""
-    if not _is_lowrank(shape, config):
-        return jax.random.normal(key, shape)
-    key_a, key_b = jax.random.split(key)
-    a = jax.random.normal(key_a, (shape[0], config.rank)) / math.sqrt(config.rank)
-    b = jax.random.normal(key_b, (shape[1], config.rank))
-    return LowRank(a, b)
+    return _from_draw(
+        jax.random.normal(key, (_draw_size(shape, config),)), shape, config
+    )
 
 
 def pair_noise(key: jax.Array, generation, pair, params: Params, config: NoiseConfig):
-    """Unit noise of antithetic pair ``pair`` (or member, if not antithetic): a flat dict."""
+    """Unit noise of antithetic pair ``pair`` (or member, if not antithetic): a flat dict.
+
+    One normal draw per pair, from ``fold_in(fold_in(key, g // noise_reuse), pair)``,
+    is sliced into every perturbed leaf (in `perturbed_paths` order): one RNG call
+    instead of one per leaf keeps compiles small and the draw vectorised.
+    """
     flat = traverse_util.flatten_dict(_as_dict(params))
-    base = _pair_key(key, generation, pair, config)
-    return {
-        path: unit_noise(jax.random.fold_in(base, index), flat[path].shape, config)
-        for index, path in enumerate(perturbed_paths(params, config))
-    }
+    paths = perturbed_paths(params, config)
+    sizes = [_draw_size(flat[path].shape, config) for path in paths]
+    draw = jax.random.normal(_pair_key(key, generation, pair, config), (sum(sizes),))
+    out, offset = {}, 0
+    for path, size in zip(paths, sizes):
+        out[path] = _from_draw(draw[offset : offset + size], flat[path].shape, config)
+        offset += size
+    return out
+
+
+def _scale(unit: dict, scale) -> dict:
+    """Fold sigma (and the antithetic sign) into unit noise: A for matrices.
+
+    ``scale`` is a scalar, or [N] for leaves stacked on a leading member axis.
+    """
+    scale = jnp.asarray(scale)
+
+    def mul(x: jax.Array) -> jax.Array:
+        return x * scale.reshape(scale.shape + (1,) * (x.ndim - scale.ndim))
+
+    return traverse_util.unflatten_dict(
+        {
+            path: LowRank(mul(n.a), n.b) if isinstance(n, LowRank) else mul(n)
+            for path, n in unit.items()
+        }
+    )
 
 
 def member_perturbation(
@@ -118,22 +169,27 @@ def member_perturbation(
         scale = sigma * jnp.where(member % 2 == 0, 1.0, -1.0)
     else:
         pair, scale = member, sigma
-    noise = pair_noise(key, generation, pair, params, config)
-    scaled = {
-        path: LowRank(n.a * scale, n.b) if isinstance(n, LowRank) else n * scale
-        for path, n in noise.items()
-    }
-    return traverse_util.unflatten_dict(scaled)
+    return _scale(pair_noise(key, generation, pair, params, config), scale)
 
 
 def population_perturbation(
     key: jax.Array, generation, params: Params, config: NoiseConfig, sigma, population: int
 ) -> dict:
-    """Perturbations of all members, stacked on a leading population axis."""
-    members = jnp.arange(population)
-    return jax.vmap(
-        lambda i: member_perturbation(key, generation, i, params, config, sigma)
-    )(members)
+    """Perturbations of all members, stacked on a leading population axis.
+
+    Equal to stacking `member_perturbation` over members; with antithetic pairs each
+    pair's noise is drawn once and used with both signs.
+    """
+    if not config.antithetic:
+        members = jnp.arange(population)
+        return jax.vmap(
+            lambda i: member_perturbation(key, generation, i, params, config, sigma)
+        )(members)
+    pairs = jnp.arange(population // 2)
+    unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
+    unit = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), unit)
+    signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)
+    return _scale(unit, sigma * signs)
 
 
 def materialize(perturbation) -> jax.Array:
@@ -143,27 +199,48 @@ def materialize(perturbation) -> jax.Array:
     return perturbation
 
 
+ESTIMATE_CHUNK_FLOATS = 1 << 25
+"""At most this many noise floats (128 MiB in float32) are alive at once in an estimate."""
+
+
 def gradient_estimate(
     key: jax.Array, generation, params: Params, fitness: jax.Array, config: NoiseConfig
 ) -> Params:
     """(1/N) sum_i f_i eps_i for every leaf (zeros for unperturbed leaves).
 
     Noise is regenerated from keys; each low-rank matrix estimate is one contraction
-    over (pair, rank), which is full rank once N * r >= min(m, n).
+    over (pair, rank), which is full rank once N * r >= min(m, n). Pairs are summed in
+    chunks of bounded memory, so full-rank (OpenAI-ES) estimates of wide networks never
+    hold the whole population's noise.
     """
     population = fitness.shape[0]
-    if config.antithetic:
-        weights = fitness[0::2] - fitness[1::2]
-    else:
-        weights = fitness
-    pairs = jnp.arange(weights.shape[0])
-    noise = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
+    weights = fitness[0::2] - fitness[1::2] if config.antithetic else fitness
     flat = traverse_util.flatten_dict(_as_dict(params))
+    paths = perturbed_paths(params, config)
+    per_pair = max(1, sum(_draw_size(flat[path].shape, config) for path in paths))
+    pairs = weights.shape[0]
+    chunk = max(1, min(pairs, ESTIMATE_CHUNK_FLOATS // per_pair))
+    chunks = -(-pairs // chunk)
+    # padded pairs get weight 0: their noise is drawn but contributes nothing
+    weights = jnp.pad(weights, (0, chunks * chunk - pairs)).reshape(chunks, chunk)
+    ids = jnp.arange(chunks * chunk).reshape(chunks, chunk)
+
+    def contract(total: dict, xs) -> tuple[dict, None]:
+        ids, w = xs
+        unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(ids)
+        for path, n in unit.items():
+            if isinstance(n, LowRank):
+                total[path] = total[path] + jnp.einsum("p,pmr,pnr->mn", w, n.a, n.b)
+            else:
+                total[path] = total[path] + jnp.tensordot(w, n, axes=1)
+        return total, None
+
+    zeros = {path: jnp.zeros(flat[path].shape, weights.dtype) for path in paths}
+    if chunks == 1:
+        sums, _ = contract(zeros, (ids[0], weights[0]))
+    else:
+        sums, _ = jax.lax.scan(contract, zeros, (ids, weights))
     grads = {path: jnp.zeros_like(leaf) for path, leaf in flat.items()}
-    for path, n in noise.items():
-        if isinstance(n, LowRank):
-            g = jnp.einsum("p,pmr,pnr->mn", weights, n.a, n.b)
-        else:
-            g = jnp.tensordot(weights, n, axes=1)
-        grads[path] = (g / population).astype(flat[path].dtype)
+    for path, total in sums.items():
+        grads[path] = (total / population).astype(flat[path].dtype)
     return traverse_util.unflatten_dict(grads)
