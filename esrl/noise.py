@@ -56,7 +56,7 @@ class NoiseConfig:
                 f"got {self.noise_reuse}"
             )
         if isinstance(self.exclude, str):
-            raise ValueError(
+            raise TypeError(
                 f"exclude must be a tuple of path substrings, e.g. ({self.exclude!r},)"
             )
 
@@ -173,7 +173,12 @@ def member_perturbation(
 
 
 def population_perturbation(
-    key: jax.Array, generation, params: Params, config: NoiseConfig, sigma, population: int
+    key: jax.Array,
+    generation,
+    params: Params,
+    config: NoiseConfig,
+    sigma,
+    population: int,
 ) -> dict:
     """Perturbations of all members, stacked on a leading population axis.
 

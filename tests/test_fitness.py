@@ -77,9 +77,13 @@ def test_group_normalize_weighs_easy_and_hard_groups_equally():
     easy = np.array([1.0, 1.0, 0.0, 1.0])  # a prompt most members solve
     hard = 100.0 * np.array([0.0, 1.0, 0.0, 0.0])  # large rewards, rarely earned
     out = np.asarray(group_normalize(jnp.asarray(np.stack([easy, hard], axis=1))))
-    z = lambda r: (r - r.mean()) / r.std()  # noqa: E731
+    z = lambda r: (r - r.mean()) / r.std()
     np.testing.assert_allclose(out, (z(easy) + z(hard)) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_shapers_registry_names_the_functions():
-    assert SHAPERS == {"centered_ranks": centered_ranks, "z_score": z_score, "raw": sanitize}
+    assert SHAPERS == {
+        "centered_ranks": centered_ranks,
+        "z_score": z_score,
+        "raw": sanitize,
+    }

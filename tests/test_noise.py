@@ -93,7 +93,7 @@ def test_factors_are_reproducible_from_key_generation_and_member_alone():
         )
         sliced = jax.tree.map(lambda x, i=member: x[i], population)
         # equal up to float rounding of the fused sigma * sign / sqrt(r) products
-        assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-14)  # noqa: E731
+        assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-14)
         jax.tree.map(assert_close, alone, sliced)
     # a different generation, member pair or key gives different noise
     base = dense_eps(KEY, 4, 0, params, config, 0.1)[("layer", "kernel")]
@@ -121,7 +121,9 @@ def test_antithetic_pairs_are_exact_negatives(full_rank):
 
 def test_noise_reuse_shares_noise_for_k_generations():
     params, config = make_params(), NoiseConfig(rank=2, noise_reuse=3)
-    gens = [dense_eps(KEY, g, 4, params, config, 0.1)[("layer", "kernel")] for g in range(7)]
+    gens = [
+        dense_eps(KEY, g, 4, params, config, 0.1)[("layer", "kernel")] for g in range(7)
+    ]
     for g in (1, 2):
         np.testing.assert_array_equal(gens[0], gens[g])
     np.testing.assert_array_equal(gens[3], gens[5])
@@ -200,7 +202,9 @@ def test_one_contraction_estimate_equals_explicit_sum_over_members(config):
 
 
 @pytest.mark.parametrize("rank,cases", [(1, [(2, 2), (16, 8)]), (2, [(3, 6), (4, 8)])])
-def test_estimate_is_full_rank_once_population_times_rank_covers_the_matrix(rank, cases):
+def test_estimate_is_full_rank_once_population_times_rank_covers_the_matrix(
+    rank, cases
+):
     params, config = {"w": jnp.zeros((8, 12))}, NoiseConfig(rank=rank)
     for pairs, expected in cases:
         # pairs beyond `pairs` have equal fitness, so they contribute nothing
@@ -236,5 +240,5 @@ def test_chunked_estimate_equals_the_single_contraction(monkeypatch, full_rank):
     chunked = jax.jit(noise.gradient_estimate, static_argnames="config")(
         KEY, 1, params, fitness, config
     )
-    assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12)  # noqa: E731
+    assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12)
     jax.tree.map(assert_close, chunked, whole)
