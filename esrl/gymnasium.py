@@ -91,9 +91,9 @@ class GymnasiumEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
-        super().reset(seed=seed)
         if seed is not None:
             self._rng = _key(seed)
+        super().reset(seed=seed)
         self._rng, key = jax.random.split(self._rng)
         obs, self._state = self._reset(key, self.params)
         return _to_numpy(obs, self.observation_space), {}

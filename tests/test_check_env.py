@@ -1,0 +1,148 @@
+"""check_env: good environments pass, each kind of breakage gets a message naming it."""
+
+from __future__ import annotations
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import esrl
+from esrl import spaces
+from esrl.checks import EnvCheckError, check_env
+from esrl.env import Environment
+
+
+class Walk(Environment):
+    """A 1-D random walk; each ``break_*`` flag breaks one rule of the protocol."""
+
+    def __init__(self, size: int = 4, **breaks):
+        self.size = size
+        self.breaks = breaks
+
+    def reset(self, key, params=None):
+        x = jax.random.uniform(key, (self.size,), minval=-1.0, maxval=1.0)
+        return self._obs(x), x
+
+    def step(self, key, state, action, params=None):
+        noise = 0.01 * jax.random.normal(key, state.shape)
+        if self.breaks.get("nondeterministic"):
+            # Host-side NumPy randomness: invisible to JAX keys, so not reproducible.
+            noise = noise + jax.pure_callback(
+                lambda x: np.random.rand(*x.shape).astype(np.float32),
+                jax.ShapeDtypeStruct(state.shape, jnp.float32),
+                state,
+                vmap_method="sequential",
+            )
+        x = jnp.clip(state + 0.1 * (2 * action - 1) + noise, -1.0, 1.0)
+        if self.breaks.get("grow_state"):
+            x = jnp.concatenate([x, x])
+        reward = jnp.sum(x)
+        if self.breaks.get("vector_reward"):
+            reward = x
+        terminated = jnp.abs(x[0]) > 0.99
+        if self.breaks.get("int_terminated"):
+            terminated = terminated.astype(jnp.int32)
+        truncated = jnp.zeros((), bool)
+        if self.breaks.get("five_tuple"):
+            return self._obs(x), x, reward, terminated, {}
+        return self._obs(x), x, reward, terminated, truncated, {"x0": x[0]}
+
+    def _obs(self, x):
+        if self.breaks.get("short_obs"):
+            return x[:-1]
+        if self.breaks.get("out_of_bounds"):
+            return x.at[2].set(5.0)
+        if self.breaks.get("raises"):
+            raise RuntimeError("boom in _obs")
+        return x
+
+    def observation_space(self, params=None):
+        return spaces.Box(-1.0, 1.0, (self.size,), jnp.float32)
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    @property
+    def name(self) -> str:
+        return "Walk"
+
+
+@pytest.mark.parametrize("env_id", ["gymnax/CartPole-v1", "gymnax/Pendulum-v1"])
+def test_gymnax_envs_pass(env_id):
+    check_env(esrl.make(env_id))
+
+
+def test_valid_custom_env_passes_and_raw_gymnax_object_is_accepted():
+    check_env(Walk())
+    raw, params = gymnax.make("CartPole-v1")
+    check_env(raw, params=params)
+    assert esrl.check_env is check_env
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (
+            "short_obs",
+            "Walk.reset: observation has shape (3,), but observation_space says (4,)",
+        ),
+        (
+            "out_of_bounds",
+            "Walk.reset: observation[2] = 5.0 is above observation_space.high[2] = 1.0",
+        ),
+        (
+            "vector_reward",
+            "Walk.step: reward has shape (4,), but must be a scalar (shape ())",
+        ),
+        ("int_terminated", "Walk.step: terminated has dtype int32, but must be bool"),
+        ("grow_state", "Walk.step: the state it returns differs in structure"),
+        ("five_tuple", "Walk.step returned 5 values"),
+        ("raises", "Walk.reset failed under jax.jit/vmap: RuntimeError: boom in _obs"),
+        (
+            "nondeterministic",
+            "Walk.step: observation differs between two calls with the same key",
+        ),
+    ],
+)
+def test_broken_env_is_rejected_with_a_message_naming_it(flag, message):
+    with pytest.raises(EnvCheckError) as info:
+        check_env(Walk(**{flag: True}))
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_several_problems_are_reported_in_one_error():
+    with pytest.raises(EnvCheckError) as info:
+        check_env(Walk(vector_reward=True, int_terminated=True))
+    text = str(info.value)
+    assert text.startswith("Walk failed check_env with 2 problems:")
+    assert "reward has shape (4,)" in text and "terminated has dtype int32" in text
+
+
+def test_observation_dtype_mismatch_is_reported():
+    class IntWalk(Walk):
+        def observation_space(self, params=None):
+            return spaces.Box(-1, 1, (4,), jnp.int32)
+
+    with pytest.raises(
+        EnvCheckError, match="has dtype float32, but observation_space says int32"
+    ):
+        check_env(IntWalk())
+
+
+def test_non_environment_is_rejected():
+    with pytest.raises(EnvCheckError, match="object is not an environment"):
+        check_env(object())
+
+
+def test_bad_space_is_rejected():
+    class NoSpace(Walk):
+        def action_space(self, params=None):
+            return (0, 1)
+
+    with pytest.raises(
+        EnvCheckError, match=r"Walk.action_space returned \(0, 1\), which lacks"
+    ):
+        check_env(NoSpace())

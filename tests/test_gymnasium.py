@@ -1,0 +1,108 @@
+"""to_gymnasium: a checker-clean gymnasium Env and a same-step auto-reset VectorEnv."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gymnasium_check_env
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+import esrl
+from esrl import spaces
+from esrl.gymnasium import GymnasiumEnv, to_gymnasium, to_gymnasium_space
+
+
+@pytest.mark.parametrize("env_id", ["gymnax/CartPole-v1", "gymnax/Pendulum-v1"])
+def test_single_env_passes_gymnasium_checker(env_id):
+    env = to_gymnasium(env_id)
+    assert isinstance(env, gymnasium.Env)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gymnasium_check_env(env, skip_render_check=True)
+    # Only advice (Pendulum's [-2, 2] action range) may remain, no failed checks.
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "symmetric and normalized" not in m], messages
+
+
+def test_single_env_numpy_io_and_seeding():
+    env = to_gymnasium(esrl.make("gymnax/CartPole-v1"), seed=5)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
+    obs, info = env.reset(seed=3)
+    assert isinstance(obs, np.ndarray) and obs.dtype == np.float32 and info == {}
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(obs, again)
+    obs, reward, terminated, truncated, info = env.step(np.int64(1))
+    assert isinstance(obs, np.ndarray) and obs.shape == (4,)
+    assert type(reward) is float and reward == 1.0
+    assert type(terminated) is bool and type(truncated) is bool
+    assert all(isinstance(v, np.ndarray) for v in info.values())
+    with pytest.raises(TypeError, match="seed must be an int"):
+        env.reset(seed=[1, 2])
+
+
+def test_vector_env_shapes_and_final_observations():
+    num_envs = 8
+    env = to_gymnasium("gymnax/CartPole-v1", num_envs=num_envs, seed=0)
+    assert isinstance(env, gymnasium.vector.VectorEnv)
+    assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert env.observation_space == batch_space(env.single_observation_space, num_envs)
+    assert env.action_space == batch_space(env.single_action_space, num_envs)
+    obs, _ = env.reset(seed=1)
+    assert isinstance(obs, np.ndarray) and obs.shape == (num_envs, 4)
+    env.action_space.seed(0)
+    finished = 0
+    for _ in range(60):
+        previous = obs
+        obs, reward, terminated, truncated, infos = env.step(env.action_space.sample())
+        assert obs.shape == (num_envs, 4) and obs.dtype == np.float32
+        assert reward.shape == (num_envs,) and terminated.dtype == np.bool_
+        assert truncated.shape == (num_envs,)
+        done = terminated | truncated
+        if not done.any():
+            assert "final_obs" not in infos
+            continue
+        finished += int(done.sum())
+        np.testing.assert_array_equal(infos["_final_obs"], done)
+        np.testing.assert_array_equal(infos["_final_info"], done)
+        for i in range(num_envs):
+            final = infos["final_obs"][i]
+            if not done[i]:
+                assert final is None
+                continue
+            # The episode ended away from where it started; obs is a fresh reset.
+            assert final.shape == (4,) and final.dtype == np.float32
+            assert abs(final[2]) > 0.2 or abs(final[0]) > 2.4
+            assert np.all(np.abs(obs[i]) <= 0.05)
+            assert not np.array_equal(final, previous[i])
+        np.testing.assert_array_equal(infos["_discount"], ~done)
+    assert finished > 0
+
+
+def test_vector_env_rejects_bad_num_envs():
+    with pytest.raises(ValueError, match="num_envs must be a positive int"):
+        to_gymnasium("gymnax/CartPole-v1", num_envs=0)
+
+
+def test_space_conversion():
+    box = to_gymnasium_space(spaces.Box(0.0, jnp.array([1.0, 2.0]), (2,), jnp.float32))
+    assert box == gymnasium.spaces.Box(
+        np.zeros(2, np.float32), np.array([1, 2], np.float32), (2,), np.float32
+    )
+    nested = to_gymnasium_space(
+        spaces.Dict({"a": spaces.Discrete(3), "b": spaces.Tuple([spaces.Discrete(2)])})
+    )
+    assert nested == gymnasium.spaces.Dict(
+        {
+            "a": gymnasium.spaces.Discrete(3),
+            "b": gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)]),
+        }
+    )
+    with pytest.raises(TypeError, match="cannot convert"):
+        to_gymnasium_space("box")
+    assert isinstance(esrl.to_gymnasium("gymnax/Pendulum-v1"), GymnasiumEnv)
