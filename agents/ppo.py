@@ -25,15 +25,30 @@ from flax import struct
 
 from esrl import spaces
 from esrl.env import AutoReset, Environment
-from esrl.gae import discounted_returns, gae, merge_batch, scale_reward
+from esrl.gae import (
+    Batch,
+    Losses,
+    discounted_returns,
+    gae,
+    log_prob,
+    merge_batch,
+    ppo_loss,
+    scale_reward,
+    split_envs,
+    split_rows,
+)
 from esrl.nn import initial_carry, reset_carry
 from esrl.normalize import ObsStats, init_obs_stats, normalize_obs
-from esrl.policy import PolicyOutput, PolicySpec, clip_action, greedy_action
-from esrl.policy import make_policy, sample_action
+from esrl.policy import (
+    PolicyOutput,
+    PolicySpec,
+    clip_action,
+    make_policy,
+    sample_action,
+)
 from esrl.registry import make
+from esrl.rollout import RolloutConfig, evaluate_population
 from esrl.vec import VecEnv
-
-LOG_2PI_E = 1.0 + jnp.log(2.0 * jnp.pi)
 
 
 @dataclass(frozen=True)
@@ -150,33 +165,11 @@ class Transition(NamedTuple):
     """Undiscounted return of the episode so far, this reward included."""
 
 
-class Batch(NamedTuple):
-    """Training data of one update ([T, N, ...], or flat [B, ...] for an MLP)."""
-
-    obs: jax.Array
-    done: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    advantage: jax.Array
-    target: jax.Array
-
-
 class Learner(NamedTuple):
     """What a gradient step changes."""
 
     params: Any
     opt_state: Any
-
-
-class Losses(NamedTuple):
-    """Loss terms and diagnostics of a minibatch (means over an update when logged)."""
-
-    policy_loss: jax.Array
-    value_loss: jax.Array
-    entropy: jax.Array
-    approx_kl: jax.Array
-    clip_fraction: jax.Array
 
 
 class Metrics(NamedTuple):
@@ -187,45 +180,6 @@ class Metrics(NamedTuple):
     losses: Losses
 
 
-class EvalCarry(NamedTuple):
-    """Greedy evaluation: episodes run once, rewards counted until the first done."""
-
-    env_state: Any
-    obs: jax.Array
-    carry: Any
-    alive: jax.Array
-    total: jax.Array
-
-
-def log_prob(out: PolicyOutput, action: jax.Array, discrete: bool) -> jax.Array:
-    """log pi(action): categorical over logits, or diagonal Gaussian (summed)."""
-    if discrete:
-        logp = jax.nn.log_softmax(out.logits)
-        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), -1)[..., 0]
-    z = (action - out.logits) * jnp.exp(-out.log_std)
-    return jnp.sum(-0.5 * z * z - out.log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
-
-
-def entropy(out: PolicyOutput, discrete: bool) -> jax.Array:
-    """Entropy of the action distribution."""
-    if discrete:
-        logp = jax.nn.log_softmax(out.logits)
-        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    return jnp.sum(out.log_std + 0.5 * LOG_2PI_E, axis=-1)
-
-
-def _split_envs(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
-    """[T, N, ...] -> [M, T, N / M, ...] after permuting environments."""
-    x = jnp.take(x, perm, axis=1)
-    return jnp.swapaxes(x.reshape(x.shape[0], m, -1, *x.shape[2:]), 0, 1)
-
-
-def _split_rows(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
-    """[T, N, ...] -> [M, T * N / M, ...] after permuting all rows."""
-    x = x.reshape(-1, *x.shape[2:])[perm]
-    return x.reshape(m, -1, *x.shape[1:])
-
-
 class PPO:
     """PPO on one environment: `init(key)`, then `train(state, n)` in chunks."""
 
@@ -233,7 +187,7 @@ class PPO:
         if isinstance(env, str):
             env = make(env)
         if isinstance(env, AutoReset):
-            raise ValueError(
+            raise TypeError(
                 "PPO resets finished episodes itself (keeping the final observation); "
                 "pass the environment without autoreset (esrl.make(id))"
             )
@@ -264,7 +218,9 @@ class PPO:
         c = self.config
         carry = initial_carry(c.policy.kind, c.policy.hidden)
         params = self.policy.init(k_params, carry, obs[0])
-        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (c.num_envs, *x.shape)), carry)
+        carry = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (c.num_envs, *x.shape)), carry
+        )
         obs_stats = init_obs_stats(obs.shape[1:])
         if c.normalize_obs:
             obs_stats = merge_batch(obs_stats, obs)
@@ -335,11 +291,11 @@ class PPO:
         transition = Transition(
             runner.obs, carry, action, log_prob(out, action, self.discrete),
             out.value, reward, term, trunc, info["final_obs"], ep_return,
-        )
+        )  # fmt: skip
         next_runner = Runner(
             env_state, next_obs, self.reset_done(carry, done),
             jnp.where(done, 0.0, ep_return),
-        )
+        )  # fmt: skip
         return next_runner, transition
 
     def _update(self, state: PPOState, _) -> tuple[PPOState, Metrics]:
@@ -353,17 +309,25 @@ class PPO:
         )
         obs_stats = state.obs_stats
         if self.config.normalize_obs:
-            obs_stats = merge_batch(obs_stats, traj.obs.reshape(-1, *traj.obs.shape[2:]))
+            obs_stats = merge_batch(
+                obs_stats, traj.obs.reshape(-1, *traj.obs.shape[2:])
+            )
         metrics = Metrics(
             jnp.sum(jnp.where(batch.done, traj.episode_return, 0.0)),
             jnp.sum(batch.done),
             jax.tree.map(jnp.mean, losses),
         )
         new_state = state.replace(
-            params=learner.params, opt_state=learner.opt_state,
-            env_state=runner.env_state, obs=runner.obs, carry=runner.carry,
-            episode_return=runner.episode_return, disc_return=disc_return,
-            obs_stats=obs_stats, reward_stats=reward_stats, key=key,
+            params=learner.params,
+            opt_state=learner.opt_state,
+            env_state=runner.env_state,
+            obs=runner.obs,
+            carry=runner.carry,
+            episode_return=runner.episode_return,
+            disc_return=disc_return,
+            obs_stats=obs_stats,
+            reward_stats=reward_stats,
+            key=key,
             update=state.update + 1,
         )
         return new_state, metrics
@@ -383,9 +347,11 @@ class PPO:
         advantage, target = gae(
             reward, traj.value, bootstrap.value, traj.terminated, traj.truncated,
             c.gamma, c.gae_lambda,
-        )
+        )  # fmt: skip
         obs = self.normalize(state, traj.obs)
-        batch = Batch(obs, done, traj.action, traj.log_prob, traj.value, advantage, target)
+        batch = Batch(
+            obs, done, traj.action, traj.log_prob, traj.value, advantage, target
+        )
         return batch, disc, reward_stats
 
     def _epoch(self, carry0, batch: Batch, learner: Learner, key: jax.Array):
@@ -395,11 +361,11 @@ class PPO:
             carries = jax.tree.map(
                 lambda x: jnp.take(x, perm, 0).reshape(m, -1, *x.shape[1:]), carry0
             )
-            minibatches = jax.tree.map(partial(_split_envs, perm=perm, m=m), batch)
+            minibatches = jax.tree.map(partial(split_envs, perm=perm, m=m), batch)
         else:
             perm = jax.random.permutation(key, self.config.batch_size)
             carries = ()
-            minibatches = jax.tree.map(partial(_split_rows, perm=perm, m=m), batch)
+            minibatches = jax.tree.map(partial(split_rows, perm=perm, m=m), batch)
         return jax.lax.scan(self._grad_step, learner, (carries, minibatches))
 
     def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, Losses]:
@@ -417,49 +383,21 @@ class PPO:
             out = self.unroll(params, carry0, batch.obs, batch.done)
         else:
             out = self.act(params, (), batch.obs)[1]
-        log_ratio = log_prob(out, batch.action, self.discrete) - batch.log_prob
-        ratio = jnp.exp(log_ratio)
-        adv = batch.advantage
-        if c.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        clipped = jnp.clip(ratio, 1.0 - c.clip_eps, 1.0 + c.clip_eps)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
-        value_loss = jnp.square(out.value - batch.target)
-        if c.clip_value:
-            v_clip = batch.value + jnp.clip(out.value - batch.value, -c.clip_eps, c.clip_eps)
-            value_loss = jnp.maximum(value_loss, jnp.square(v_clip - batch.target))
-        value_loss = 0.5 * jnp.mean(value_loss)
-        ent = jnp.mean(entropy(out, self.discrete))
-        total = policy_loss + c.vf_coef * value_loss - c.ent_coef * ent
-        losses = Losses(
-            policy_loss, value_loss, ent,
-            jnp.mean(ratio - 1.0 - log_ratio),
-            jnp.mean((jnp.abs(ratio - 1.0) > c.clip_eps).astype(jnp.float32)),
-        )
-        return total, losses
+        return ppo_loss(
+            out, batch, self.discrete, clip_eps=c.clip_eps, clip_value=c.clip_value,
+            vf_coef=c.vf_coef, ent_coef=c.ent_coef,
+            normalize_advantages=c.normalize_advantages,
+        )  # fmt: skip
 
     def evaluate(
-        self, key: jax.Array, state: PPOState, num_envs: int = 16, num_steps: int = 500
+        self, key: jax.Array, state: PPOState, episodes: int = 16, horizon: int = 500
     ) -> jax.Array:
-        """Mean return of the greedy policy over ``num_envs`` episodes (<= num_steps)."""
-        vec = VecEnv(self.env, num_envs, autoreset=False)
-        k_reset, k_steps = jax.random.split(key)
-        obs, env_state = vec.reset(k_reset, self.env_params)
-        c = self.config
-        carry = initial_carry(c.policy.kind, c.policy.hidden)
-        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_envs, *x.shape)), carry)
-        alive = jnp.ones((num_envs,), bool)
-        init = EvalCarry(env_state, obs, carry, alive, jnp.zeros((num_envs,)))
-        step = partial(self._eval_step, state, vec)
-        final, _ = jax.lax.scan(step, init, jax.random.split(k_steps, num_steps))
-        return jnp.mean(final.total)
-
-    def _eval_step(self, state: PPOState, vec: VecEnv, ev: EvalCarry, key: jax.Array):
-        carry, out = self.act(state.params, ev.carry, self.normalize(state, ev.obs))
-        action = greedy_action(out, self.action_space)
-        obs, env_state, reward, term, trunc, _ = vec.step(
-            key, ev.env_state, action, self.env_params
+        """Mean return of the greedy policy over ``episodes`` (`esrl.rollout`, as ES)."""
+        config = RolloutConfig(
+            horizon=horizon, episodes=episodes, normalize_obs=self.config.normalize_obs
         )
-        total = ev.total + jnp.where(ev.alive, reward, 0.0)
-        alive = ev.alive & ~jnp.logical_or(term, trunc)
-        return EvalCarry(env_state, obs, carry, alive, total), None
+        result = evaluate_population(
+            key, self.env, self.env_params, self.policy, state.params["params"],
+            config=config, obs_stats=state.obs_stats, num_members=1,
+        )  # fmt: skip
+        return result.returns[0]

@@ -1,4 +1,4 @@
-"""Generalized advantage estimation, discounted returns and reward scaling.
+"""On-policy building blocks: GAE, reward scaling, log-probs, the PPO loss, minibatches.
 
 GAE (Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized
 Advantage Estimation", arXiv 1506.02438) with terminated and truncated kept apart:
@@ -14,6 +14,7 @@ at the episode boundary::
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,31 @@ from esrl.normalize import (
     update_obs_stats,
     zero_moments,
 )
+from esrl.policy import PolicyOutput
+
+LOG_2PI_E = 1.0 + jnp.log(2.0 * jnp.pi)
+
+
+class Batch(NamedTuple):
+    """Training data of one update ([T, N, ...], or flat [B, ...] for an MLP)."""
+
+    obs: jax.Array
+    done: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+class Losses(NamedTuple):
+    """Loss terms and diagnostics of a minibatch (means over an update when logged)."""
+
+    policy_loss: jax.Array
+    value_loss: jax.Array
+    entropy: jax.Array
+    approx_kl: jax.Array
+    clip_fraction: jax.Array
 
 
 def gae(
@@ -46,7 +72,9 @@ def gae(
     not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(values.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values
     _, advantages = jax.lax.scan(
-        _gae_step, jnp.zeros_like(values[0]), (deltas, gamma * lam * not_done),
+        _gae_step,
+        jnp.zeros_like(values[0]),
+        (deltas, gamma * lam * not_done),
         reverse=True,
     )
     return advantages, advantages + values
@@ -88,3 +116,65 @@ def merge_batch(stats: ObsStats, batch: jax.Array) -> ObsStats:
 def scale_reward(stats: ObsStats, reward: jax.Array) -> jax.Array:
     """reward / std of the discounted returns (keeps the sign and zero of rewards)."""
     return reward / obs_std(stats)
+
+
+def log_prob(out: PolicyOutput, action: jax.Array, discrete: bool) -> jax.Array:
+    """log pi(action): categorical over logits, or diagonal Gaussian (summed)."""
+    if discrete:
+        logp = jax.nn.log_softmax(out.logits)
+        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), -1)[
+            ..., 0
+        ]
+    z = (action - out.logits) * jnp.exp(-out.log_std)
+    return jnp.sum(-0.5 * z * z - out.log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
+
+
+def entropy(out: PolicyOutput, discrete: bool) -> jax.Array:
+    """Entropy of the action distribution."""
+    if discrete:
+        logp = jax.nn.log_softmax(out.logits)
+        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jnp.sum(out.log_std + 0.5 * LOG_2PI_E, axis=-1)
+
+
+def ppo_loss(
+    out: PolicyOutput,
+    batch: Batch,
+    discrete: bool,
+    *,
+    clip_eps: float = 0.2,
+    clip_value: bool = True,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.01,
+    normalize_advantages: bool = True,
+) -> tuple[jax.Array, Losses]:
+    """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy."""
+    log_ratio = log_prob(out, batch.action, discrete) - batch.log_prob
+    ratio = jnp.exp(log_ratio)
+    adv = batch.advantage
+    if normalize_advantages:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+    value_loss = jnp.square(out.value - batch.target)
+    if clip_value:
+        v_clip = batch.value + jnp.clip(out.value - batch.value, -clip_eps, clip_eps)
+        value_loss = jnp.maximum(value_loss, jnp.square(v_clip - batch.target))
+    value_loss = 0.5 * jnp.mean(value_loss)
+    ent = jnp.mean(entropy(out, discrete))
+    total = policy_loss + vf_coef * value_loss - ent_coef * ent
+    approx_kl = jnp.mean(ratio - 1.0 - log_ratio)
+    clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
+    return total, Losses(policy_loss, value_loss, ent, approx_kl, clip_fraction)
+
+
+def split_envs(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
+    """[T, N, ...] -> [M, T, N / M, ...] after permuting environments."""
+    x = jnp.take(x, perm, axis=1)
+    return jnp.swapaxes(x.reshape(x.shape[0], m, -1, *x.shape[2:]), 0, 1)
+
+
+def split_rows(x: jax.Array, perm: jax.Array, m: int) -> jax.Array:
+    """[T, N, ...] -> [M, T * N / M, ...] after permuting all rows."""
+    x = x.reshape(-1, *x.shape[2:])[perm]
+    return x.reshape(m, -1, *x.shape[1:])

@@ -1,0 +1,233 @@
+"""PPO: GAE against a plain loop, truncation bootstrap, recurrent resets, learning, resume."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from esrl.agents.ppo import PPO, PPOConfig
+from flax import struct
+
+import esrl
+from esrl import spaces
+from esrl.env import Environment
+from esrl.gae import gae
+from esrl.policy import PolicySpec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory_env import MemoryEnv
+
+GRU = PolicySpec(kind="gru", hidden=32, num_layers=1)
+
+
+def gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam):
+    """The textbook recursion, one environment and one step at a time."""
+    steps, envs = rewards.shape
+    advantages = np.zeros((steps, envs))
+    for n in range(envs):
+        next_advantage = 0.0
+        for t in reversed(range(steps)):
+            bootstrap = 0.0 if terminated[t, n] else gamma * next_values[t, n]
+            delta = rewards[t, n] + bootstrap - values[t, n]
+            ended = terminated[t, n] or truncated[t, n]
+            next_advantage = delta + (0.0 if ended else gamma * lam * next_advantage)
+            advantages[t, n] = next_advantage
+    return advantages, advantages + values
+
+
+def test_gae_scan_equals_python_loop_with_terminals_and_truncations():
+    rng = np.random.default_rng(0)
+    shape = (64, 5)
+    rewards, values, next_values = (rng.normal(size=shape) for _ in range(3))
+    terminated = rng.random(shape) < 0.1
+    truncated = (rng.random(shape) < 0.1) & ~terminated
+    assert terminated.any() and truncated.any()
+    args = (rewards, values, next_values, terminated, truncated, 0.97, 0.9)
+    adv, target = gae(
+        *(jnp.asarray(a, jnp.float32) for a in args[:3]),
+        jnp.asarray(terminated),
+        jnp.asarray(truncated),
+        0.97,
+        0.9,
+    )
+    ref_adv, ref_target = gae_loop(*args)
+    np.testing.assert_allclose(adv, ref_adv, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target, ref_target, rtol=1e-5, atol=1e-5)
+    # A truncated last step bootstraps from V(final obs); a terminated one does not.
+    one = lambda term, trunc: gae(
+        jnp.ones((1, 1)),
+        jnp.zeros((1, 1)),
+        jnp.full((1, 1), 10.0),
+        jnp.array([[term]]),
+        jnp.array([[trunc]]),
+        0.9,
+        0.5,
+    )[0][0, 0]
+    assert float(one(False, True)) == pytest.approx(1.0 + 0.9 * 10.0)
+    assert float(one(True, False)) == pytest.approx(1.0)
+
+
+def test_truncation_bootstraps_from_the_final_observation():
+    """With lambda = 0, A_t = r + gamma * V(final obs) - V(obs) at a time-limit cut."""
+    cfg = PPOConfig(
+        total_steps=256, num_envs=4, num_steps=64, gae_lambda=0.0, num_minibatches=1
+    )
+    env = esrl.make("gymnax/CartPole-v1")
+    ppo = PPO(cfg, env, env.default_params.replace(max_steps_in_episode=5))
+    state = jax.jit(ppo.init)(jax.random.key(0))
+    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
+    batch, _, _ = jax.jit(ppo._batch)(state, traj)
+    cut = np.asarray(traj.truncated & ~traj.terminated)
+    assert cut.sum() > 10
+    _, final = ppo.act(state.params, (), traj.final_obs[cut])
+    _, reset = ppo.act(state.params, (), traj.obs[1:][cut[:-1]])
+    expected = traj.reward[cut] + cfg.gamma * final.value - traj.value[cut]
+    np.testing.assert_allclose(batch.advantage[cut], expected, rtol=1e-5, atol=1e-5)
+    # ... and not from the freshly reset observation the environment moved on to.
+    assert not np.allclose(final.value[: len(reset.value)], reset.value, atol=1e-4)
+
+
+def replay(ppo, state, traj, reset_after_done: bool):
+    """Act step by step in Python; reset after (or, wrongly, before) a done step."""
+    carry, values, carries = np.asarray(state.carry), [], []
+    done = np.asarray(traj.terminated | traj.truncated)
+    act = jax.jit(ppo.act)
+    for t in range(done.shape[0]):
+        if not reset_after_done:  # the frequent bug: the current step's done
+            carry = np.where(done[t][:, None], 0.0, carry)
+        carry, out = act(state.params, carry, traj.obs[t])
+        values.append(out.value)
+        carries.append(carry)
+        if reset_after_done:
+            carry = np.where(done[t][:, None], 0.0, carry)
+    return np.stack(values), np.stack(carries)
+
+
+def test_recurrent_carry_resets_where_and_only_where_an_episode_ended():
+    cfg = PPOConfig(
+        total_steps=64, num_envs=4, num_steps=8, num_minibatches=2, policy=GRU
+    )
+    ppo = PPO(cfg, MemoryEnv(delay=2))  # episodes of 3 steps: they end mid-rollout
+    state = jax.jit(ppo.init)(jax.random.key(0))
+    state = state.replace(carry=jax.random.normal(jax.random.key(3), state.carry.shape))
+    runner, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
+    done = np.asarray(traj.terminated | traj.truncated)
+    assert done[:-1].any() and not done.all()
+    values, carries = replay(ppo, state, traj, reset_after_done=True)
+    np.testing.assert_allclose(traj.value, values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(traj.carry, carries, rtol=1e-5, atol=1e-6)
+    wrong, _ = replay(ppo, state, traj, reset_after_done=False)
+    assert not np.allclose(traj.value, wrong, atol=1e-4)
+    # The carry handed to the next rollout is zero exactly where the last step ended.
+    zero = np.all(np.asarray(runner.carry) == 0.0, axis=-1)
+    np.testing.assert_array_equal(zero, done[-1])
+    # Training replays the sequence with the same resets: same values and log-probs.
+    out = jax.jit(ppo.unroll)(state.params, state.carry, traj.obs, done)
+    np.testing.assert_allclose(out.value, traj.value, rtol=1e-5, atol=1e-6)
+
+
+@struct.dataclass
+class BanditState:
+    target: jax.Array
+
+
+class ContinuousBandit(Environment):
+    """One-step task: observe x in [-1, 1]^2, reward -|a - x|^2, actions in [-1, 1]^2."""
+
+    def reset(self, key, params=None):
+        x = jax.random.uniform(key, (2,), minval=-1.0, maxval=1.0)
+        return x, BanditState(x)
+
+    def step(self, key, state, action, params=None):
+        clipped = jnp.all(jnp.abs(action) <= 1.0)  # PPO must clip into the Box
+        reward = jnp.where(clipped, -jnp.sum((action - state.target) ** 2), -100.0)
+        obs, state = self.reset(key)
+        return obs, state, reward, jnp.array(True), jnp.array(False), {}
+
+    def observation_space(self, params=None):
+        return spaces.Box(-1.0, 1.0, (2,), jnp.float32)
+
+    def action_space(self, params=None):
+        return spaces.Box(-1.0, 1.0, (2,), jnp.float32)
+
+
+def test_gaussian_policy_learns_a_continuous_bandit_with_normalisation():
+    cfg = PPOConfig(
+        total_steps=16 * 16 * 40,
+        num_envs=16,
+        num_steps=16,
+        lr=3e-3,
+        normalize_obs=True,
+        normalize_reward=True,
+        policy=PolicySpec(hidden=32),
+    )
+    ppo = PPO(cfg, ContinuousBandit())
+    start = jax.jit(ppo.init)(jax.random.key(0))
+    state, metrics = jax.jit(partial(ppo.train, num_updates=cfg.num_updates))(start)
+    score = jax.jit(
+        jax.vmap(partial(ppo.evaluate, episodes=256, horizon=1), in_axes=(None, 0))
+    )
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), start, state)
+    before, after = np.asarray(score(jax.random.key(1), both))
+    train = np.asarray(metrics.return_sum / metrics.episodes)
+    assert train.min() > -50.0  # never an unclipped action
+    assert before < -0.5 and after > -0.05, (before, after)
+    # Statistics: the first reset, then every rollout's observations.
+    assert float(state.obs_stats.count) == 16 + cfg.num_updates * cfg.batch_size
+
+
+def test_ppo_solves_cartpole():
+    cfg = PPOConfig(total_steps=250_000)
+    ppo = PPO(cfg, "gymnax/CartPole-v1")
+    state = jax.jit(ppo.init)(jax.random.key(0))
+    state, _ = jax.jit(partial(ppo.train, num_updates=cfg.num_updates))(state)
+    assert float(ppo.evaluate(jax.random.key(1), state)) >= 475.0
+
+
+def test_gru_solves_the_memory_task_where_an_mlp_cannot():
+    results = {}
+    for spec in (GRU, PolicySpec(hidden=32)):
+        cfg = PPOConfig(
+            total_steps=32 * 20 * 25, num_envs=32, num_steps=20, lr=3e-3, policy=spec
+        )
+        ppo = PPO(cfg, MemoryEnv(delay=4))
+        state = jax.jit(ppo.init)(jax.random.key(0))
+        state, _ = jax.jit(partial(ppo.train, num_updates=cfg.num_updates))(state)
+        score = partial(ppo.evaluate, episodes=512, horizon=5)
+        results[spec.kind] = float(score(jax.random.key(1), state))
+    assert results["gru"] >= 0.95 and results["mlp"] < 0.7, results
+
+
+def test_vmap_over_seeds_matches_separate_runs():
+    cfg = PPOConfig(total_steps=256, num_envs=4, num_steps=32, num_minibatches=2)
+    ppo = PPO(cfg, "gymnax/CartPole-v1")
+    keys = jax.random.split(jax.random.key(0), 2)
+    train = partial(ppo.train, num_updates=2)
+    states, metrics = jax.jit(jax.vmap(train))(jax.jit(jax.vmap(ppo.init))(keys))
+    train, init = jax.jit(train), jax.jit(ppo.init)
+    for i, key in enumerate(keys):
+        state, m = train(init(key))
+        np.testing.assert_allclose(
+            metrics.losses.value_loss[i], m.losses.value_loss, rtol=1e-4
+        )
+        mine = jax.tree.map(lambda x, i=i: x[i], states.params)
+        jax.tree.map(
+            partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
+            mine,
+            state.params,
+        )
+    assert not np.allclose(metrics.return_sum[0], metrics.return_sum[1])
+
+
+def test_bad_configurations_say_what_to_do():
+    with pytest.raises(ValueError, match="num_minibatches=3 must divide num_envs"):
+        PPOConfig(num_envs=16, num_minibatches=3, policy=GRU)
+    with pytest.raises(ValueError, match="raise total_steps"):
+        PPOConfig(total_steps=100)
+    with pytest.raises(TypeError, match="without autoreset"):
+        PPO(PPOConfig(), esrl.make("gymnax/CartPole-v1", autoreset=True))
