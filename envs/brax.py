@@ -37,7 +37,11 @@ NAMES: tuple[str, ...] = (
 """Every name in ``brax.envs`` (a literal, so listing ids never imports Brax)."""
 
 BACKENDS: tuple[str, ...] = ("spring", "mjx", "generalized", "positional")
-"""Brax physics pipelines; the first is the default (fastest on CPU, see DESIGN.md)."""
+"""Brax physics pipelines, fastest first on CPU (ant, 256 envs: spring 11.2k steps/s,
+mjx 11.0k, generalized 7.2k, positional 5.4k)."""
+
+ONLY_BACKEND: dict[str, str] = {"swimmer": "generalized"}
+"""Environments that support a single backend (their default); others use spring."""
 
 
 @struct.dataclass
@@ -134,16 +138,28 @@ class BraxEnv(Environment):
 
 def make_brax(
     name: str,
-    backend: str = BACKENDS[0],
+    backend: str | None = None,
     episode_length: int = 1000,
     action_repeat: int = 1,
     **kwargs,
 ) -> BraxEnv:
-    """Build ``brax/<name>``; extra keyword arguments go to the Brax env class."""
+    """Build ``brax/<name>``; extra keyword arguments go to the Brax env class.
+
+    Args:
+        name: a name in `NAMES`.
+        backend: a physics pipeline in `BACKENDS`; None picks spring (the fastest on
+            CPU) or the only one the environment supports.
+        episode_length: physics-env steps after which ``truncated`` is set.
+        action_repeat: physics-env steps per `BraxEnv.step` (rewards summed).
+    """
     if name not in NAMES:
         raise ValueError(f"unknown Brax environment {name!r}; choose one of {NAMES}")
+    backend = ONLY_BACKEND.get(name, BACKENDS[0]) if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown Brax backend {backend!r}; choose one of {BACKENDS}")
+    only = ONLY_BACKEND.get(name, backend)
+    if backend != only:
+        raise ValueError(f"brax/{name} supports only backend={only!r}, not {backend!r}")
     envs = _import_brax_envs()
     env = envs.get_environment(name, backend=backend, **kwargs)
     return BraxEnv(env, name, episode_length, action_repeat)

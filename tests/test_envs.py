@@ -123,6 +123,9 @@ def test_brax_make_ant_spaces_and_errors():
         esrl.make("brax/ant", backend="warp")
     with pytest.raises(ValueError, match="action_repeat must be >= 1"):
         esrl.make("brax/ant", action_repeat=0)
+    assert esrl.make("brax/swimmer").env.backend == "generalized"  # its only one
+    with pytest.raises(ValueError, match="supports only backend='generalized'"):
+        esrl.make("brax/swimmer", backend="spring")
 
 
 # --- Craftax -------------------------------------------------------------------
