@@ -1,8 +1,59 @@
-"""The ``esrl`` command line: ``esrl envs`` lists environments, ``esrl train`` trains."""
+"""The ``esrl`` command line: ``esrl envs`` lists environments, ``esrl train`` trains.
+
+``esrl train --env ID --agent {eggroll,openai_es}`` trains with evolution strategies;
+options left out take per-environment defaults (`env_defaults`, listed in ``--help``).
+``--generations`` is the total: ``--resume DIR --generations 6`` after a 3-generation
+run trains generations 4-6 and appends to DIR. Every bad input is reported before
+anything is compiled. Other agents (``ppo``) are routed to their own runner
+(`EXTERNAL_AGENTS`), which receives the same argument list.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import sys
+from collections.abc import Callable
+
+from esrl.nn import CELLS
+
+POLICIES = ("mlp", *CELLS)
+ES_AGENTS = ("eggroll", "openai_es")
+EXTERNAL_AGENTS: dict[str, str] = {"ppo": "esrl.train_ppo:main"}
+"""Agents with their own runner ``module:function``, called as ``fn(argv) -> int``."""
+
+DEFAULTS: dict[str, object] = {
+    "policy": "mlp", "hidden": 64, "population": 256, "rank": 1, "sigma": 0.05,
+    "lr": 0.05, "generations": 100, "seed": 0, "horizon": None, "episodes": 1,
+    "eval_every": 10, "eval_episodes": 16, "checkpoint_every": 50,
+    "normalize_obs": False, "common_random_numbers": False,
+}  # fmt: skip
+"""Defaults of every environment; ``horizon`` None means the env's own time limit."""
+
+PRESETS: dict[str, dict[str, object]] = {
+    "gymnax/": {},
+    "gymnax/CartPole-v1": {
+        "hidden": 32, "generations": 30, "eval_every": 5, "eval_episodes": 32,
+    },
+    "brax/": {
+        "normalize_obs": True, "hidden": 64, "population": 512, "sigma": 0.02,
+        "lr": 0.02, "horizon": 1000, "generations": 500,
+    },
+    "craftax/": {
+        "hidden": 128, "population": 512, "horizon": 1000, "generations": 1000,
+        "episodes": 1,
+    },
+}  # fmt: skip
+"""Per-environment overrides: an exact id wins over its family prefix (``brax/``)."""
+
+
+def env_defaults(env_id: str) -> dict[str, object]:
+    """DEFAULTS updated by the family preset, then by the preset of ``env_id``."""
+    values = dict(DEFAULTS)
+    values.update(PRESETS.get(env_id.split("/")[0] + "/", {}))
+    values.update(PRESETS.get(env_id, {}))
+    return values
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -14,18 +65,243 @@ def _envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _epilog() -> str:
+    lines = ["per-environment defaults (override any with its option):"]
+    lines.append("  all: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
+    for env_id, values in PRESETS.items():
+        if values:
+            lines.append(
+                f"  {env_id}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+            )
+    lines.append("--agent ppo has its own options: esrl train --agent ppo --help")
+    return "\n".join(lines)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an agent with evolution strategies",
+        description="Train a policy with EGGROLL or OpenAI-ES.", epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    a = p.add_argument
+    a("--env", help="environment id (esrl envs lists them); not needed with --resume")
+    a("--agent", choices=ES_AGENTS + tuple(EXTERNAL_AGENTS), default=None,
+      help="eggroll (low-rank ES, default) or openai_es (full-rank ES)")  # fmt: skip
+    a("--policy", choices=POLICIES, help="policy torso (default mlp)")
+    a("--hidden", type=int, metavar="H", help="hidden width")
+    a("--population", type=int, metavar="N", help="members per generation (even)")
+    a("--rank", type=int, metavar="R", help="EGGROLL perturbation rank (default 1)")
+    a("--sigma", type=float, metavar="S", help="perturbation scale")
+    a("--lr", type=float, metavar="LR", help="learning rate (Adam)")
+    a("--generations", type=int, metavar="G", help="total generations (resumes too)")
+    a("--seed", type=int, metavar="S", help="random seed (default 0)")
+    a("--out", metavar="DIR", help="run directory (default runs/<env>/<agent>-s<seed>)")
+    a("--resume", metavar="DIR", help="continue the run in DIR up to --generations")
+    a("--plugin", action="append", default=[], metavar="MODULE",
+      help="import MODULE first (it registers your environments); repeatable")  # fmt: skip
+    a("--horizon", type=int, metavar="T", help="steps per episode (default: env limit)")
+    a("--episodes", type=int, metavar="E", help="episodes per member")
+    a("--eval-every", type=int, metavar="K", help="evaluate the mean policy every K")
+    a("--eval-episodes", type=int, metavar="M", help="episodes per evaluation")
+    a(
+        "--checkpoint-every",
+        type=int,
+        metavar="K",
+        help="checkpoint every K generations",
+    )
+    a("--normalize-obs", action=argparse.BooleanOptionalAction,
+      help="normalise observations with shared running statistics")  # fmt: skip
+    a("--common-random-numbers", action=argparse.BooleanOptionalAction,
+      help="all members of a generation see the same environment keys")  # fmt: skip
+    a("--devices", type=int, metavar="D", help="split members over D devices (all)")
+    a("--distributed", action="store_true",
+      help="multi-host: call jax.distributed.initialize() first")  # fmt: skip
+    a("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    a(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a --out that holds a run",
+    )
+    a("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per subcommand."""
-    parser = argparse.ArgumentParser(prog="esrl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="esrl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.add_argument("filter", nargs="?", default="", help="only ids containing this")
     envs.set_defaults(func=_envs)
+    _add_train(sub)
     return parser
+
+
+# option name -> where it lives in a RunSpec (for --resume consistency checks)
+_SPEC_FIELDS = {
+    "env": ("env",), "agent": ("agent",), "policy": ("train", "policy", "kind"),
+    "hidden": ("train", "policy", "hidden"),
+    "population": ("agent_config", "population"), "rank": ("agent_config", "rank"),
+    "sigma": ("agent_config", "sigma"), "lr": ("agent_config", "lr"),
+    "seed": ("train", "seed"), "horizon": ("train", "rollout", "horizon"),
+    "episodes": ("train", "rollout", "episodes"),
+    "eval_every": ("train", "eval_every"),
+    "eval_episodes": ("train", "eval_episodes"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "normalize_obs": ("train", "rollout", "normalize_obs"),
+    "common_random_numbers": ("train", "rollout", "common_random_numbers"),
+}  # fmt: skip
+
+
+def _lookup(tree: dict, path: tuple[str, ...]):
+    for k in path:
+        tree = tree.get(k) if isinstance(tree, dict) else None
+    return tree
+
+
+def spec_from_args(args: argparse.Namespace):
+    """A `esrl.train.RunSpec` from parsed options and the environment's defaults."""
+    from esrl.agents.eggroll import EggrollConfig
+    from esrl.agents.openai_es import OpenAIESConfig
+    from esrl.policy import PolicySpec
+    from esrl.rollout import RolloutConfig
+    from esrl.train import RunSpec, TrainConfig
+
+    if not args.env:
+        raise ValueError("--env is required (esrl envs lists the ids)")
+    agent = args.agent or "eggroll"
+    v = env_defaults(args.env)
+    v.update({k: x for k, x in vars(args).items() if k in v and x is not None})
+    es = {"population": v["population"], "sigma": v["sigma"], "lr": v["lr"]}
+    if agent == "eggroll":
+        agent_config = EggrollConfig(rank=v["rank"], **es)
+    elif args.rank is not None:
+        raise ValueError("--rank applies to eggroll only; drop it for openai_es")
+    else:
+        agent_config = OpenAIESConfig(**es)
+    rollout = RolloutConfig(
+        horizon=v["horizon"] or _env_horizon(args.env), episodes=v["episodes"],
+        normalize_obs=v["normalize_obs"],
+        common_random_numbers=v["common_random_numbers"],
+    )  # fmt: skip
+    train = TrainConfig(
+        generations=v["generations"], eval_every=v["eval_every"],
+        eval_episodes=v["eval_episodes"], checkpoint_every=v["checkpoint_every"],
+        seed=v["seed"], num_devices=args.devices, rollout=rollout,
+        policy=PolicySpec(kind=v["policy"], hidden=v["hidden"]),
+        progress=not args.no_progress, tensorboard=args.tensorboard,
+    )  # fmt: skip
+    return RunSpec(args.env, agent, agent_config, train, tuple(args.plugin))
+
+
+def _env_horizon(env_id: str) -> int:
+    """The environment's own time limit, else 1000."""
+    import esrl
+
+    env = esrl.make(env_id)
+    params = env.default_params
+    for name in ("max_steps_in_episode", "max_timesteps", "episode_length"):
+        if isinstance(getattr(params, name, None), int):
+            return getattr(params, name)
+    return 1000
+
+
+def resume_spec(args: argparse.Namespace, meta: dict):
+    """The checkpoint's spec with a new total; any other differing option is an error."""
+    from esrl.train import RunSpec
+
+    saved = meta["spec"]
+    for name, path in _SPEC_FIELDS.items():
+        given, stored = getattr(args, name, None), _lookup(saved, path)
+        if given is not None and given != stored:
+            raise ValueError(
+                f"--{name.replace('_', '-')} {given} differs from the run in "
+                f"{args.resume} ({stored}); drop it when resuming"
+            )
+    spec = RunSpec.from_dict(saved)
+    train = dataclasses.replace(
+        spec.train,
+        generations=args.generations or spec.train.generations,
+        num_devices=args.devices or spec.train.num_devices,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
+    plugins = tuple(dict.fromkeys(spec.plugins + tuple(args.plugin)))
+    return dataclasses.replace(spec, train=train, plugins=plugins)
+
+
+def _external(agent: str) -> Callable[[list[str]], int]:
+    module, _, fn = EXTERNAL_AGENTS[agent].partition(":")
+    runner = getattr(importlib.import_module(module), fn, None)
+    if runner is None:
+        raise ValueError(f"agent {agent!r} is not available: {module} has no {fn}()")
+    return runner
+
+
+def _train(args: argparse.Namespace) -> int:
+    from esrl import distributed
+    from esrl.checkpoint import read_meta
+    from esrl.train import fit, import_plugins, prepare
+
+    if args.distributed:
+        distributed.initialize()
+    try:
+        import_plugins(tuple(args.plugin))
+        if args.resume:
+            if args.out and args.out != args.resume:
+                raise ValueError("--resume DIR continues in DIR; drop --out")
+            spec = resume_spec(args, read_meta(args.resume))
+        else:
+            spec = spec_from_args(args)
+        out = args.resume or args.out
+        out = out or f"runs/{spec.env}/{spec.agent}-s{spec.train.seed}"
+        prepared = prepare(
+            spec, out, resume=bool(args.resume), overwrite=args.overwrite
+        )
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"esrl train: error: {msg}", file=sys.stderr)
+        return 2
+    try:
+        summary = fit(prepared).summary
+    except KeyboardInterrupt:
+        return 130
+    print(
+        f"{spec.agent} on {spec.env}: eval return {summary['final_eval_return']} after "
+        f"{summary['generations']} generations, {summary['env_steps']:,} env steps, "
+        f"{summary['wall_time_s']:.1f} s (compile {summary['compile_s']:.1f} s); "
+        f"outputs in {out}"
+    )
+    return 0
+
+
+def _route(argv: list[str]) -> Callable[[list[str]], int] | None:
+    """The external runner ``esrl train`` should hand ``argv`` to, if any."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--agent")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    agent = known.agent
+    if agent is None and known.resume:
+        from esrl.checkpoint import has_checkpoint, read_meta
+
+        if has_checkpoint(known.resume):
+            meta = read_meta(known.resume)
+            agent = meta.get("agent") or meta.get("spec", {}).get("agent")
+    return _external(agent) if agent in EXTERNAL_AGENTS else None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``esrl`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        try:
+            runner = _route(argv[1:])
+        except ValueError as e:
+            print(f"esrl train: error: {e}", file=sys.stderr)
+            return 2
+        if runner is not None:
+            return runner(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

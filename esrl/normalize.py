@@ -90,10 +90,9 @@ def update_obs_stats(
     s = jnp.sum(jnp.where(wide > 0, moments.sum, 0.0), axis=0)
     q = jnp.sum(jnp.where(wide > 0, moments.sumsq, 0.0), axis=0)
     safe_n = jnp.maximum(n, 1.0)
-    batch_mean = stats.mean + s / safe_n
-    batch_m2 = jnp.maximum(q - s * s / safe_n, 0.0)
+    delta = s / safe_n  # batch mean minus the running mean (the shift)
+    batch_m2 = jnp.maximum(q - s * delta, 0.0)
     total = stats.count + n
-    delta = batch_mean - stats.mean
     frac = n / jnp.maximum(total, 1.0)
     mean = stats.mean + delta * frac
     m2 = stats.m2 + batch_m2 + delta * delta * stats.count * frac

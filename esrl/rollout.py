@@ -312,3 +312,26 @@ def evaluate_population(
         info={k: v.astype(jnp.float32).mean(axis=1) for k, v in final.info.items()},
         moments=final.moments,
     )
+
+
+def population_metrics(
+    result: RolloutResult, es_metrics: dict | None = None
+) -> dict[str, jax.Array]:
+    """Scalars (and info vectors) of one generation; non-finite members are excluded."""
+    finite = jnp.isfinite(result.returns)
+    returns = jnp.where(finite, result.returns, jnp.nan)
+    out = {
+        "train_return_mean": jnp.nanmean(returns),
+        "train_return_max": jnp.nanmax(returns),
+        "train_return_min": jnp.nanmin(returns),
+        "episode_length_mean": result.lengths.mean(),
+        "generation_env_steps": result.episode_lengths.sum(),
+        "nonfinite_members": jnp.sum(~finite),
+    }
+    for k in ("grad_norm", "sigma"):
+        if es_metrics is not None and k in es_metrics:
+            out[k] = es_metrics[k]
+    for k, v in result.info.items():
+        mask = finite.reshape(finite.shape + (1,) * (v.ndim - 1))
+        out[k] = jnp.sum(jnp.where(mask, v, 0.0), 0) / jnp.maximum(finite.sum(), 1)
+    return out

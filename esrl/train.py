@@ -1,0 +1,408 @@
+"""The ES training loop shared by EGGROLL and OpenAI-ES.
+
+One jitted generation step does ask -> rollout -> shape fitness -> tell: members are
+split over the devices (`esrl.distributed`), each device regenerates its members'
+perturbations from keys and rolls them out (`esrl.rollout`), only per-member results are
+gathered, and the update runs replicated. Around it, `train` runs the host loop:
+periodic evaluation of the unperturbed mean policy on M episodes, logs and progress
+(`esrl.logger`), atomic checkpoints every K generations, at the end and on Ctrl-C
+(`esrl.checkpoint`), and exact resume.
+
+Exact resume holds because nothing random is carried between generations: generation
+g rolls out with ``fold_in(fold_in(key, 0), g)`` and is evaluated with
+``fold_in(fold_in(key, 1), g)``, the noise is addressed by (generation, member), and the
+checkpoint holds the whole `TrainState` plus the host counters. Evaluations never
+touch the training stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from esrl import distributed as dist
+from esrl.agents.eggroll import EggrollConfig
+from esrl.agents.openai_es import OpenAIESConfig
+from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.env import Environment
+from esrl.es import ES, ESState
+from esrl.logger import RunLogger, to_json
+from esrl.normalize import ObsStats, init_obs_stats, update_obs_stats
+from esrl.policy import PolicySpec, make_policy
+from esrl.rollout import (
+    RolloutConfig,
+    RolloutResult,
+    evaluate_population,
+    observation_shape,
+    population_metrics,
+)
+
+AGENTS: dict[str, type] = {"eggroll": EggrollConfig, "openai_es": OpenAIESConfig}
+"""ES agents trained by this module, by name, with their config classes."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop around an ES strategy."""
+
+    generations: int = 100
+    """Total generations (a resumed run continues up to this number)."""
+    eval_every: int = 10
+    """Evaluate the unperturbed mean policy every this many generations (and at the end)."""
+    eval_episodes: int = 16
+    """Episodes of each evaluation."""
+    checkpoint_every: int = 50
+    """Checkpoint every this many generations (and at the end, and on Ctrl-C)."""
+    seed: int = 0
+    """Seed of initial parameters, noise and environment keys."""
+    num_devices: int | None = None
+    """Devices the population is split over (None: all visible)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """How members are evaluated (horizon, episodes, normalisation ...)."""
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    """The policy network."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to DIR/tb."""
+
+    def __post_init__(self):
+        for name in ("generations", "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def eval_rollout(self) -> RolloutConfig:
+        """The rollout configuration of evaluations (M independent episodes)."""
+        return dataclasses.replace(
+            self.rollout, episodes=self.eval_episodes, common_random_numbers=False
+        )
+
+
+def _build(cls, values: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in values.items()
+        if k in names
+    })  # fmt: skip
+
+
+# settings a resumed run may change; everything else must match the checkpoint
+_RESUMABLE = ("generations", "progress", "tensorboard", "num_devices")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A whole ES run, stored as JSON in every checkpoint so `--resume` rebuilds it."""
+
+    env: str
+    """Registered environment id."""
+    agent: str = "eggroll"
+    """eggroll or openai_es."""
+    agent_config: Any = None
+    """An instance of ``AGENTS[agent]`` (its defaults when None)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The training loop."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported first (they register user environments)."""
+
+    def __post_init__(self):
+        if self.agent not in AGENTS:
+            raise ValueError(
+                f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}"
+            )
+        if self.agent_config is None:
+            object.__setattr__(self, "agent_config", AGENTS[self.agent]())
+        elif not isinstance(self.agent_config, AGENTS[self.agent]):
+            raise TypeError(
+                f"agent {self.agent!r} needs a {AGENTS[self.agent].__name__}"
+            )
+
+    def to_dict(self) -> dict:
+        """JSON-able description."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        """Inverse of `to_dict`."""
+        t = dict(d["train"])
+        t["rollout"] = _build(RolloutConfig, t["rollout"])
+        t["policy"] = _build(PolicySpec, t["policy"])
+        return cls(
+            env=d["env"],
+            agent=d["agent"],
+            agent_config=_build(AGENTS[d["agent"]], d["agent_config"]),
+            train=_build(TrainConfig, t),
+            plugins=tuple(d.get("plugins", ())),
+        )
+
+    def check_resumable(self, saved: RunSpec) -> None:
+        """Raise unless this spec continues ``saved`` (only generations etc. may differ)."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        for k in _RESUMABLE:
+            mine["train"].pop(k), theirs["train"].pop(k)
+        if mine != theirs:
+            diff = [k for k in mine if mine[k] != theirs[k]]
+            raise ValueError(
+                f"the checkpoint was written by a different run ({', '.join(diff)} "
+                "differ); resume with the same settings, only --generations may change"
+            )
+
+
+def import_plugins(modules: tuple[str, ...]) -> None:
+    """Import modules that register user environments (the working dir is importable)."""
+    if modules and "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(
+                f"--plugin {name!r} could not be imported ({e}); pass an importable "
+                "module name (a file my_envs.py in the working directory is my_envs)"
+            ) from e
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a generation step reads and writes (checkpointed as one pytree)."""
+
+    es: ESState
+    """Parameters, optimizer state, noise key, generation counter, sigma."""
+    obs_stats: ObsStats
+    """Observation statistics shared by all members."""
+    key: jax.Array
+    """Root of the rollout (stream 0) and evaluation (stream 1) keys."""
+
+
+class TrainResult(NamedTuple):
+    """What `train` returns."""
+
+    state: TrainState
+    summary: dict
+
+
+class ESTrainer:
+    """The jittable pieces of ES training for one env, strategy and configuration."""
+
+    def __init__(
+        self, env: Environment, strategy: ES, config: TrainConfig, env_params=None
+    ):
+        self.env, self.strategy, self.config = env, strategy, config
+        self.env_params = env.default_params if env_params is None else env_params
+        self.policy = make_policy(config.policy, env.action_space(self.env_params))
+        self.population = strategy.config.population
+        self.mesh = dist.population_mesh(self.population, config.num_devices)
+        self.eval_rollout = config.eval_rollout()
+
+    def init(self, key: jax.Array) -> TrainState:
+        """Fresh state from ``key``; raises if the rank does not fit a matrix."""
+        k_init, k_noise, k_roll = jax.random.split(key, 3)
+        obs, _ = self.env.reset(k_init, self.env_params)
+        carry = self.policy.initial_carry()
+        params = jax.jit(self.policy.init)(k_init, carry, obs)["params"]
+        es_state = self.strategy.init(k_noise, params)
+        stats = init_obs_stats(observation_shape(self.env, self.env_params))
+        return dist.put_replicated(TrainState(es_state, stats, k_roll), self.mesh)
+
+    def _rollout_shard(self, ids: jax.Array, key: jax.Array, state: TrainState):
+        """Perturb and roll out the members ``ids`` of this device."""
+        perts = jax.vmap(lambda i: self.strategy.member(state.es, i))(ids)
+        return evaluate_population(
+            key, self.env, self.env_params, self.policy, state.es.params, perts,
+            self.config.rollout, state.obs_stats, member_ids=ids,
+        )  # fmt: skip
+
+    def rollout(self, state: TrainState) -> RolloutResult:
+        """Roll out the whole population of this generation (gathered on every device)."""
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.es.generation)
+        ids = jnp.arange(self.population)
+        sharded = dist.shard_members(self._rollout_shard, self.mesh, 2)
+        return dist.gather(sharded(ids, key, state), self.mesh)
+
+    def generation(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        """ask -> rollout -> shape -> tell; returns the new state and its metrics."""
+        result = self.rollout(state)
+        es_state, es_metrics = self.strategy.tell(state.es, result.returns)
+        stats = state.obs_stats
+        if self.config.rollout.normalize_obs:
+            stats = update_obs_stats(
+                stats, result.moments, jnp.isfinite(result.returns)
+            )
+        return state.replace(es=es_state, obs_stats=stats), population_metrics(
+            result, es_metrics
+        )
+
+    def evaluate(self, state: TrainState) -> dict[str, jax.Array]:
+        """Mean return (and info) of the unperturbed policy over M episodes."""
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.es.generation)
+        result = evaluate_population(
+            key, self.env, self.env_params, self.policy, state.es.params, None,
+            self.eval_rollout, state.obs_stats, num_members=1,
+        )  # fmt: skip
+        out = {"eval_return": result.returns[0], "eval_length": result.lengths[0]}
+        out.update({f"eval_{k}": v[0] for k, v in result.info.items()})
+        return out
+
+
+class Counters(NamedTuple):
+    """Host-side counters, checkpointed with the state."""
+
+    generation: int = 0
+    env_steps: int = 0
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    compile_s: float = 0.0
+    eval_return: float | None = None
+
+
+class Prepared(NamedTuple):
+    """A validated run, ready to compile and train."""
+
+    spec: RunSpec
+    trainer: ESTrainer
+    state: TrainState
+    counters: Counters
+    out_dir: Path | None
+
+
+def prepare(
+    spec: RunSpec,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    env: Environment | None = None,
+) -> Prepared:
+    """Validate everything and build the trainer and state, before any compilation."""
+    out_dir = None if out_dir is None else Path(out_dir)
+    import_plugins(spec.plugins)
+    if resume:
+        if out_dir is None:
+            raise ValueError("resuming needs the run directory (--resume DIR)")
+        spec.check_resumable(RunSpec.from_dict(read_meta(out_dir)["spec"]))
+    elif out_dir is not None and has_checkpoint(out_dir) and not overwrite:
+        raise ValueError(
+            f"{str(out_dir)!r} already holds a run; continue it with --resume "
+            f"{out_dir}, choose another --out, or pass --overwrite"
+        )
+    if env is None:
+        from esrl.registry import make
+
+        env = make(spec.env)
+    trainer = ESTrainer(env, spec.agent_config.strategy(), spec.train)
+    state = trainer.init(jax.random.PRNGKey(spec.train.seed))
+    counters = Counters()
+    if resume:
+        state, meta = load_checkpoint(out_dir, template=state)
+        state = dist.put_replicated(state, trainer.mesh)
+        counters = Counters(**meta["counters"])
+    return Prepared(spec, trainer, state, counters, out_dir)
+
+
+def _save(out_dir, spec: RunSpec, state: TrainState, counters: Counters) -> None:
+    if out_dir is not None and dist.is_main_process():
+        meta = {"spec": spec.to_dict(), "counters": counters._asdict()}
+        save_checkpoint(out_dir, state, meta)
+
+
+def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:
+    steps = int(m.pop("generation_env_steps"))
+    return to_json({
+        "iteration": g,
+        "env_steps": counters.env_steps + steps,
+        "wall_time_s": counters.wall_time_s,
+        **m,
+        "env_steps_per_s": steps / max(dt, 1e-9),
+    })  # fmt: skip
+
+
+def _summary(spec: RunSpec, trainer: ESTrainer, c: Counters) -> dict:
+    return {
+        "env": spec.env,
+        "agent": spec.agent,
+        "final_eval_return": c.eval_return,
+        "env_steps": c.env_steps,
+        "wall_time_s": c.wall_time_s,
+        "compile_s": c.compile_s,
+        "env_steps_per_s": c.env_steps / max(c.train_time_s, 1e-9),
+        "device": dist.describe(trainer.mesh),
+        "generations": c.generation,
+        "population": trainer.population,
+    }
+
+
+def train(
+    spec: RunSpec,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    env: Environment | None = None,
+) -> TrainResult:
+    """Train ``spec`` up to ``spec.train.generations`` (the total, resumes included)."""
+    return fit(prepare(spec, out_dir, resume=resume, env=env))
+
+
+def fit(prepared: Prepared) -> TrainResult:
+    """Compile, then run the generations a prepared run still has to do."""
+    start = time.perf_counter()
+    spec, trainer, state, c, out_dir = prepared
+    cfg = spec.train
+    step = jax.jit(trainer.generation).lower(state).compile()
+    evaluate = jax.jit(trainer.evaluate).lower(state).compile()
+    c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
+    wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
+    logger = RunLogger(
+        out_dir, cfg.generations, c.generation, title=f"{spec.agent} {spec.env}",
+        progress=cfg.progress, tensorboard=cfg.tensorboard,
+        enabled=dist.is_main_process(),
+    )  # fmt: skip
+    try:
+        for g in range(c.generation + 1, cfg.generations + 1):
+            t = time.perf_counter()
+            new_state, m = step(state)
+            m = dist.to_host(m)
+            dt = time.perf_counter() - t
+            c = c._replace(wall_time_s=wall0 + time.perf_counter())
+            record = _record(g, m, c, dt)
+            if g % cfg.eval_every == 0 or g == cfg.generations:
+                record.update(to_json(dist.to_host(evaluate(new_state))))
+            _warn_nonfinite(logger, g, record, trainer.population)
+            logger.log(record)
+            state, c = new_state, c._replace(
+                generation=g, env_steps=record["env_steps"],
+                train_time_s=c.train_time_s + dt,
+                eval_return=record.get("eval_return", c.eval_return),
+            )  # fmt: skip
+            if g % cfg.checkpoint_every == 0 or g == cfg.generations:
+                _save(out_dir, spec, state, c)
+    except KeyboardInterrupt:
+        _save(out_dir, spec, state, c)
+        logger.close()
+        if out_dir is not None:
+            logger.message(
+                f"interrupted after generation {c.generation}; checkpoint saved, "
+                f"continue with: esrl train --resume {out_dir}"
+            )
+        raise
+    c = c._replace(wall_time_s=wall0 + time.perf_counter())
+    summary = _summary(spec, trainer, c)
+    logger.finish(summary)
+    return TrainResult(state, summary)
+
+
+def _warn_nonfinite(logger: RunLogger, g: int, record: dict, population: int) -> None:
+    if record["nonfinite_members"]:
+        logger.message(
+            f"generation {g}: {record['nonfinite_members']} of {population} members "
+            "returned NaN/inf; they rank as the worst and are left out of the statistics"
+        )
