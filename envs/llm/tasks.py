@@ -65,15 +65,21 @@ def _unique(problems: list[Problem], exclude: set[str]) -> list[Problem]:
     return out
 
 
-def make_splits(task: Task, seed: int, train_size: int, eval_size: int) -> Splits:
-    """Seeded train / held-out splits of unique prompts that never overlap."""
+def make_splits(
+    task: Task, seed: int, train_size: int, eval_size: int, strict: bool = True
+) -> Splits:
+    """Seeded train / held-out splits of unique prompts that never overlap.
+
+    With ``strict=False`` the train split may come out smaller than ``train_size``
+    when the task has fewer distinct problems.
+    """
     if train_size < 0 or eval_size < 0:
         raise ValueError("train_size and eval_size must be >= 0")
     evals = _unique(task.generate(_seed(task.name, seed, "eval"), 2 * eval_size), set())
     evals = evals[:eval_size]
     train = task.generate(_seed(task.name, seed, "train"), 2 * train_size + 16)
     train = _unique(train, {p.prompt for p in evals})[:train_size]
-    if len(evals) < eval_size or len(train) < train_size:
+    if len(evals) < eval_size or (strict and len(train) < train_size):
         raise ValueError(
             f"task {task.name!r} produced only {len(train)} train / {len(evals)} eval "
             f"unique prompts (asked {train_size} / {eval_size}); ask for fewer or use a "
@@ -124,7 +130,11 @@ def countdown_prompt(numbers: list[int], target: int) -> str:
 
 
 def countdown_problems(
-    seed: int, count: int, num_numbers: int = 3, max_number: int = 20, max_value: int = 200
+    seed: int,
+    count: int,
+    num_numbers: int = 3,
+    max_number: int = 20,
+    max_value: int = 200,
 ) -> list[Problem]:
     """Solvable Countdown problems: the target comes from a random legal expression."""
     rng = random.Random(seed)
@@ -145,7 +155,9 @@ def _score_countdown(completion: str, problem: Problem) -> float:
     return countdown_reward(completion, problem.data["numbers"], problem.data["target"])
 
 
-def countdown_task(num_numbers: int = 3, max_number: int = 20, max_value: int = 200) -> Task:
+def countdown_task(
+    num_numbers: int = 3, max_number: int = 20, max_value: int = 200
+) -> Task:
     """Countdown with ``num_numbers`` numbers in [1, max_number]."""
     if not 2 <= num_numbers <= 6:
         raise ValueError(f"num_numbers must be in [2, 6], got {num_numbers}")
@@ -186,8 +198,10 @@ def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
         dataset, entry = problem.data
         answer = extract_answer(completion)
         try:
-            correct = 0.0 if answer is None else float(dataset.score_answer(answer, entry))
-        except Exception:  # a dataset's own scorer may choke on hostile text
+            correct = (
+                0.0 if answer is None else float(dataset.score_answer(answer, entry))
+            )
+        except Exception:  # noqa: BLE001 - a dataset scorer may choke on hostile text
             correct = 0.0
         return 0.1 * format_score(completion) + correct
 

@@ -1,0 +1,175 @@
+"""Backprop pretraining of the recurrent LM on an in-process synthetic corpus.
+
+The corpus is worked solutions in the exact prompt/answer format of `esrl.envs.llm.tasks`:
+mostly 3-number Countdown, a little 4-number Countdown (so that ES has room to improve
+it) and short chain sums in reasoning-gym's ``chain_sum`` wording. Problems come from
+each task's train split, so no held-out prompt (the first `EVAL_POOL` of the eval
+stream) is ever trained on. The loss is next-token cross-entropy on completion tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
+from esrl.envs.llm.tasks import Problem, Task, countdown_task, make_splits
+from esrl.envs.llm.tokenizer import encode, pad_batch
+
+EVAL_POOL = 1000
+"""Held-out prompts excluded from pretraining; any eval split up to this size is clean."""
+MAX_CORPUS = 50_000
+"""Most distinct problems drawn per corpus task (batches sample them with replacement)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining run."""
+
+    steps: int = 1200
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Sequences per step."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW, linear warmup then cosine decay)."""
+    warmup: int = 200
+    """Warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    mix: tuple[tuple[str, float], ...] = (
+        ("countdown-3", 0.88),
+        ("countdown-4", 0.07),
+        ("chain_sum", 0.05),
+    )
+    """(corpus task, fraction of batches); tasks: countdown-N, chain_sum."""
+    seed: int = 0
+    """Seed of data order and initialisation (splits are always seed 0)."""
+    time_limit_s: float | None = None
+    """Stop early (and keep the weights) after this many seconds of training."""
+
+
+def chain_sum_task() -> Task:
+    """reasoning-gym ``chain_sum`` (2-4 terms, 1-2 digits) with worked left-to-right steps."""
+    from esrl.envs.llm.tasks import reasoning_gym_task
+
+    base = reasoning_gym_task("chain_sum", min_terms=2, max_terms=4, max_digits=2)
+
+    def generate(seed: int, count: int) -> list[Problem]:
+        out = []
+        for problem in base.generate(seed, count):
+            terms = problem.data[1]["metadata"]["expression"].split()
+            value, steps = int(terms[0]), []
+            for op, term in zip(terms[1::2], terms[2::2], strict=True):
+                new = value + int(term) if op == "+" else value - int(term)
+                steps.append(f"{value}{op}{term}={new}")
+                value = new
+            answer = f"<think>{chr(10).join(steps)}</think>\n<answer>{value}</answer>"
+            out.append(problem._replace(answer=answer))
+        return out
+
+    return Task("reasoning-gym/chain_sum", generate, base.score, base.max_new_tokens)
+
+
+def corpus_task(name: str) -> Task:
+    """A corpus task by name: ``countdown-3``, ``countdown-4`` or ``chain_sum``."""
+    if name.startswith("countdown-"):
+        return countdown_task(int(name.split("-")[1]))
+    if name == "chain_sum":
+        return chain_sum_task()
+    raise ValueError(f"unknown corpus task {name!r}; use countdown-N or chain_sum")
+
+
+def encode_examples(problems: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
+    """``BOS prompt answer EOS`` ids [N, L] and a mask [N, L] of completion targets."""
+    seqs, masks = [], []
+    for problem in problems:
+        prompt = encode(problem.prompt, bos=True)
+        full = prompt + encode(problem.answer, eos=True)
+        seqs.append(full)
+        masks.append([0] * len(prompt) + [1] * (len(full) - len(prompt)))
+    ids, _ = pad_batch(seqs)
+    mask, _ = pad_batch(masks, ids.shape[1], pad=0)
+    return ids, mask.astype(np.float32)
+
+
+def build_corpus(config: PretrainConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, ids, mask) per corpus task, sized to the batches it will fill."""
+    corpus = []
+    for name, fraction in config.mix:
+        size = int(config.steps * config.batch_size * fraction) + 1
+        size = min(max(size, 256), MAX_CORPUS)
+        train = make_splits(corpus_task(name), 0, size, EVAL_POOL, strict=False).train
+        corpus.append((name, *encode_examples(train)))
+    return corpus
+
+
+def sequence_loss(params, model: RecurrentLM, ids: jax.Array, mask: jax.Array):
+    """Mean next-token cross-entropy over masked targets; ids, mask: [B, L]."""
+    logits, _ = jax.vmap(lambda t: model.apply({"params": params}, t))(ids[:, :-1])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+    weights = mask[:, 1:]
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def make_optimizer(config: PretrainConfig) -> optax.GradientTransformation:
+    """AdamW with warmup-cosine schedule and global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.lr,
+        config.warmup,
+        max(config.steps, config.warmup + 1),
+        config.lr / 20,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+
+
+def pretrain(
+    config: PretrainConfig,
+    model_config: LMConfig,
+    log: Callable[[dict], None] | None = None,
+    log_every: int = 100,
+) -> tuple[dict, list[dict]]:
+    """Train from scratch; returns (params, history of logged records)."""
+    model = RecurrentLM(model_config)
+    optimizer = make_optimizer(config)
+    params = init_params(jax.random.key(config.seed), model_config)
+    opt_state = optimizer.init(params)
+    corpus = build_corpus(config)
+    weights = np.array([f for _, f in config.mix]) / sum(f for _, f in config.mix)
+    rng = np.random.default_rng(config.seed)
+
+    @jax.jit
+    def update(params, opt_state, ids, mask):
+        loss, grads = jax.value_and_grad(sequence_loss)(params, model, ids, mask)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    history, start, losses = [], time.perf_counter(), []
+    for step in range(1, config.steps + 1):
+        _, ids, mask = corpus[rng.choice(len(corpus), p=weights)]
+        rows = rng.integers(0, ids.shape[0], config.batch_size)
+        params, opt_state, loss = update(params, opt_state, ids[rows], mask[rows])
+        losses.append(loss)
+        elapsed = time.perf_counter() - start
+        out_of_time = config.time_limit_s is not None and elapsed > config.time_limit_s
+        if step % log_every == 0 or step == config.steps or out_of_time:
+            record = {
+                "step": step,
+                "loss": float(np.mean(jax.device_get(losses))),
+                "wall_time_s": round(elapsed, 1),
+            }
+            losses = []
+            history.append(record)
+            if log is not None:
+                log(record)
+        if out_of_time:
+            break
+    return params, history
