@@ -39,14 +39,16 @@ def check_env(
         env: an `esrl.Environment`, or a raw gymnax / 5-tuple (legacy) environment.
         params: environment parameters; ``env.default_params`` when None.
         key: PRNG key for resets, steps and action samples; ``key(0)`` when None.
-        num_steps: steps taken from the reset (each compiled once, run repeatedly).
+        num_steps: steps taken after the reset (step is compiled once).
     """
     env = _adapt(env)
     name = env.name
     params = env.default_params if params is None else params
     key = jax.random.key(0) if key is None else key
-    obs_space = _call(name, "observation_space", env.observation_space, params)
-    act_space = _call(name, "action_space", env.action_space, params)
+    obs_space = _call(
+        name, "observation_space", env.observation_space, params, jit=False
+    )
+    act_space = _call(name, "action_space", env.action_space, params, jit=False)
     problems = _space_problems(name, obs_space, act_space)
     _raise(name, problems)
     _raise(name, _shape_problems(env, params, key, obs_space, act_space))
@@ -72,7 +74,7 @@ def _raise(name: str, problems: list[str]) -> None:
         )
 
 
-def _call(name: str, where: str, fn, *args) -> Any:
+def _call(name: str, where: str, fn, *args, jit: bool = True) -> Any:
     """Call ``fn``; an exception becomes an `EnvCheckError` naming ``name.where``."""
     try:
         return fn(*args)
@@ -81,8 +83,9 @@ def _call(name: str, where: str, fn, *args) -> Any:
     except Exception as e:  # re-raised below with the environment's name
         message = str(e).strip().splitlines()
         detail = message[0][:300] if message else ""
+        how = "failed under jax.jit/vmap" if jit else "raised"
         raise EnvCheckError(
-            f"{name}.{where} failed under jax.jit/vmap: {type(e).__name__}: {detail}"
+            f"{name}.{where} {how}: {type(e).__name__}: {detail}"
         ) from e
 
 
