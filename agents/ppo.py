@@ -151,8 +151,6 @@ class Transition(NamedTuple):
     """One step of every environment ([N, ...]; a rollout stacks them to [T, N, ...])."""
 
     obs: jax.Array
-    carry: Any
-    """The policy carry after acting on ``obs`` (before any episode-end reset)."""
     action: jax.Array
     log_prob: jax.Array
     value: jax.Array
@@ -161,6 +159,8 @@ class Transition(NamedTuple):
     truncated: jax.Array
     final_obs: jax.Array
     """The true next observation (the one that ended the episode where it ended)."""
+    final_value: jax.Array
+    """V(final obs) where a time limit cut the episode (0 elsewhere)."""
     episode_return: jax.Array
     """Undiscounted return of the episode so far, this reward included."""
 
@@ -178,6 +178,10 @@ class Metrics(NamedTuple):
     return_sum: jax.Array
     episodes: jax.Array
     losses: Losses
+
+
+def _zero_value(carry, obs: jax.Array) -> jax.Array:
+    return jnp.zeros(obs.shape[:1], jnp.float32)
 
 
 class PPO:
@@ -241,7 +245,7 @@ class PPO:
 
     def train(self, state: PPOState, num_updates: int) -> tuple[PPOState, Metrics]:
         """Run ``num_updates`` updates (pure: jit with num_updates static, vmap seeds)."""
-        return jax.lax.scan(self._update, state, None, length=num_updates)
+        return jax.lax.scan(self._scan_update, state, None, length=num_updates)
 
     def normalize(self, state: PPOState, obs: jax.Array) -> jax.Array:
         """The policy's view of raw observations (normalised if configured)."""
@@ -288,9 +292,14 @@ class PPO:
         )
         done = jnp.logical_or(term, trunc)
         ep_return = runner.episode_return + reward
+        # V(final obs) is needed only at time-limit cuts: pay for it only then.
+        final_value = jax.lax.cond(
+            jnp.any(trunc), partial(self._value, state), _zero_value,
+            carry, info["final_obs"],
+        )  # fmt: skip
         transition = Transition(
-            runner.obs, carry, action, log_prob(out, action, self.discrete),
-            out.value, reward, term, trunc, info["final_obs"], ep_return,
+            runner.obs, action, log_prob(out, action, self.discrete), out.value,
+            reward, term, trunc, info["final_obs"], final_value, ep_return,
         )  # fmt: skip
         next_runner = Runner(
             env_state, next_obs, self.reset_done(carry, done),
@@ -298,10 +307,18 @@ class PPO:
         )  # fmt: skip
         return next_runner, transition
 
-    def _update(self, state: PPOState, _) -> tuple[PPOState, Metrics]:
+    def _value(self, state: PPOState, carry, obs: jax.Array) -> jax.Array:
+        """V(obs) [N] (raw obs; carry: the one that has seen the previous obs)."""
+        return self.act(state.params, carry, self.normalize(state, obs))[1].value
+
+    def _scan_update(self, state: PPOState, _) -> tuple[PPOState, Metrics]:
+        return self.update(state)
+
+    def update(self, state: PPOState) -> tuple[PPOState, Metrics]:
+        """One PPO update: rollout, advantages, epochs of minibatch gradient steps."""
         key, k_roll, k_epochs = jax.random.split(state.key, 3)
         runner, traj = self.rollout(state, k_roll)
-        batch, disc_return, reward_stats = self._batch(state, traj)
+        batch, disc_return, reward_stats = self._batch(state, traj, runner)
         learner = Learner(state.params, state.opt_state)
         keys = jax.random.split(k_epochs, self.config.update_epochs)
         learner, losses = jax.lax.scan(
@@ -332,20 +349,20 @@ class PPO:
         )
         return new_state, metrics
 
-    def _batch(self, state: PPOState, traj: Transition):
-        """Advantages and targets; bootstraps from V(final obs) with the acting carry."""
+    def _batch(self, state: PPOState, traj: Transition, runner: Runner):
+        """Advantages and targets; a time-limit cut bootstraps from V(final obs)."""
         c = self.config
         done = jnp.logical_or(traj.terminated, traj.truncated)
-        final_obs = self.normalize(state, traj.final_obs)
-        act_seq = jax.vmap(self.act, in_axes=(None, 0, 0))
-        _, bootstrap = act_seq(state.params, traj.carry, final_obs)
+        last = self._value(state, runner.carry, runner.obs)
+        next_value = jnp.concatenate([traj.value[1:], last[None]])
+        next_value = jnp.where(traj.truncated, traj.final_value, next_value)
         reward, disc, reward_stats = traj.reward, state.disc_return, state.reward_stats
         if c.normalize_reward:
             disc, returns = discounted_returns(disc, reward, done, c.gamma)
             reward_stats = merge_batch(reward_stats, returns.reshape(-1))
             reward = scale_reward(reward_stats, reward)
         advantage, target = gae(
-            reward, traj.value, bootstrap.value, traj.terminated, traj.truncated,
+            reward, traj.value, next_value, traj.terminated, traj.truncated,
             c.gamma, c.gae_lambda,
         )  # fmt: skip
         obs = self.normalize(state, traj.obs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,9 @@ import esrl
 from esrl import spaces
 from esrl.env import Environment
 from esrl.gae import gae
+from esrl.logger import read_metrics
 from esrl.policy import PolicySpec
+from esrl.train_ppo import PPORunSpec, run_chunk, train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory_env import MemoryEnv
@@ -72,6 +75,11 @@ def test_gae_scan_equals_python_loop_with_terminals_and_truncations():
     assert float(one(True, False)) == pytest.approx(1.0)
 
 
+def rollout_and_batch(ppo, state):
+    runner, traj = ppo.rollout(state, jax.random.key(1))
+    return traj, ppo._batch(state, traj, runner)[0]
+
+
 def test_truncation_bootstraps_from_the_final_observation():
     """With lambda = 0, A_t = r + gamma * V(final obs) - V(obs) at a time-limit cut."""
     cfg = PPOConfig(
@@ -80,8 +88,7 @@ def test_truncation_bootstraps_from_the_final_observation():
     env = esrl.make("gymnax/CartPole-v1")
     ppo = PPO(cfg, env, env.default_params.replace(max_steps_in_episode=5))
     state = jax.jit(ppo.init)(jax.random.key(0))
-    _, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
-    batch, _, _ = jax.jit(ppo._batch)(state, traj)
+    traj, batch = jax.jit(rollout_and_batch, static_argnums=0)(ppo, state)
     cut = np.asarray(traj.truncated & ~traj.terminated)
     assert cut.sum() > 10
     _, final = ppo.act(state.params, (), traj.final_obs[cut])
@@ -94,7 +101,7 @@ def test_truncation_bootstraps_from_the_final_observation():
 
 def replay(ppo, state, traj, reset_after_done: bool):
     """Act step by step in Python; reset after (or, wrongly, before) a done step."""
-    carry, values, carries = np.asarray(state.carry), [], []
+    carry, values = np.asarray(state.carry), []
     done = np.asarray(traj.terminated | traj.truncated)
     act = jax.jit(ppo.act)
     for t in range(done.shape[0]):
@@ -102,10 +109,9 @@ def replay(ppo, state, traj, reset_after_done: bool):
             carry = np.where(done[t][:, None], 0.0, carry)
         carry, out = act(state.params, carry, traj.obs[t])
         values.append(out.value)
-        carries.append(carry)
         if reset_after_done:
             carry = np.where(done[t][:, None], 0.0, carry)
-    return np.stack(values), np.stack(carries)
+    return np.stack(values)
 
 
 def test_recurrent_carry_resets_where_and_only_where_an_episode_ended():
@@ -118,10 +124,9 @@ def test_recurrent_carry_resets_where_and_only_where_an_episode_ended():
     runner, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
     done = np.asarray(traj.terminated | traj.truncated)
     assert done[:-1].any() and not done.all()
-    values, carries = replay(ppo, state, traj, reset_after_done=True)
+    values = replay(ppo, state, traj, reset_after_done=True)
     np.testing.assert_allclose(traj.value, values, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(traj.carry, carries, rtol=1e-5, atol=1e-6)
-    wrong, _ = replay(ppo, state, traj, reset_after_done=False)
+    wrong = replay(ppo, state, traj, reset_after_done=False)
     assert not np.allclose(traj.value, wrong, atol=1e-4)
     # The carry handed to the next rollout is zero exactly where the last step ended.
     zero = np.all(np.asarray(runner.carry) == 0.0, axis=-1)
@@ -181,47 +186,75 @@ def test_gaussian_policy_learns_a_continuous_bandit_with_normalisation():
     assert float(state.obs_stats.count) == 16 + cfg.num_updates * cfg.batch_size
 
 
-def test_ppo_solves_cartpole():
-    cfg = PPOConfig(total_steps=250_000)
-    ppo = PPO(cfg, "gymnax/CartPole-v1")
+@pytest.fixture(scope="module")
+def cartpole():
+    """PPO with the default (rejax) settings on CartPole and its jitted chunk runner."""
+    ppo = PPO(PPOConfig(total_steps=250_000), "gymnax/CartPole-v1")
+    return ppo, jax.jit(partial(run_chunk, ppo, ppo.config.num_updates))
+
+
+def test_ppo_solves_cartpole(cartpole):
+    ppo, chunk = cartpole
     state = jax.jit(ppo.init)(jax.random.key(0))
-    state, _ = jax.jit(partial(ppo.train, num_updates=cfg.num_updates))(state)
+    state, _ = chunk(state, ppo.config.num_updates)
+    assert int(state.update) == ppo.config.num_updates == 122
     assert float(ppo.evaluate(jax.random.key(1), state)) >= 475.0
 
 
-def test_gru_solves_the_memory_task_where_an_mlp_cannot():
-    results = {}
-    for spec in (GRU, PolicySpec(hidden=32)):
-        cfg = PPOConfig(
-            total_steps=32 * 20 * 25, num_envs=32, num_steps=20, lr=3e-3, policy=spec
-        )
-        ppo = PPO(cfg, MemoryEnv(delay=4))
-        state = jax.jit(ppo.init)(jax.random.key(0))
-        state, _ = jax.jit(partial(ppo.train, num_updates=cfg.num_updates))(state)
-        score = partial(ppo.evaluate, episodes=512, horizon=5)
-        results[spec.kind] = float(score(jax.random.key(1), state))
-    assert results["gru"] >= 0.95 and results["mlp"] < 0.7, results
-
-
-def test_vmap_over_seeds_matches_separate_runs():
-    cfg = PPOConfig(total_steps=256, num_envs=4, num_steps=32, num_minibatches=2)
-    ppo = PPO(cfg, "gymnax/CartPole-v1")
+def test_vmap_over_seeds_matches_separate_runs(cartpole):
+    ppo, chunk = cartpole
     keys = jax.random.split(jax.random.key(0), 2)
-    train = partial(ppo.train, num_updates=2)
-    states, metrics = jax.jit(jax.vmap(train))(jax.jit(jax.vmap(ppo.init))(keys))
-    train, init = jax.jit(train), jax.jit(ppo.init)
+    states, metrics = jax.jit(jax.vmap(chunk, in_axes=(0, None)))(
+        jax.vmap(ppo.init)(keys), 2
+    )
     for i, key in enumerate(keys):
-        state, m = train(init(key))
-        np.testing.assert_allclose(
-            metrics.losses.value_loss[i], m.losses.value_loss, rtol=1e-4
-        )
+        state, m = chunk(jax.jit(ppo.init)(key), 2)
+        np.testing.assert_allclose(metrics.return_sum[i], m.return_sum, rtol=1e-5)
         mine = jax.tree.map(lambda x, i=i: x[i], states.params)
-        jax.tree.map(
-            partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5),
-            mine,
-            state.params,
-        )
+        close = partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+        jax.tree.map(close, mine, state.params)
     assert not np.allclose(metrics.return_sum[0], metrics.return_sum[1])
+
+
+MEMORY = PPORunSpec(
+    env="test/Memory-v0",  # registered by importing tests/memory_env.py
+    ppo=PPOConfig(total_steps=25 * 640, num_envs=32, num_steps=20, lr=3e-3,
+                  normalize_obs=True, normalize_reward=True, policy=GRU),
+    eval_every=5, eval_episodes=256, eval_horizon=5, progress=False,
+)  # fmt: skip
+
+
+def test_gru_solves_the_memory_task():
+    """A memoryless policy scores 0.5 on average (two cues); the GRU must recall."""
+    result = train_ppo(MEMORY)
+    assert result.summary["final_eval_return"] >= 0.95
+
+
+TRAINING = ("iteration", "env_steps", "train_return_mean", "value_loss", "approx_kl")
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """GRU carry, obs/reward statistics and keys all travel through the checkpoint."""
+    spec = dataclasses.replace(MEMORY, ppo=steps(MEMORY.ppo, 7))
+    whole = train_ppo(spec, tmp_path / "whole")
+    train_ppo(dataclasses.replace(spec, ppo=steps(spec.ppo, 3)), tmp_path / "split")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_ppo(spec, tmp_path / "split")
+    resumed = train_ppo(spec, tmp_path / "split", resume=True)  # 3 -> 5 -> 7
+    jax.tree.map(np.testing.assert_array_equal, whole.state, resumed.state)
+    lines = [
+        [{k: r.get(k) for k in TRAINING} for r in read_metrics(tmp_path / d)]
+        for d in ("whole", "split")
+    ]
+    assert len(lines[0]) == 7 and lines[0] == lines[1]
+    assert resumed.summary["env_steps"] == whole.summary["env_steps"] == 7 * 640
+    other = dataclasses.replace(spec, ppo=dataclasses.replace(spec.ppo, lr=1e-3))
+    with pytest.raises(ValueError, match="ppo differ"):
+        train_ppo(other, tmp_path / "split", resume=True)
+
+
+def steps(config: PPOConfig, updates: int) -> PPOConfig:
+    return dataclasses.replace(config, total_steps=updates * config.batch_size)
 
 
 def test_bad_configurations_say_what_to_do():

@@ -1,0 +1,337 @@
+"""The PPO run loop: the same run directory, logs, checkpoints and resume as ES.
+
+`train_ppo` runs `esrl.agents.ppo.PPO` in jitted chunks of ``eval_every`` updates.
+After each chunk it writes one metrics.jsonl line per update, evaluates the greedy
+policy (`esrl.rollout`, exactly as ES is evaluated), moves the progress bar and saves
+the whole `PPOState` atomically (`esrl.checkpoint`). Chunks always start at multiples
+of ``eval_every`` and everything random is drawn from the checkpointed state key (the
+evaluation stream is separate), so a resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
+from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.env import Environment
+from esrl.logger import RunLogger
+from esrl.policy import PolicySpec
+from esrl.train import TrainResult, import_plugins
+
+
+@dataclass(frozen=True)
+class PPORunSpec:
+    """A whole PPO run, stored as JSON in every checkpoint so `--resume` rebuilds it."""
+
+    env: str
+    """Registered environment id."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO hyperparameters (total_steps sets the length of the run)."""
+    eval_every: int = 10
+    """Updates per jitted chunk; evaluation, log flush and checkpoint after each."""
+    eval_episodes: int = 16
+    """Episodes of each greedy evaluation."""
+    eval_horizon: int = 500
+    """Step limit of evaluation episodes."""
+    seed: int = 0
+    """Seed of parameters, environments and evaluation."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported first (they register user environments)."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to DIR/tb."""
+
+    def __post_init__(self):
+        for name in ("eval_every", "eval_episodes", "eval_horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        """JSON-able description (``agent`` is always ``"ppo"``)."""
+        return {"agent": "ppo", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PPORunSpec:
+        """Inverse of `to_dict`."""
+        ppo = dict(d["ppo"])
+        ppo["policy"] = PolicySpec(**ppo["policy"])
+        rest = {k: v for k, v in d.items() if k not in ("agent", "ppo")}
+        rest["plugins"] = tuple(rest.get("plugins", ()))
+        return cls(ppo=PPOConfig(**ppo), **rest)
+
+    def check_resumable(self, saved: PPORunSpec) -> None:
+        """Raise unless this spec continues ``saved``."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        for d in (mine, theirs):
+            d.pop("progress"), d.pop("tensorboard")
+            if not self.ppo.anneal_lr:  # the schedule depends on the run's length
+                d["ppo"].pop("total_steps")
+        if mine != theirs:
+            diff = [k for k in mine if mine[k] != theirs.get(k)]
+            raise ValueError(
+                f"the checkpoint was written by a different run ({', '.join(diff)} "
+                "differ); resume with the same settings (only --total-steps may "
+                "change, and not with annealed learning rates)"
+            )
+
+
+class _Counters(NamedTuple):
+    update: int = 0
+    env_steps: int = 0
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    compile_s: float = 0.0
+    eval_return: float | None = None
+
+
+def _prepare(spec: PPORunSpec, out_dir, resume: bool, env: Environment | None):
+    """Validate everything before compiling; build the agent and (restored) state."""
+    import_plugins(spec.plugins)
+    if resume:
+        if out_dir is None:
+            raise ValueError("resuming needs the run directory (--resume DIR)")
+        meta = read_meta(out_dir)
+        if meta["spec"].get("agent") != "ppo":
+            raise ValueError(
+                f"{str(out_dir)!r} holds a {meta['spec'].get('agent')} run"
+            )
+        spec.check_resumable(PPORunSpec.from_dict(meta["spec"]))
+    elif out_dir is not None and has_checkpoint(out_dir):
+        raise ValueError(
+            f"{str(out_dir)!r} already holds a run; continue it with --resume "
+            f"{out_dir} or choose another --out"
+        )
+    config = spec.ppo
+    if not config.anneal_lr:
+        config = dataclasses.replace(config, total_steps=config.batch_size)
+    agent = _agent(
+        spec.env if env is None else env, config, spec.eval_every,
+        spec.eval_episodes, spec.eval_horizon,
+    )  # fmt: skip
+    state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
+    counters = _Counters()
+    if resume:
+        state, meta = load_checkpoint(out_dir, template=state)
+        counters = _Counters(**meta["counters"])
+    return agent, state, counters
+
+
+def _records(m: Metrics, c: _Counters, batch: int, dt: float, now: float) -> list:
+    """One metrics line per update of a chunk (wall time interpolated)."""
+    n = len(m.episodes)
+    losses = {k: np.asarray(v) for k, v in m.losses._asdict().items()}
+    out = []
+    for i in range(n):
+        episodes = int(m.episodes[i])
+        mean = float(m.return_sum[i]) / episodes if episodes else None
+        out.append({
+            "iteration": c.update + i + 1,
+            "env_steps": c.env_steps + (i + 1) * batch,
+            "wall_time_s": now - dt * (n - 1 - i) / n,
+            "train_return_mean": mean,
+            "train_episodes": episodes,
+            **{k: float(v[i]) for k, v in losses.items()},
+            "env_steps_per_s": batch * n / max(dt, 1e-9),
+        })  # fmt: skip
+    return out
+
+
+def _head(x: np.ndarray, n: int) -> np.ndarray:
+    return x[:n]
+
+
+def _save(out_dir, spec: PPORunSpec, state: PPOState, c: _Counters) -> None:
+    if out_dir is not None:
+        save_checkpoint(
+            out_dir, state, {"spec": spec.to_dict(), "counters": c._asdict()}
+        )
+
+
+def _chunk(update: int, spec: PPORunSpec) -> int:
+    """Updates of the chunk starting after ``update`` (chunks end at multiples)."""
+    every = spec.eval_every
+    return min(every - update % every, spec.ppo.num_updates - update)
+
+
+def _chunk_step(ppo: PPO, i: jax.Array, carry: tuple) -> tuple:
+    state, metrics = carry
+    state, m = ppo.update(state)
+    return state, jax.tree.map(lambda buf, x: buf.at[i].set(x), metrics, m)
+
+
+def run_chunk(ppo: PPO, capacity: int, state: PPOState, n: jax.Array):
+    """``n <= capacity`` updates (n traced: one compile serves every chunk length).
+
+    Returns the state and metrics [capacity] of which the first ``n`` are filled.
+    """
+    metrics = jax.tree.map(
+        lambda x: jax.numpy.zeros((capacity, *x.shape), x.dtype),
+        jax.eval_shape(ppo.update, state)[1],
+    )
+    step = partial(_chunk_step, ppo)
+    return jax.lax.fori_loop(0, n, step, (state, metrics))
+
+
+class _Agent(NamedTuple):
+    ppo: PPO
+    init: Any
+    chunk: Any
+    evaluate: Any
+
+
+@functools.lru_cache(maxsize=4)
+def _agent(env, config: PPOConfig, every: int, episodes: int, horizon: int) -> _Agent:
+    """The agent with its init, chunk runner and evaluation compiled (cached, so
+    reruns and resumes in one process compile once; ``config`` is keyed without
+    ``total_steps`` unless the learning rate is annealed)."""
+    ppo = PPO(config, env)
+    key = jax.ShapeDtypeStruct((2,), np.uint32)
+    init = jax.jit(ppo.init).lower(key).compile()
+    state = jax.eval_shape(ppo.init, key)
+    n = jax.ShapeDtypeStruct((), np.int32)
+    chunk = jax.jit(partial(run_chunk, ppo, every)).lower(state, n).compile()
+    evaluate = jax.jit(ppo.evaluate, static_argnums=(2, 3))
+    evaluate = evaluate.lower(key, state, episodes, horizon).compile()
+    return _Agent(ppo, init, chunk, evaluate)
+
+
+def train_ppo(
+    spec: PPORunSpec,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    env: Environment | None = None,
+) -> TrainResult:
+    """Train ``spec`` up to ``spec.ppo.total_steps`` (the total, resumes included)."""
+    start = time.perf_counter()
+    agent, state, c = _prepare(spec, out_dir, resume, env)
+    total, batch = spec.ppo.num_updates, spec.ppo.batch_size
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1)
+    c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
+    wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
+    logger = RunLogger(
+        out_dir, total, c.update, title=f"ppo {spec.env}", progress=spec.progress,
+        tensorboard=spec.tensorboard,
+    )  # fmt: skip
+    try:
+        while c.update < total:
+            n = _chunk(c.update, spec)
+            t = time.perf_counter()
+            new_state, metrics = agent.chunk(state, np.int32(n))
+            jax.block_until_ready(new_state)
+            dt = time.perf_counter() - t
+            metrics = jax.tree.map(partial(_head, n=n), jax.device_get(metrics))
+            records = _records(metrics, c, batch, dt, wall0 + time.perf_counter())
+            key = jax.random.fold_in(eval_key, c.update + n)
+            records[-1]["eval_return"] = float(agent.evaluate(key, new_state))
+            for record in records:
+                logger.log(record)
+            state, c = new_state, c._replace(
+                update=c.update + n, env_steps=records[-1]["env_steps"],
+                wall_time_s=wall0 + time.perf_counter(), train_time_s=c.train_time_s + dt,
+                eval_return=records[-1]["eval_return"],
+            )  # fmt: skip
+            _save(out_dir, spec, state, c)
+    except KeyboardInterrupt:
+        _save(out_dir, spec, state, c)
+        logger.close()
+        if out_dir is not None:
+            logger.message(
+                f"interrupted after update {c.update}; checkpoint saved, "
+                f"continue with: esrl train --resume {out_dir}"
+            )
+        raise
+    device = jax.devices()[0]
+    summary = {
+        "env": spec.env,
+        "agent": "ppo",
+        "final_eval_return": c.eval_return,
+        "env_steps": c.env_steps,
+        "wall_time_s": wall0 + time.perf_counter(),
+        "compile_s": c.compile_s,
+        "env_steps_per_s": c.env_steps / max(c.train_time_s, 1e-9),
+        "device": f"{device.platform} x1 ({device.device_kind})",
+        "updates": c.update,
+        "policy": spec.ppo.policy.kind,
+    }
+    logger.finish(summary)
+    return TrainResult(state, summary)
+
+
+def ppo_throughput(
+    env_id: str = "gymnax/CartPole-v1", config: PPOConfig | None = None, seed: int = 0
+) -> dict:
+    """Compile a whole run under one jit, then time it (env steps/s after compile).
+
+    ``run_cpu_s`` (this process's CPU time) tells how much a shared CPU slowed it.
+    """
+    config = config or PPOConfig()
+    ppo = PPO(config, env_id)
+    state = jax.jit(ppo.init)(jax.random.PRNGKey(seed))
+    t = time.perf_counter()
+    run = (
+        jax.jit(ppo.train, static_argnums=1).lower(state, config.num_updates).compile()
+    )
+    compile_s = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
+    state, metrics = run(state)
+    jax.block_until_ready(state)
+    run_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    steps = config.num_updates * config.batch_size
+    last = jax.device_get(metrics)
+    return {
+        "env": env_id,
+        "method": "ppo",
+        "env_steps": steps,
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "run_cpu_s": cpu_s,
+        "env_steps_per_s": steps / run_s,
+        "train_return_last": float(last.return_sum[-1] / max(last.episodes[-1], 1)),
+        "final_eval_return": float(ppo.evaluate(jax.random.PRNGKey(seed + 1), state)),
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
+def add_ppo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The PPO options of ``esrl train --agent ppo`` and the train scripts."""
+    d = PPOConfig()
+    g = parser.add_argument_group("PPO (--agent ppo)")
+    g.add_argument("--total-steps", type=int, default=d.total_steps)
+    g.add_argument("--num-envs", type=int, default=d.num_envs)
+    g.add_argument("--num-steps", type=int, default=d.num_steps, help="rollout length")
+    g.add_argument("--update-epochs", type=int, default=d.update_epochs)
+    g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
+    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    g.add_argument("--policy", choices=("mlp", "gru"), default="mlp")
+    g.add_argument("--normalize-obs", action="store_true")
+    g.add_argument("--normalize-reward", action="store_true")
+
+
+def ppo_config_from_args(args: argparse.Namespace, **overrides) -> PPOConfig:
+    """A `PPOConfig` from `add_ppo_arguments` options (``overrides`` win)."""
+    hidden = getattr(args, "hidden", None) or PolicySpec().hidden
+    values = {
+        "total_steps": args.total_steps,
+        "num_envs": args.num_envs,
+        "num_steps": args.num_steps,
+        "update_epochs": args.update_epochs,
+        "num_minibatches": args.num_minibatches,
+        "lr": args.lr,
+        "normalize_obs": args.normalize_obs,
+        "normalize_reward": args.normalize_reward,
+        "policy": PolicySpec(kind=args.policy, hidden=hidden),
+    }
+    return PPOConfig(**{**values, **overrides})
