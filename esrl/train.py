@@ -36,6 +36,7 @@ from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_che
 from esrl.env import Environment
 from esrl.es import ES, ESState
 from esrl.logger import RunLogger, to_json
+from esrl.noise import check_rank
 from esrl.normalize import ObsStats, init_obs_stats, update_obs_stats
 from esrl.policy import PolicySpec, make_policy
 from esrl.rollout import (
@@ -203,6 +204,14 @@ class ESTrainer:
         self.population = strategy.config.population
         self.mesh = dist.population_mesh(self.population, config.num_devices)
         self.eval_rollout = config.eval_rollout()
+        check_rank(self.param_shapes(), strategy.config.noise)
+
+    def param_shapes(self):
+        """Abstract policy parameters (shapes and dtypes; nothing is compiled)."""
+        key = jax.random.PRNGKey(0)
+        obs, _ = jax.eval_shape(self.env.reset, key, self.env_params)
+        carry = self.policy.initial_carry()
+        return jax.eval_shape(self.policy.init, key, carry, obs)["params"]
 
     def init(self, key: jax.Array) -> TrainState:
         """Fresh state from ``key``; raises if the rank does not fit a matrix."""

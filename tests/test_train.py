@@ -1,0 +1,142 @@
+"""The ES trainer learns, resumes exactly, survives Ctrl-C and NaN members."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+from esrl.agents.eggroll import EggrollConfig
+from memory_env import MemoryEnv
+
+from esrl.checkpoint import checkpoint_path, read_meta
+from esrl.cli import main
+from esrl.logger import RunLogger, read_metrics
+from esrl.policy import PolicySpec
+from esrl.rollout import RolloutConfig
+from esrl.train import RunSpec, TrainConfig, train
+
+CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
+TIMING = ("wall_time_s", "env_steps_per_s")
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def _tensors(directory) -> dict[str, np.ndarray]:
+    return safetensors.numpy.load_file(str(checkpoint_path(directory)))
+
+
+def test_eggroll_defaults_solve_cartpole(tmp_path):
+    assert main([*CARTPOLE, "--out", str(tmp_path)]) == 0
+    records = read_metrics(tmp_path)
+    assert records[-1]["eval_return"] >= 475
+    for key in ("iteration", "env_steps", "wall_time_s", "train_return_mean"):
+        assert key in records[0]
+    summary = read_meta(tmp_path)["counters"]
+    assert summary["eval_return"] == records[-1]["eval_return"]
+    for name in ("summary.json", "curve.png", "checkpoint.safetensors"):
+        assert (tmp_path / name).is_file()
+
+
+def test_openai_es_improves_on_cartpole(tmp_path):
+    args = ["--agent", "openai_es", "--generations", "8", "--population", "128"]
+    assert main([*CARTPOLE, *args, "--eval-every", "4", "--out", str(tmp_path)]) == 0
+    records = read_metrics(tmp_path)
+    first = records[0]["train_return_mean"]
+    assert records[-1]["eval_return"] >= max(150.0, 4 * first)
+    assert records[-1]["train_return_mean"] > 3 * first
+
+
+def _memory_run(kind: str) -> float:
+    spec = RunSpec(
+        env="test/Memory-v0",
+        agent_config=EggrollConfig(population=128, sigma=0.2, lr=0.1),
+        train=TrainConfig(
+            generations=20, eval_every=20, eval_episodes=64, progress=False,
+            rollout=RolloutConfig(horizon=8, episodes=16),
+            policy=PolicySpec(kind=kind, hidden=16),
+        ),
+    )  # fmt: skip
+    return train(spec, env=MemoryEnv(delay=4)).summary["final_eval_return"]
+
+
+def test_memory_task_needs_recurrence():
+    assert _memory_run("gru") >= 0.95
+    assert _memory_run("mlp") <= 0.75  # a memoryless policy guesses: ~0.5
+
+
+SMALL = [
+    *CARTPOLE, "--population", "16", "--hidden", "8", "--horizon", "50",
+    "--eval-every", "3", "--eval-episodes", "4", "--checkpoint-every", "2",
+    "--normalize-obs",
+]  # fmt: skip
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert main([*SMALL, "--generations", "6", "--out", str(full)]) == 0
+    assert main([*SMALL, "--generations", "3", "--out", str(split)]) == 0
+    assert read_meta(split)["counters"]["generation"] == 3
+
+    log = RunLogger.log
+
+    def ctrl_c_at_5(self, record):
+        if record["iteration"] == 5:
+            raise KeyboardInterrupt
+        log(self, record)
+
+    monkeypatch.setattr(RunLogger, "log", ctrl_c_at_5)
+    resume = ["train", "--resume", str(split), "--no-progress"]
+    assert main([*resume, "--generations", "6"]) == 130
+    assert read_meta(split)["counters"]["generation"] == 4  # saved on Ctrl-C
+    assert [r["iteration"] for r in read_metrics(split)] == [1, 2, 3, 4]
+    monkeypatch.setattr(RunLogger, "log", log)
+    assert main(resume) == 0  # the total (6) was stored with the checkpoint
+
+    expected = _without_timing(read_metrics(full))
+    assert [r["iteration"] for r in expected] == [1, 2, 3, 4, 5, 6]
+    assert expected[2]["eval_return"] is not None
+    assert _without_timing(read_metrics(split)) == expected
+    reference, tensors = _tensors(full), _tensors(split)
+    assert tensors.keys() == reference.keys()
+    for name, value in reference.items():
+        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
+class NaNMemoryEnv(MemoryEnv):
+    """Answering 1 at t=0 returns a NaN reward."""
+
+    def step(self, key, state, action, params=None):
+        obs, state2, reward, term, trunc, info = super().step(
+            key, state, action, params
+        )
+        reward = jnp.where((state.t == 0) & (action == 1), jnp.nan, reward)
+        return obs, state2, reward, term, trunc, info
+
+
+def test_nan_members_are_reported_and_harmless(tmp_path, capsys):
+    spec = RunSpec(
+        env="test/Memory-v0",
+        agent_config=EggrollConfig(population=32, sigma=0.5),
+        train=TrainConfig(
+            generations=3, eval_every=3, eval_episodes=8, progress=False,
+            rollout=RolloutConfig(horizon=8, episodes=4, normalize_obs=True),
+            policy=PolicySpec(hidden=8),
+        ),
+    )  # fmt: skip
+    result = train(spec, tmp_path, env=NaNMemoryEnv(delay=2))
+    records = read_metrics(tmp_path)
+    assert records[0]["nonfinite_members"] > 0
+    assert "returned NaN/inf" in capsys.readouterr().err
+    assert all(np.isfinite(r["train_return_mean"]) for r in records)
+    leaves = jax.tree.leaves(result.state)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves if x.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("field", ["generations", "eval_every", "checkpoint_every"])
+def test_train_config_rejects_nonpositive_counts(field):
+    with pytest.raises(ValueError, match=f"{field} must be >= 1"):
+        TrainConfig(**{field: 0})
