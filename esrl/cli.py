@@ -180,7 +180,8 @@ def spec_from_args(args: argparse.Namespace):
     else:
         agent_config = OpenAIESConfig(**es)
     rollout = RolloutConfig(
-        horizon=v["horizon"] or _env_horizon(args.env), episodes=v["episodes"],
+        horizon=_env_horizon(args.env) if v["horizon"] is None else v["horizon"],
+        episodes=v["episodes"],
         normalize_obs=v["normalize_obs"],
         common_random_numbers=v["common_random_numbers"],
     )  # fmt: skip

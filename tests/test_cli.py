@@ -1,0 +1,126 @@
+"""``esrl train``: every bad input gets one clear error before anything compiles."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import pytest
+from memory_env import MemoryEnv
+
+import esrl
+from esrl import spaces
+from esrl.cli import build_parser, env_defaults, main
+from esrl.distributed import check_population
+from esrl.logger import read_metrics
+from esrl.train import ESTrainer, RunSpec
+
+CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
+
+
+class GridActionEnv(MemoryEnv):
+    """Actions are a 2x2 box: no policy head serves that."""
+
+    def action_space(self, params=None):
+        return spaces.Box(-1.0, 1.0, (2, 2), jnp.float32)
+
+
+esrl.register("test/GridAction-v0", GridActionEnv, override=True)
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fail the test if a run gets as far as initialising (jitting) its state."""
+
+    def forbidden(self, key):
+        raise AssertionError("the error must come before any compilation")
+
+    monkeypatch.setattr(ESTrainer, "init", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--population", "255"], "population 255 must be even for antithetic pairs"),
+        (["--rank", "8"], "rank 8 exceeds min(4, 32) of parameter actor_0/kernel"),
+        (["--rank", "2", "--agent", "openai_es"], "--rank applies to eggroll only"),
+        (["--devices", "64"], "--devices 64 is not available"),
+        (["--sigma", "-1"], "sigma must be > 0"),
+        (["--horizon", "0"], "horizon must be >= 1"),
+        (["--plugin", "no_such_module_xyz"], "--plugin 'no_such_module_xyz' could not"),
+    ],
+)
+def test_bad_options_fail_before_compiling(args, message, no_compile, capsys, tmp_path):
+    assert main([*CARTPOLE, *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "esrl train: error:" in err and message in err
+
+
+def test_bad_environments_fail_before_compiling(no_compile, capsys, tmp_path):
+    assert main(["train", "--env", "gymnax/CartPol-v1", "--out", str(tmp_path)]) == 2
+    assert "Did you mean: gymnax/CartPole-v1" in capsys.readouterr().err
+    assert main(["train", "--env", "test/GridAction-v0", "--out", str(tmp_path)]) == 2
+    assert "policies serve Discrete or 1-D Box action spaces" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path)]) == 2
+    assert "--env is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--agent", "ppo2"), ("--policy", "rnn")]
+)
+def test_unknown_agent_or_policy(option, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*CARTPOLE, option, value])
+    assert e.value.code == 2
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown agent 'ppo2'; choose one of eggroll"):
+        RunSpec("gymnax/CartPole-v1", agent="ppo2")
+
+
+def test_population_must_split_over_devices():
+    with pytest.raises(ValueError, match="use --population 20"):
+        check_population(18, 4)
+    check_population(16, 4)
+
+
+def test_help_documents_every_option_and_the_env_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--env", "--agent", "--policy", "--hidden", "--population", "--rank",
+                   "--sigma", "--lr", "--generations", "--seed", "--out", "--resume",
+                   "--plugin", "gymnax/CartPole-v1: hidden=32"):  # fmt: skip
+        assert option in out
+    assert env_defaults("brax/ant")["normalize_obs"] is True
+    assert env_defaults("gymnax/CartPole-v1")["hidden"] == 32
+
+
+def test_resume_errors(tmp_path, capsys, no_compile):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+PLUGIN = """
+import esrl
+from memory_env import MemoryEnv
+
+esrl.register("mine/Recall-v0", lambda: MemoryEnv(delay=2))
+"""
+
+
+def test_plugin_environment_trains_with_a_gru_and_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "my_recall_envs.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--plugin", "my_recall_envs", "--env", "mine/Recall-v0",
+            "--agent", "eggroll", "--policy", "gru", "--hidden", "8",
+            "--population", "16", "--generations", "2", "--eval-every", "1",
+            "--no-progress", "--out", "run"]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 2  # the directory holds a run now
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", "run", "--population", "32"]) == 2
+    assert "--population 32 differs from the run in run (16)" in capsys.readouterr().err
+    assert (
+        main(["train", "--resume", "run", "--generations", "3", "--no-progress"]) == 0
+    )
+    assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]

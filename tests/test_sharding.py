@@ -1,0 +1,69 @@
+"""Members split over 4 (fake CPU) devices give bit-identical runs to one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from esrl.agents.eggroll import EggrollConfig
+    from esrl.cli import main
+    from esrl.policy import PolicySpec
+    from esrl.rollout import RolloutConfig
+    from esrl.train import RunSpec, TrainConfig, train
+
+    assert len(jax.devices()) == 4, jax.devices()
+    runs = {}
+    for n in (1, 4):
+        spec = RunSpec(
+            env="gymnax/CartPole-v1",
+            agent_config=EggrollConfig(population=32, rank=2),
+            train=TrainConfig(
+                generations=4, eval_every=2, eval_episodes=4, progress=False,
+                num_devices=n, policy=PolicySpec(hidden=8),
+                rollout=RolloutConfig(horizon=60, episodes=2, normalize_obs=True),
+            ),
+        )
+        out = sys.argv[1] + f"/d{n}"
+        result = train(spec, out)
+        lines = [json.loads(s) for s in open(out + "/metrics.jsonl")]
+        for r in lines:
+            r.pop("wall_time_s"), r.pop("env_steps_per_s")
+        leaves = [np.asarray(x) for x in jax.tree.leaves(result.state)]
+        runs[n] = (lines, leaves, result.summary["device"])
+    (m1, l1, d1), (m4, l4, d4) = runs[1], runs[4]
+    code = main(["train", "--env", "gymnax/CartPole-v1", "--population", "18",
+                 "--out", sys.argv[1] + "/bad", "--no-progress"])
+    print(json.dumps({
+        "metrics_equal": m1 == m4,
+        "state_equal": all(np.array_equal(a, b) for a, b in zip(l1, l4)),
+        "nonzero_update": bool(m1[0]["grad_norm"] > 0),
+        "devices": [d1, d4],
+        "bad_population_code": code,
+    }))
+    """
+)
+
+
+def test_four_devices_equal_one(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == ["cpu x1 (cpu)", "cpu x4 (cpu)"]
+    assert result["metrics_equal"] and result["state_equal"]
+    assert result["nonzero_update"]
+    assert result["bad_population_code"] == 2
+    assert "population 18 is not divisible by the 4 devices; use --population 20" in (
+        proc.stderr
+    )
