@@ -56,6 +56,20 @@ def env_defaults(env_id: str) -> dict[str, object]:
     return values
 
 
+def import_plugins(modules: tuple[str, ...]) -> None:
+    """Import modules that register user environments (the working dir is importable)."""
+    if modules and "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(
+                f"--plugin {name!r} could not be imported ({e}); pass an importable "
+                "module name (a file my_envs.py in the working directory is my_envs)"
+            ) from e
+
+
 def _envs(args: argparse.Namespace) -> int:
     import esrl
 
@@ -242,7 +256,7 @@ def _external(agent: str) -> Callable[[list[str]], int]:
 def _train(args: argparse.Namespace) -> int:
     from esrl import distributed
     from esrl.checkpoint import read_meta
-    from esrl.train import fit, import_plugins, prepare
+    from esrl.train import fit, prepare
 
     if args.distributed:
         distributed.initialize()

@@ -137,7 +137,7 @@ class ES:
             "fitness_mean": jnp.nanmean(jnp.where(finite, fitness, jnp.nan)),
             "fitness_max": jnp.max(jnp.where(finite, fitness, -jnp.inf)),
             "nonfinite_members": jnp.sum(~finite),
-            "grad_norm": optax.global_norm(grad),
+            "grad_norm": optax.tree.norm(grad),
             "sigma": state.sigma,
         }
         new = state.replace(

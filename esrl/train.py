@@ -18,8 +18,6 @@ touch the training stream.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from esrl import distributed as dist
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
 from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
 from esrl.logger import RunLogger, to_json
@@ -90,11 +89,8 @@ class TrainConfig:
 
 def _build(cls, values: dict):
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in values.items()
-        if k in names
-    })  # fmt: skip
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 # settings a resumed run may change; everything else must match the checkpoint
@@ -159,20 +155,6 @@ class RunSpec:
             )
 
 
-def import_plugins(modules: tuple[str, ...]) -> None:
-    """Import modules that register user environments (the working dir is importable)."""
-    if modules and "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ValueError(
-                f"--plugin {name!r} could not be imported ({e}); pass an importable "
-                "module name (a file my_envs.py in the working directory is my_envs)"
-            ) from e
-
-
 @struct.dataclass
 class TrainState:
     """Everything a generation step reads and writes (checkpointed as one pytree)."""
@@ -214,7 +196,7 @@ class ESTrainer:
         return jax.eval_shape(self.policy.init, key, carry, obs)["params"]
 
     def init(self, key: jax.Array) -> TrainState:
-        """Fresh state from ``key``; raises if the rank does not fit a matrix."""
+        """Fresh state from ``key``, replicated over the mesh."""
         k_init, k_noise, k_roll = jax.random.split(key, 3)
         obs, _ = self.env.reset(k_init, self.env_params)
         carry = self.policy.initial_carry()
@@ -242,14 +224,11 @@ class ESTrainer:
         """ask -> rollout -> shape -> tell; returns the new state and its metrics."""
         result = self.rollout(state)
         es_state, es_metrics = self.strategy.tell(state.es, result.returns)
-        stats = state.obs_stats
+        stats, valid = state.obs_stats, jnp.isfinite(result.returns)
         if self.config.rollout.normalize_obs:
-            stats = update_obs_stats(
-                stats, result.moments, jnp.isfinite(result.returns)
-            )
-        return state.replace(es=es_state, obs_stats=stats), population_metrics(
-            result, es_metrics
-        )
+            stats = update_obs_stats(stats, result.moments, valid)
+        metrics = population_metrics(result, es_metrics)
+        return state.replace(es=es_state, obs_stats=stats), metrics
 
     def evaluate(self, state: TrainState) -> dict[str, jax.Array]:
         """Mean return (and info) of the unperturbed policy over M episodes."""
@@ -292,7 +271,7 @@ def prepare(
     overwrite: bool = False,
     env: Environment | None = None,
 ) -> Prepared:
-    """Validate everything and build the trainer and state, before any compilation."""
+    """Validate everything (before compiling anything), then build trainer and state."""
     out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
     if resume:
