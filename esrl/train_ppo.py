@@ -10,7 +10,6 @@ evaluation stream is separate), so a resumed run reproduces the uninterrupted on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import time
@@ -24,10 +23,11 @@ import numpy as np
 
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger
 from esrl.policy import PolicySpec
-from esrl.train import TrainResult, import_plugins
+from esrl.train import TrainResult
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class PPORunSpec:
     """Updates per jitted chunk; evaluation, log flush and checkpoint after each."""
     eval_episodes: int = 16
     """Episodes of each greedy evaluation."""
-    eval_horizon: int = 500
-    """Step limit of evaluation episodes."""
+    eval_horizon: int = 1000
+    """Step limit of evaluation episodes (they stop early once all have ended)."""
     seed: int = 0
     """Seed of parameters, environments and evaluation."""
     plugins: tuple[str, ...] = ()
@@ -87,6 +87,9 @@ class PPORunSpec:
             )
 
 
+KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the abstract jax.random.PRNGKey
+
+
 class _Counters(NamedTuple):
     update: int = 0
     env_steps: int = 0
@@ -96,36 +99,50 @@ class _Counters(NamedTuple):
     eval_return: float | None = None
 
 
-def _prepare(spec: PPORunSpec, out_dir, resume: bool, env: Environment | None):
-    """Validate everything before compiling; build the agent and (restored) state."""
+class Prepared(NamedTuple):
+    """A validated run, ready to compile and train."""
+
+    spec: PPORunSpec
+    ppo: PPO
+    state: PPOState | None
+    """The restored state of a resumed run (None: a fresh run, initialised in fit)."""
+    counters: _Counters
+    out_dir: Path | None
+
+
+def prepare(
+    spec: PPORunSpec,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    env: Environment | None = None,
+) -> Prepared:
+    """Validate everything (before compiling anything) and restore a resumed state."""
+    out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
     if resume:
         if out_dir is None:
             raise ValueError("resuming needs the run directory (--resume DIR)")
-        meta = read_meta(out_dir)
-        if meta["spec"].get("agent") != "ppo":
-            raise ValueError(
-                f"{str(out_dir)!r} holds a {meta['spec'].get('agent')} run"
-            )
-        spec.check_resumable(PPORunSpec.from_dict(meta["spec"]))
-    elif out_dir is not None and has_checkpoint(out_dir):
+        saved = read_meta(out_dir)["spec"]
+        if saved.get("agent") != "ppo":
+            raise ValueError(f"{str(out_dir)!r} holds a {saved.get('agent')} run")
+        spec.check_resumable(PPORunSpec.from_dict(saved))
+    elif out_dir is not None and has_checkpoint(out_dir) and not overwrite:
         raise ValueError(
             f"{str(out_dir)!r} already holds a run; continue it with --resume "
-            f"{out_dir} or choose another --out"
+            f"{out_dir}, choose another --out, or pass --overwrite"
         )
-    config = spec.ppo
+    config = spec.ppo  # cached agents are shared by runs that differ in length only
     if not config.anneal_lr:
         config = dataclasses.replace(config, total_steps=config.batch_size)
-    agent = _agent(
-        spec.env if env is None else env, config, spec.eval_every,
-        spec.eval_episodes, spec.eval_horizon,
-    )  # fmt: skip
-    state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
-    counters = _Counters()
+    ppo = _ppo(spec.env if env is None else env, config)
+    state, counters = None, _Counters()
     if resume:
-        state, meta = load_checkpoint(out_dir, template=state)
+        template = jax.eval_shape(ppo.init, KEY)
+        state, meta = load_checkpoint(out_dir, template=template)
         counters = _Counters(**meta["counters"])
-    return agent, state, counters
+    return Prepared(spec, ppo, state, counters, out_dir)
 
 
 def _records(m: Metrics, c: _Counters, batch: int, dt: float, now: float) -> list:
@@ -184,27 +201,28 @@ def run_chunk(ppo: PPO, capacity: int, state: PPOState, n: jax.Array):
     return jax.lax.fori_loop(0, n, step, (state, metrics))
 
 
-class _Agent(NamedTuple):
-    ppo: PPO
+class _Compiled(NamedTuple):
     init: Any
     chunk: Any
     evaluate: Any
 
 
 @functools.lru_cache(maxsize=4)
-def _agent(env, config: PPOConfig, every: int, episodes: int, horizon: int) -> _Agent:
-    """The agent with its init, chunk runner and evaluation compiled (cached, so
-    reruns and resumes in one process compile once; ``config`` is keyed without
-    ``total_steps`` unless the learning rate is annealed)."""
-    ppo = PPO(config, env)
-    key = jax.ShapeDtypeStruct((2,), np.uint32)
-    init = jax.jit(ppo.init).lower(key).compile()
-    state = jax.eval_shape(ppo.init, key)
+def _ppo(env: Environment | str, config: PPOConfig) -> PPO:
+    return PPO(config, env)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(ppo: PPO, every: int, episodes: int, horizon: int) -> _Compiled:
+    """Init, chunk runner and evaluation, compiled once per process (reruns and
+    resumes of the same configuration reuse them)."""
+    init = jax.jit(ppo.init).lower(KEY).compile()
+    state = jax.eval_shape(ppo.init, KEY)
     n = jax.ShapeDtypeStruct((), np.int32)
     chunk = jax.jit(partial(run_chunk, ppo, every)).lower(state, n).compile()
     evaluate = jax.jit(ppo.evaluate, static_argnums=(2, 3))
-    evaluate = evaluate.lower(key, state, episodes, horizon).compile()
-    return _Agent(ppo, init, chunk, evaluate)
+    evaluate = evaluate.lower(KEY, state, episodes, horizon).compile()
+    return _Compiled(init, chunk, evaluate)
 
 
 def train_ppo(
@@ -212,11 +230,20 @@ def train_ppo(
     out_dir: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     env: Environment | None = None,
 ) -> TrainResult:
     """Train ``spec`` up to ``spec.ppo.total_steps`` (the total, resumes included)."""
+    return fit(prepare(spec, out_dir, resume=resume, overwrite=overwrite, env=env))
+
+
+def fit(prepared: Prepared) -> TrainResult:
+    """Compile, then run the updates a prepared run still has to do."""
     start = time.perf_counter()
-    agent, state, c = _prepare(spec, out_dir, resume, env)
+    spec, ppo, state, c, out_dir = prepared
+    agent = _compiled(ppo, spec.eval_every, spec.eval_episodes, spec.eval_horizon)
+    if state is None:
+        state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
     total, batch = spec.ppo.num_updates, spec.ppo.batch_size
     eval_key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1)
     c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
@@ -305,33 +332,8 @@ def ppo_throughput(
     }
 
 
-def add_ppo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The PPO options of ``esrl train --agent ppo`` and the train scripts."""
-    d = PPOConfig()
-    g = parser.add_argument_group("PPO (--agent ppo)")
-    g.add_argument("--total-steps", type=int, default=d.total_steps)
-    g.add_argument("--num-envs", type=int, default=d.num_envs)
-    g.add_argument("--num-steps", type=int, default=d.num_steps, help="rollout length")
-    g.add_argument("--update-epochs", type=int, default=d.update_epochs)
-    g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate")
-    g.add_argument("--policy", choices=("mlp", "gru"), default="mlp")
-    g.add_argument("--normalize-obs", action="store_true")
-    g.add_argument("--normalize-reward", action="store_true")
+def main(argv: list[str] | None = None) -> int:
+    """``esrl train --agent ppo`` (see `esrl.cli_ppo`)."""
+    from esrl.cli_ppo import main as cli_main
 
-
-def ppo_config_from_args(args: argparse.Namespace, **overrides) -> PPOConfig:
-    """A `PPOConfig` from `add_ppo_arguments` options (``overrides`` win)."""
-    hidden = getattr(args, "hidden", None) or PolicySpec().hidden
-    values = {
-        "total_steps": args.total_steps,
-        "num_envs": args.num_envs,
-        "num_steps": args.num_steps,
-        "update_epochs": args.update_epochs,
-        "num_minibatches": args.num_minibatches,
-        "lr": args.lr,
-        "normalize_obs": args.normalize_obs,
-        "normalize_reward": args.normalize_reward,
-        "policy": PolicySpec(kind=args.policy, hidden=hidden),
-    }
-    return PPOConfig(**{**values, **overrides})
+    return cli_main(argv)

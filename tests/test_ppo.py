@@ -15,7 +15,8 @@ from esrl.agents.ppo import PPO, PPOConfig
 from flax import struct
 
 import esrl
-from esrl import spaces
+from esrl import cli, spaces
+from esrl.checkpoint import load_checkpoint
 from esrl.env import Environment
 from esrl.gae import gae
 from esrl.logger import read_metrics
@@ -25,7 +26,7 @@ from esrl.train_ppo import PPORunSpec, run_chunk, train_ppo
 sys.path.insert(0, str(Path(__file__).parent))
 from memory_env import MemoryEnv
 
-GRU = PolicySpec(kind="gru", hidden=32, num_layers=1)
+GRU = PolicySpec(kind="gru", hidden=32)
 
 
 def gae_loop(rewards, values, next_values, terminated, truncated, gamma, lam):
@@ -233,28 +234,35 @@ def test_gru_solves_the_memory_task():
 TRAINING = ("iteration", "env_steps", "train_return_mean", "value_loss", "approx_kl")
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     """GRU carry, obs/reward statistics and keys all travel through the checkpoint."""
-    spec = dataclasses.replace(MEMORY, ppo=steps(MEMORY.ppo, 7))
-    whole = train_ppo(spec, tmp_path / "whole")
-    train_ppo(dataclasses.replace(spec, ppo=steps(spec.ppo, 3)), tmp_path / "split")
-    with pytest.raises(ValueError, match="already holds a run"):
-        train_ppo(spec, tmp_path / "split")
-    resumed = train_ppo(spec, tmp_path / "split", resume=True)  # 3 -> 5 -> 7
-    jax.tree.map(np.testing.assert_array_equal, whole.state, resumed.state)
+    whole = train_ppo(dataclasses.replace(MEMORY, ppo=steps(7)), tmp_path / "whole")
+    split = str(tmp_path / "split")
+    argv = [
+        "train", "--agent", "ppo", "--env", "test/Memory-v0", "--plugin", "memory_env",
+        "--policy", "gru", "--hidden", "32", "--num-envs", "32", "--num-steps", "20",
+        "--lr", "3e-3", "--normalize-obs", "--normalize-reward", "--eval-every", "5",
+        "--eval-episodes", "256", "--horizon", "5", "--no-progress", "--out", split,
+    ]  # fmt: skip
+    assert cli.main([*argv, "--total-steps", str(3 * 640)]) == 0  # stops mid-chunk
+    assert cli.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    resume = ["train", "--resume", split, "--no-progress"]
+    assert cli.main([*resume, "--lr", "1e-3"]) == 2
+    assert "--lr 0.001 differs" in capsys.readouterr().err
+    assert cli.main([*resume, "--total-steps", str(7 * 640)]) == 0  # 3 -> 5 -> 7
+    state, meta = load_checkpoint(split, template=whole.state)
+    jax.tree.map(np.testing.assert_array_equal, whole.state, state)
     lines = [
         [{k: r.get(k) for k in TRAINING} for r in read_metrics(tmp_path / d)]
         for d in ("whole", "split")
     ]
     assert len(lines[0]) == 7 and lines[0] == lines[1]
-    assert resumed.summary["env_steps"] == whole.summary["env_steps"] == 7 * 640
-    other = dataclasses.replace(spec, ppo=dataclasses.replace(spec.ppo, lr=1e-3))
-    with pytest.raises(ValueError, match="ppo differ"):
-        train_ppo(other, tmp_path / "split", resume=True)
+    assert meta["counters"]["env_steps"] == whole.summary["env_steps"] == 7 * 640
 
 
-def steps(config: PPOConfig, updates: int) -> PPOConfig:
-    return dataclasses.replace(config, total_steps=updates * config.batch_size)
+def steps(updates: int) -> PPOConfig:
+    return dataclasses.replace(MEMORY.ppo, total_steps=updates * 640)
 
 
 def test_bad_configurations_say_what_to_do():
