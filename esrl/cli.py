@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import textwrap
 from collections.abc import Callable
 
 from esrl.nn import CELLS
@@ -80,13 +81,14 @@ def _envs(args: argparse.Namespace) -> int:
 
 
 def _epilog() -> str:
+    def line(name: str, values: dict) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in values.items())
+        return textwrap.fill(f"{name}: {text}", 88, initial_indent="  ",
+                             subsequent_indent="      ")  # fmt: skip
+
     lines = ["per-environment defaults (override any with its option):"]
-    lines.append("  all: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
-    for env_id, values in PRESETS.items():
-        if values:
-            lines.append(
-                f"  {env_id}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-            )
+    lines.append(line("all", DEFAULTS))
+    lines += [line(env_id, values) for env_id, values in PRESETS.items() if values]
     lines.append("--agent ppo has its own options: esrl train --agent ppo --help")
     return "\n".join(lines)
 

@@ -12,7 +12,6 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from esrl import spaces
 from esrl.nn import CELLS, Dense, initial_carry, perturbation, perturbed
@@ -135,7 +134,7 @@ def sample_action(key: jax.Array, out: PolicyOutput, action_space) -> jax.Array:
 
 
 def clip_action(action: jax.Array, action_space) -> jax.Array:
-    """Clip a continuous action into the Box bounds."""
-    low = np.broadcast_to(np.asarray(action_space.low), action_space.shape)
-    high = np.broadcast_to(np.asarray(action_space.high), action_space.shape)
+    """Clip a continuous action into the Box bounds (which may be traced env params)."""
+    low = jnp.broadcast_to(jnp.asarray(action_space.low), action_space.shape)
+    high = jnp.broadcast_to(jnp.asarray(action_space.high), action_space.shape)
     return jnp.clip(action, low, high)
