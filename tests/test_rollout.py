@@ -195,3 +195,18 @@ def test_nonfinite_members_are_left_out_of_the_statistics(cartpole, setup):
     b = update_obs_stats(stats, only_first)
     np.testing.assert_allclose(a.mean, b.mean)
     assert np.all(np.isfinite(a.m2))
+
+
+def test_box_actions_with_traced_env_params():
+    env = esrl.make("gymnax/Pendulum-v1")
+    policy, params, perts = _setup(env, population=2)
+    config = RolloutConfig(horizon=20)
+    key = jax.random.PRNGKey(4)
+    res = evaluate_population(
+        key, env, env.default_params, policy, params, perts, config
+    )
+    for i in range(2):
+        ret, length, _ = _naive(
+            key, env, policy, params, _member(perts, i), i, 0, config
+        )
+        assert res.returns[i] == pytest.approx(ret, rel=1e-5) and length == 20
