@@ -20,10 +20,15 @@ Example (plain inference of 1024 members on CartPole)::
 
     env = esrl.make("gymnax/CartPole-v1")
     policy = make_policy(PolicySpec(), env.action_space())
+    obs, _ = env.reset(key)
     params = policy.init(key, policy.initial_carry(), obs)["params"]
     result = evaluate_population(key, env, None, policy, params, None,
                                  RolloutConfig(horizon=500), num_members=1024)
     result.returns  # [1024]
+
+For a generation of ES, pass ``perturbations=ES.ask(state)`` (or build them per device
+from member ids, as `esrl.train.ESTrainer` does) and, with ``normalize_obs``, merge
+``result.moments`` with `esrl.normalize.update_obs_stats` afterwards.
 """
 
 from __future__ import annotations
