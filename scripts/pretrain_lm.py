@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         width=args.width, layers=args.layers, mlp_hidden=args.mlp_hidden
     )
     start = time.perf_counter()
-    params, history = pretrain(config, model_config, log=lambda r: print(json.dumps(r)))
+    params, history = pretrain(
+        config, model_config, log=lambda r: print(json.dumps(r), flush=True)
+    )
     train_s = time.perf_counter() - start
     model, heldout = RecurrentLM(model_config), {}
     for n in (3, 4):

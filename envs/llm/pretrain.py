@@ -31,7 +31,7 @@ MAX_CORPUS = 50_000
 class PretrainConfig:
     """Pretraining run."""
 
-    steps: int = 1200
+    steps: int = 1400
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per step."""

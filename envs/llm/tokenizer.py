@@ -1,11 +1,17 @@
-"""Byte-level tokenizer: ids 0-255 are UTF-8 bytes, then PAD, BOS and EOS.
+"""Byte-level tokenizer: ids 0-255 are UTF-8 bytes, then a few special ids.
 
-A sequence is ``BOS prompt-bytes completion-bytes EOS``; decoding drops special ids and
-replaces invalid UTF-8 with U+FFFD, so any id sequence decodes to some string.
+Specials: PAD, BOS, EOS and one id for each answer-format tag (``<think>``,
+``</think>``, ``<answer>``, ``</answer>``). The tags are pure boilerplate; one id each
+instead of 7-9 bytes shortens every worked answer by about 30 tokens, which is a third
+of the compute of pretraining and of every ES generation. ``encode`` maps the tag
+strings to their ids and ``decode`` maps them back, so text round-trips exactly and
+rewards always see plain text. A sequence is ``BOS prompt completion EOS``; decoding
+drops PAD/BOS/EOS and replaces invalid UTF-8 with U+FFFD, so any ids decode to a string.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,26 +22,40 @@ BOS = 257
 """Begin-of-sequence id, prepended to every prompt."""
 EOS = 258
 """End-of-sequence id: generation stops after it."""
-VOCAB_SIZE = 259
+TAGS = {259: "<think>", 260: "</think>", 261: "<answer>", 262: "</answer>"}
+"""Answer-format tags that get one id each."""
+VOCAB_SIZE = 263
 """Number of token ids."""
+
+_TAG_IDS = {text: token for token, text in TAGS.items()}
+_TAG_BYTES = {token: text.encode() for token, text in TAGS.items()}
+_TAG_PATTERN = re.compile("|".join(re.escape(t) for t in _TAG_IDS))
 
 
 def encode(text: str, bos: bool = False, eos: bool = False) -> list[int]:
-    """UTF-8 bytes of ``text`` as ids, optionally wrapped in BOS / EOS."""
+    """Ids of ``text`` (tags as one id, the rest UTF-8 bytes), optionally BOS / EOS."""
     if not isinstance(text, str):
         raise TypeError(f"encode takes a str, got {type(text).__name__}")
-    ids = list(text.encode("utf-8", errors="replace"))
-    return ([BOS] if bos else []) + ids + ([EOS] if eos else [])
+    ids = [BOS] if bos else []
+    start = 0
+    for match in _TAG_PATTERN.finditer(text):
+        ids.extend(text[start : match.start()].encode("utf-8", errors="replace"))
+        ids.append(_TAG_IDS[match.group()])
+        start = match.end()
+    ids.extend(text[start:].encode("utf-8", errors="replace"))
+    return ids + ([EOS] if eos else [])
 
 
 def decode(ids: Sequence[int] | np.ndarray, stop_at_eos: bool = True) -> str:
-    """Text of ``ids``: bytes kept, specials dropped, stops at the first EOS."""
+    """Text of ``ids``: bytes and tags kept, PAD/BOS dropped, stops at the first EOS."""
     out = bytearray()
     for token in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
         if token == EOS and stop_at_eos:
             break
         if 0 <= token < 256:
             out.append(token)
+        elif token in _TAG_BYTES:
+            out.extend(_TAG_BYTES[token])
     return out.decode("utf-8", errors="replace")
 
 
@@ -60,7 +80,7 @@ def pad_batch(
 def encode_prompts(
     prompts: Sequence[str], length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """BOS + bytes of each prompt, right-padded: (ids [B, L], lengths [B])."""
+    """BOS + ids of each prompt, right-padded: (ids [B, L], lengths [B])."""
     return pad_batch([encode(p, bos=True) for p in prompts], length)
 
 

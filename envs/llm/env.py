@@ -1,0 +1,154 @@
+"""LLM-reasoning tasks as esrl environments: one episode is one prompt, one step one token.
+
+`LLMEnv` follows the esrl protocol (jittable, vmappable). ``reset`` draws a problem
+from a fixed, seeded table (the train or the held-out split of the task) and observes
+BOS. Each ``step`` reads the agent's next token (`action`, an id in
+``Discrete(VOCAB_SIZE)``): while the prompt lasts the action is ignored and the next
+prompt token is forced; afterwards the action is appended to the completion. The
+observation is always the token just fed (the input of a recurrent LM's next step).
+The episode terminates after EOS and is truncated after ``max_new_tokens`` generated
+tokens. The reward is 0 on every step except the last, where the task's host-side
+scorer reads the decoded completion through `jax.pure_callback` (outcome-only
+rewards, exactly what `esrl.envs.llm.finetune` optimises; the ES fine-tuning path
+bypasses this env and scores batched generations directly).
+
+Ids: ``llm/countdown`` (3 numbers; ``num_numbers=4`` for 4), ``llm/countdown-3``,
+``llm/countdown-4`` and ``llm/reasoning-gym/<name>`` for chain_sum, basic_arithmetic
+and gsm_symbolic; ``esrl.register("llm/reasoning-gym/<other>",
+"esrl.envs.llm.env:make_reasoning_gym", name="<other>")`` adds any other dataset, and
+`make_task_env` wraps your own `Task`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from esrl.envs.llm.tasks import Task, countdown_task, make_splits, reasoning_gym_task
+from esrl.envs.llm.tokenizer import BOS, EOS, PAD, VOCAB_SIZE, decode, encode_prompts
+from flax import struct
+
+from esrl import spaces
+from esrl.env import Environment
+
+
+@struct.dataclass
+class LLMState:
+    """One episode: the problem, its tokens so far and the current position."""
+
+    problem: jax.Array  # index into the env's problem table
+    tokens: jax.Array  # [prompt_len + max_new_tokens] BOS prompt completion, PAD after
+    prompt_len: jax.Array  # tokens of BOS + prompt
+    pos: jax.Array  # index of the token observed last
+
+
+class LLMEnv(Environment):
+    """A `Task` as a token-level environment (see the module docstring)."""
+
+    def __init__(
+        self,
+        task: Task,
+        split: str = "train",
+        size: int = 1000,
+        seed: int = 0,
+        eval_pool: int = 200,
+        max_new_tokens: int | None = None,
+    ):
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        eval_size = max(size, eval_pool) if split == "eval" else eval_pool
+        splits = make_splits(task, seed, size if split == "train" else 0, eval_size)
+        self.task, self.split = task, split
+        self.problems = (splits.train if split == "train" else splits.eval)[:size]
+        self.max_new_tokens = max_new_tokens or task.max_new_tokens
+        ids, lengths = encode_prompts([p.prompt for p in self.problems])
+        self._prompts = jnp.asarray(
+            np.pad(ids, ((0, 0), (0, self.max_new_tokens)), constant_values=PAD)
+        )
+        self._lengths = jnp.asarray(lengths)
+
+    @property
+    def name(self) -> str:
+        return f"llm/{self.task.name}"
+
+    @property
+    def sequence_length(self) -> int:
+        """Longest BOS + prompt + completion an episode can hold."""
+        return int(self._prompts.shape[1])
+
+    def observation_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(VOCAB_SIZE)
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(VOCAB_SIZE)
+
+    def reset(self, key: jax.Array, params=None):
+        problem = jax.random.randint(key, (), 0, len(self.problems))
+        state = LLMState(
+            problem=problem,
+            tokens=self._prompts[problem],
+            prompt_len=self._lengths[problem],
+            pos=jnp.zeros((), jnp.int32),
+        )
+        return jnp.asarray(BOS, jnp.int32), state
+
+    def step(self, key: jax.Array, state: LLMState, action: jax.Array, params=None):
+        pos = state.pos + 1
+        forced = pos < state.prompt_len
+        token = jnp.where(forced, state.tokens[pos], jnp.asarray(action, jnp.int32))
+        tokens = state.tokens.at[pos].set(token)
+        generated = pos - state.prompt_len + 1
+        terminated = ~forced & (token == EOS)
+        truncated = ~forced & ~terminated & (generated >= self.max_new_tokens)
+        done = terminated | truncated
+        reward = jax.pure_callback(
+            self._score_host,
+            jax.ShapeDtypeStruct(done.shape, jnp.float32),
+            state.problem,
+            tokens,
+            state.prompt_len,
+            done,
+            vmap_method="broadcast_all",
+        )
+        state = state.replace(tokens=tokens, pos=pos)
+        return token, state, reward, terminated, truncated, {}
+
+    def _score_host(self, problem, tokens, prompt_len, done) -> np.ndarray:
+        """Reward of every finished episode (any leading batch shape), 0 elsewhere."""
+        problem, prompt_len, done = map(np.asarray, (problem, prompt_len, done))
+        tokens = np.asarray(tokens)
+        rewards = np.zeros(done.shape, np.float32)
+        for index in zip(*np.nonzero(done), strict=True):
+            completion = decode(tokens[index][int(prompt_len[index]) :])
+            rewards[index] = self.task.score(completion, self.problems[problem[index]])
+        return rewards
+
+    def completion(self, state: LLMState) -> str:
+        """The decoded completion of one (unbatched) episode state."""
+        tokens = np.asarray(state.tokens)
+        return decode(tokens[int(state.prompt_len) : int(state.pos) + 1])
+
+
+def make_countdown(num_numbers: int = 3, max_number: int = 20, **kwargs) -> LLMEnv:
+    """``llm/countdown``: Countdown with 3 (or ``num_numbers``) numbers."""
+    return LLMEnv(countdown_task(num_numbers, max_number), **kwargs)
+
+
+def make_reasoning_gym(
+    name: str, config: dict | None = None, max_new_tokens: int = 96, **kwargs
+) -> LLMEnv:
+    """``llm/reasoning-gym/<name>``; ``config`` goes to the dataset (e.g. max_digits)."""
+    task = reasoning_gym_task(name, max_new_tokens=max_new_tokens, **(config or {}))
+    return LLMEnv(task, **kwargs)
+
+
+def make_task_env(task: Task, **kwargs) -> LLMEnv:
+    """An environment for your own `Task` (a prompt source plus a scoring function)."""
+    if not isinstance(task, Task):
+        raise TypeError(
+            "make_task_env needs an esrl.envs.llm.Task(name, generate, score); got "
+            f"{type(task).__name__}"
+        )
+    return LLMEnv(task, **kwargs)

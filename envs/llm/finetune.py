@@ -1,0 +1,199 @@
+"""ES fine-tuning of the recurrent LM on outcome rewards (EGGROLL or OpenAI-ES).
+
+Qiu et al. 2025, "Evolution Strategies at Scale: LLM Fine-Tuning Beyond Reinforcement
+Learning" (arXiv 2509.24372): every generation, each member answers the same batch of
+training prompts with greedy decoding, each answer is scored on the host, rewards are
+z-scored per prompt across the population (`esrl.fitness.group_normalize`) and averaged
+into the member's fitness. EGGROLL (Sarkar et al. 2025, arXiv 2511.16652) perturbs every
+matrix with rank-r noise instead of full-rank noise, so the population's generation
+costs little more than plain batched inference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from esrl.envs.llm.evaluate import EvalResult, evaluate, score_completions
+from esrl.envs.llm.generate import GenerationConfig, completion_lengths, generate
+from esrl.envs.llm.model import RecurrentLM
+from esrl.envs.llm.pretrain import MAX_CORPUS
+from esrl.envs.llm.tasks import Problem, Splits, Task, make_splits
+from esrl.envs.llm.tokenizer import encode, encode_prompts
+
+from esrl.es import ES, ESState
+from esrl.fitness import group_normalize
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run (the ES hyperparameters live in the agent config)."""
+
+    generations: int = 300
+    """ES generations."""
+    prompts_per_generation: int = 16
+    """Training prompts every member answers per generation (the prompt groups)."""
+    train_size: int = 20_000
+    """Distinct training problems (never overlapping the held-out set)."""
+    eval_size: int = 200
+    """Fixed held-out problems scored before, during and after training."""
+    eval_every: int = 0
+    """Evaluate every this many generations (0: only before and after)."""
+    max_new_tokens: int | None = None
+    """Completion budget; None takes the task's."""
+    split_seed: int = 0
+    """Seed of the train / held-out split (0 matches the pretraining exclusion)."""
+    skip_train: int = MAX_CORPUS
+    """Skip this many train-split problems: the first ones are the pretraining corpus,
+    and ES should learn from problems the model has not memorised."""
+    seed: int = 0
+    """Seed of the noise and of the prompt order."""
+    time_limit_s: float | None = None
+    """Stop after this many seconds of training (the final evaluation still runs)."""
+    checkpoint_every: int = 25
+    """Call the checkpoint hook every this many generations (and after evaluations)."""
+
+    def __post_init__(self):
+        if self.prompts_per_generation < 1 or self.generations < 0:
+            raise ValueError("prompts_per_generation must be >= 1 and generations >= 0")
+        if self.eval_size < 1:
+            raise ValueError(f"eval_size must be >= 1, got {self.eval_size}")
+
+
+class GenerationBatch(NamedTuple):
+    """What one ES generation saw: prompts, rewards [members, prompts], token count."""
+
+    problems: list[Problem]
+    rewards: np.ndarray
+    tokens: int
+
+
+def _finetune_splits(task: Task, config: FinetuneConfig) -> Splits:
+    """Held-out problems and the train problems after the first ``skip_train``."""
+    size = config.skip_train + config.train_size
+    splits = make_splits(task, config.split_seed, size, config.eval_size, strict=False)
+    train = splits.train[config.skip_train :]
+    if len(train) < config.prompts_per_generation:
+        train = splits.train[-config.train_size :]  # a small task: reuse what exists
+    if len(train) < config.prompts_per_generation:
+        raise ValueError(
+            f"task {task.name!r} has only {len(train)} training problems; lower "
+            "prompts_per_generation"
+        )
+    return Splits(train, splits.eval)
+
+
+class Finetuner:
+    """Ask / generate / score / tell for one model, task and ES strategy."""
+
+    def __init__(
+        self, model: RecurrentLM, task: Task, strategy: ES, config: FinetuneConfig
+    ):
+        self.model, self.task, self.strategy, self.config = (
+            model,
+            task,
+            strategy,
+            config,
+        )
+        self.splits: Splits = _finetune_splits(task, config)
+        self.generation_config = GenerationConfig(
+            max_new_tokens=config.max_new_tokens or task.max_new_tokens
+        )
+        self.prompt_len = max(
+            len(encode(p.prompt, bos=True)) for p in self.splits.train
+        )
+        self._ask = jax.jit(strategy.ask)
+        self._tell = jax.jit(strategy.tell)
+
+    def init(self, key: jax.Array, params) -> ESState:
+        """The ES state starting from ``params``."""
+        return self.strategy.init(key, params)
+
+    def prompts(self, generation: int) -> list[Problem]:
+        """The training prompts of ``generation`` (seeded, without replacement)."""
+        rng = np.random.default_rng([self.config.seed, generation])
+        train = self.splits.train
+        picks = rng.choice(
+            len(train), self.config.prompts_per_generation, replace=False
+        )
+        return [train[i] for i in picks]
+
+    def rollout(self, state: ESState, problems: list[Problem]) -> GenerationBatch:
+        """Every member answers ``problems``; rewards scored on the host."""
+        ids, lengths = encode_prompts([p.prompt for p in problems], self.prompt_len)
+        perturbations = self._ask(state)
+        key = jax.random.fold_in(state.key, state.generation)
+        completions = generate(
+            key,
+            self.model,
+            state.params,
+            jnp.asarray(ids),
+            jnp.asarray(lengths),
+            perturbations,
+            self.generation_config,
+        )
+        completions = np.asarray(completions)
+        rewards = score_completions(self.task, problems, completions)
+        return GenerationBatch(
+            problems, rewards, int(completion_lengths(completions).sum())
+        )
+
+    def step(self, state: ESState, generation: int) -> tuple[ESState, dict]:
+        """One generation: rollout, per-prompt normalised fitness, ES update."""
+        batch = self.rollout(state, self.prompts(generation))
+        rewards = jnp.asarray(batch.rewards)
+        shaped = group_normalize(rewards)
+        state, metrics = self._tell(state, rewards.mean(axis=1), shaped)
+        record = {k: float(v) for k, v in metrics.items()}
+        record.update(
+            train_return_mean=float(batch.rewards.mean()),
+            train_return_max=float(batch.rewards.mean(axis=1).max()),
+            train_accuracy=float((batch.rewards >= 1.0).mean()),
+            tokens=batch.tokens,
+        )
+        return state, record
+
+    def evaluate(self, params) -> EvalResult:
+        """Greedy held-out metrics of ``params`` (unperturbed)."""
+        return evaluate(
+            self.model, params, self.task, self.splits.eval, self.generation_config
+        )
+
+
+def finetune(
+    finetuner: Finetuner,
+    state: ESState,
+    start: int = 0,
+    log: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[int, ESState], None] | None = None,
+) -> tuple[ESState, list[dict]]:
+    """Run generations ``start..config.generations``; evaluates every ``eval_every``."""
+    config, history = finetuner.config, []
+    begin = time.perf_counter()
+    for generation in range(start, config.generations):
+        tick = time.perf_counter()
+        state, record = finetuner.step(state, generation)
+        record.update(iteration=generation + 1, generation_s=time.perf_counter() - tick)
+        last = generation + 1 == config.generations
+        out_of_time = (
+            config.time_limit_s is not None
+            and time.perf_counter() - begin > config.time_limit_s
+        )
+        evaluated = config.eval_every and (generation + 1) % config.eval_every == 0
+        if evaluated and not last:
+            result = finetuner.evaluate(state.params)
+            record.update(eval_return=result.accuracy, eval_reward=result.reward_mean)
+        history.append(record)
+        if log is not None:
+            log(record)
+        periodic = (generation + 1) % config.checkpoint_every == 0
+        if on_checkpoint is not None and (evaluated or periodic) and not last:
+            on_checkpoint(generation + 1, state)
+        if out_of_time:
+            break
+    return state, history
