@@ -30,9 +30,7 @@ def build_argv(argv: list[str]) -> list[str]:
     if "--agent" not in argv and not known.resume:
         extra += ["--agent", known.agent]
     if known.out is None and known.resume is None:
-        extra += ["--out", f"runs/cartpole_{known.agent}"]
-        if known.agent != "ppo":
-            extra.append("--overwrite")
+        extra += ["--out", f"runs/cartpole_{known.agent}", "--overwrite"]
     return ["train", *extra, *argv]
 
 
