@@ -120,7 +120,9 @@ class LLMEnv(Environment):
         problem, prompt_len, done = map(np.asarray, (problem, prompt_len, done))
         tokens = np.asarray(tokens)
         rewards = np.zeros(done.shape, np.float32)
-        for index in zip(*np.nonzero(done), strict=True):
+        for index in np.ndindex(done.shape):
+            if not done[index]:
+                continue
             completion = decode(tokens[index][int(prompt_len[index]) :])
             rewards[index] = self.task.score(completion, self.problems[problem[index]])
         return rewards

@@ -1,8 +1,15 @@
 """Backprop pretraining of the recurrent LM on an in-process synthetic corpus.
 
 The corpus is worked solutions in the exact prompt/answer format of `esrl.envs.llm.tasks`:
-mostly 3-number Countdown, a little 4-number Countdown (so that ES has room to improve
-it) and short chain sums in reasoning-gym's ``chain_sum`` wording. Problems come from
+mostly 3-number Countdown, a little 4-number Countdown and short chain sums in
+reasoning-gym's ``chain_sum`` wording.
+
+Room for ES, on purpose: in `PretrainConfig.equation_fraction` of the Countdown
+solutions the answer block is written as an equation, ``<answer>(8*3)-5=19</answer>``,
+a common style that the strict Countdown reward rejects (it wants an expression). The
+pretrained model therefore mixes both styles, as a model trained on mixed-style data
+would, and an outcome reward alone can teach it the accepted one; fine-tuning also has
+3-number arithmetic mistakes and a weak 4-number skill to work on. Problems come from
 each task's train split, so no held-out prompt (the first `EVAL_POOL` of the eval
 stream) is ever trained on. The loss is next-token cross-entropy on completion tokens.
 """
@@ -31,7 +38,7 @@ MAX_CORPUS = 50_000
 class PretrainConfig:
     """Pretraining run."""
 
-    steps: int = 1400
+    steps: int = 1300
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per step."""
@@ -47,6 +54,9 @@ class PretrainConfig:
         ("chain_sum", 0.05),
     )
     """(corpus task, fraction of batches); tasks: countdown-N, chain_sum."""
+    equation_fraction: float = 0.5
+    """Fraction of Countdown answers written as ``expr=target`` (rejected by the
+    reward; see the module docstring)."""
     seed: int = 0
     """Seed of data order and initialisation (splits are always seed 0)."""
     time_limit_s: float | None = None
@@ -97,13 +107,23 @@ def encode_examples(problems: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask.astype(np.float32)
 
 
+def as_equation(problem: Problem) -> Problem:
+    """The same Countdown solution with ``=target`` appended inside the answer block."""
+    answer = problem.answer.replace("</answer>", f"={problem.data['target']}</answer>")
+    return problem._replace(answer=answer)
+
+
 def build_corpus(config: PretrainConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, ids, mask) per corpus task, sized to the batches it will fill."""
     corpus = []
+    rng = np.random.default_rng([config.seed, 1])
     for name, fraction in config.mix:
         size = int(config.steps * config.batch_size * fraction) + 1
         size = min(max(size, 256), MAX_CORPUS)
         train = make_splits(corpus_task(name), 0, size, EVAL_POOL, strict=False).train
+        if name.startswith("countdown"):
+            flip = rng.random(len(train)) < config.equation_fraction
+            train = [as_equation(p) if f else p for p, f in zip(train, flip, strict=True)]
         corpus.append((name, *encode_examples(train)))
     return corpus
 

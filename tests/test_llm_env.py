@@ -1,0 +1,133 @@
+"""The token-level LLM environments: registry, check_env, forced prompts, host reward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from esrl.envs.llm import Problem, Task, make_splits
+from esrl.envs.llm.env import LLMEnv, make_task_env
+from esrl.envs.llm.tasks import countdown_task
+from esrl.envs.llm.tokenizer import BOS, EOS, encode
+
+import esrl
+from esrl.checks import check_env
+
+
+def test_llm_ids_are_registered():
+    ids = esrl.list_envs()
+    for name in ("llm/countdown", "llm/countdown-3", "llm/countdown-4"):
+        assert name in ids
+    for name in ("chain_sum", "basic_arithmetic", "gsm_symbolic"):
+        assert f"llm/reasoning-gym/{name}" in ids
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "llm/countdown-4",
+        "llm/reasoning-gym/chain_sum",
+        "llm/reasoning-gym/gsm_symbolic",
+    ],
+)
+def test_check_env_passes(env_id):
+    env = esrl.make(env_id, size=8, eval_pool=8)
+    check_env(env)
+    assert env.name.startswith("llm/")
+
+
+@pytest.fixture(scope="module")
+def countdown():
+    env = LLMEnv(countdown_task(3), size=16, eval_pool=16)
+    return env, jax.jit(env.reset), jax.jit(env.step)
+
+
+def _run(env, reset, step, key, actions):
+    """Reset, then feed ``actions`` while the episode lasts; returns the trace."""
+    obs, state = reset(key)
+    trace = {"obs": [int(obs)], "reward": [], "terminated": [], "truncated": []}
+    for action in actions:
+        obs, state, reward, terminated, truncated, _ = step(
+            key, state, jnp.int32(action)
+        )
+        trace["obs"].append(int(obs))
+        trace["reward"].append(float(reward))
+        trace["terminated"].append(bool(terminated))
+        trace["truncated"].append(bool(truncated))
+        if terminated or truncated:
+            break
+    return state, trace
+
+
+def test_prompt_is_forced_and_right_answer_rewarded(countdown):
+    env, reset, step = countdown
+    key = jax.random.key(3)
+    _, state = reset(key)
+    problem = env.problems[int(state.problem)]
+    prompt = encode(problem.prompt, bos=True)
+    answer = encode(problem.answer, eos=True)
+    junk = [ord("x")] * (len(prompt) - 1)  # ignored: the prompt is forced
+    state, trace = _run(env, reset, step, key, junk + answer)
+    assert trace["obs"][: len(prompt)] == prompt and trace["obs"][0] == BOS
+    assert trace["obs"][len(prompt) :] == answer
+    assert trace["terminated"][-1] and not any(trace["terminated"][:-1])
+    assert trace["reward"][-1] == pytest.approx(1.1)
+    assert all(r == 0.0 for r in trace["reward"][:-1])
+    assert env.completion(state) == problem.answer
+
+
+def test_wrong_answer_and_truncation(countdown):
+    env, reset, step = countdown
+    key = jax.random.key(4)
+    _, state = reset(key)
+    prompt_len = len(encode(env.problems[int(state.problem)].prompt, bos=True))
+    wrong = encode("<think>x</think>\n<answer>1+1</answer>", eos=True)
+    _, trace = _run(env, reset, step, key, [0] * (prompt_len - 1) + wrong)
+    assert trace["terminated"][-1] and trace["reward"][-1] == pytest.approx(0.1)
+    _, trace = _run(env, reset, step, key, [ord("7")] * (prompt_len + 200))
+    generated = len(trace["obs"]) - prompt_len
+    assert generated == env.max_new_tokens
+    assert trace["truncated"][-1] and not trace["terminated"][-1]
+    assert trace["reward"][-1] == 0.0
+
+
+def test_batched_episodes_score_each_member(countdown):
+    env, reset, _ = countdown
+    keys = jax.random.split(jax.random.key(0), 4)
+    obs, state = jax.vmap(reset)(keys)
+    assert obs.tolist() == [BOS] * 4
+    step = jax.jit(jax.vmap(env.step))
+    # member 0 answers right, the others say EOS straight away
+    answers = [encode(env.problems[int(i)].answer, eos=True) for i in state.problem]
+    prompt_lens = np.asarray(state.prompt_len)
+    rewards = np.zeros(4)
+    for t in range(int(prompt_lens.max()) + len(answers[0])):
+        actions = []
+        for m in range(4):
+            k = t - (prompt_lens[m] - 1)
+            source = answers[m] if m == 0 else [EOS]
+            actions.append(source[min(max(k, 0), len(source) - 1)])
+        _, state, reward, _, _, _ = step(keys, state, jnp.asarray(actions))
+        rewards += np.where(rewards == 0, np.asarray(reward), 0)
+    assert rewards[0] == pytest.approx(1.1) and np.allclose(rewards[1:], 0.0)
+
+
+def test_user_task_and_disjoint_splits():
+    def generate(seed, count):
+        rng = np.random.default_rng(seed)
+        return [Problem(f"say {rng.integers(10**6)}\n", "", None) for _ in range(count)]
+
+    def score(completion, problem):
+        return float(completion.strip() == problem.prompt.split()[1])
+
+    task = Task("echo", generate, score, max_new_tokens=8)
+    env = make_task_env(task, size=32, eval_pool=32)
+    check_env(env)
+    splits = make_splits(task, 0, 500, 100)
+    assert not {p.prompt for p in splits.train} & {p.prompt for p in splits.eval}
+    assert splits == make_splits(task, 0, 500, 100)  # fixed and seeded
+    heldout = LLMEnv(task, split="eval", size=32, eval_pool=32)
+    assert not {p.prompt for p in env.problems} & {p.prompt for p in heldout.problems}
+    with pytest.raises(TypeError, match="Task"):
+        make_task_env(object())
+    with pytest.raises(ValueError, match="split"):
+        LLMEnv(task, split="test")
