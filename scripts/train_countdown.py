@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perturb-all", action="store_true",
                         help="also perturb the embedding and head")  # fmt: skip
     parser.add_argument("--eval-size", type=int, default=f.eval_size)
+    parser.add_argument("--train-size", type=int, default=f.train_size)
+    parser.add_argument("--skip-train", type=int, default=f.skip_train,
+                        help="train problems skipped (the pretraining corpus)")  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=f.eval_every)
     parser.add_argument("--seed", type=int, default=f.seed)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds")
@@ -82,6 +85,8 @@ def build(args: argparse.Namespace) -> RunConfig:
         prompts_per_generation=args.prompts,
         eval_size=args.eval_size,
         eval_every=args.eval_every,
+        train_size=args.train_size,
+        skip_train=args.skip_train,
         seed=args.seed,
         time_limit_s=args.time_limit,
     )

@@ -22,7 +22,7 @@ import numpy as np
 from esrl.envs.llm.evaluate import EvalResult, evaluate, score_completions
 from esrl.envs.llm.generate import GenerationConfig, completion_lengths, generate
 from esrl.envs.llm.model import RecurrentLM
-from esrl.envs.llm.pretrain import MAX_CORPUS
+from esrl.envs.llm.pretrain import EVAL_POOL, MAX_CORPUS
 from esrl.envs.llm.tasks import Problem, Splits, Task, make_splits
 from esrl.envs.llm.tokenizer import encode, encode_prompts
 
@@ -74,9 +74,14 @@ class GenerationBatch(NamedTuple):
 
 
 def _finetune_splits(task: Task, config: FinetuneConfig) -> Splits:
-    """Held-out problems and the train problems after the first ``skip_train``."""
+    """Held-out problems and the train problems after the first ``skip_train``.
+
+    The train stream excludes the same `EVAL_POOL` held-out prompts as pretraining,
+    so its first ``skip_train`` problems are exactly the pretraining corpus.
+    """
     size = config.skip_train + config.train_size
-    splits = make_splits(task, config.split_seed, size, config.eval_size, strict=False)
+    pool = max(EVAL_POOL, config.eval_size)
+    splits = make_splits(task, config.split_seed, size, pool, strict=False)
     train = splits.train[config.skip_train :]
     if len(train) < config.prompts_per_generation:
         train = splits.train[-config.train_size :]  # a small task: reuse what exists
@@ -85,7 +90,7 @@ def _finetune_splits(task: Task, config: FinetuneConfig) -> Splits:
             f"task {task.name!r} has only {len(train)} training problems; lower "
             "prompts_per_generation"
         )
-    return Splits(train, splits.eval)
+    return Splits(train, splits.eval[: config.eval_size])
 
 
 class Finetuner:

@@ -1,0 +1,97 @@
+"""Generation throughput of a population: EGGROLL vs OpenAI-ES vs plain, same model.
+
+``plain`` generates for ``population x prompts`` rows with the shared weights (the
+ceiling: no perturbation at all); ``eggroll`` gives every member its rank-r
+perturbation of every matrix; ``openai_es`` a full-rank one. Throughput counts the
+tokens the scan produces for the population per second (``rows x max_new_tokens``;
+the scan always runs the full budget). Runs are interleaved and the median of
+``repeats`` timed calls is kept, so a shared, noisy CPU affects every method alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from esrl.agents.eggroll import EggrollConfig
+from esrl.agents.openai_es import OpenAIESConfig
+from esrl.envs.llm.generate import GenerationConfig, generate
+from esrl.envs.llm.model import DEFAULT_EXCLUDE, LMConfig, RecurrentLM, init_params
+from esrl.envs.llm.tasks import countdown_task
+from esrl.envs.llm.tokenizer import encode_prompts
+
+METHODS = ("plain", "eggroll", "openai_es")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def generation_benchmark(
+    population: int = 32,
+    prompts: int = 16,
+    max_new_tokens: int = 48,
+    rank: int = 1,
+    repeats: int = 3,
+    model_config: LMConfig | None = None,
+    params=None,
+    methods: tuple[str, ...] = METHODS,
+) -> list[dict]:
+    """Rows in the benchmark format: env, method, population, hidden, rank, tokens/s."""
+    unknown = set(methods) - set(METHODS)
+    if unknown or "plain" not in methods:
+        raise ValueError(f"methods must include 'plain' and be among {METHODS}")
+    config = model_config or LMConfig()
+    params = init_params(jax.random.key(0), config) if params is None else params
+    model = RecurrentLM(config)
+    problems = countdown_task(3).generate(0, prompts)
+    ids, lengths = encode_prompts([p.prompt for p in problems])
+    gen = GenerationConfig(max_new_tokens=max_new_tokens)
+    key = jax.random.key(0)
+    common = {"population": population, "sigma": 0.01, "exclude": DEFAULT_EXCLUDE}
+    strategies = {
+        "eggroll": EggrollConfig(rank=rank, **common).strategy(),
+        "openai_es": OpenAIESConfig(**common).strategy(),
+    }
+    calls = {
+        "plain": lambda: generate(
+            key,
+            model,
+            params,
+            jnp.tile(ids, (population, 1)),
+            jnp.tile(lengths, population),
+            None,
+            gen,
+        )
+    }
+    for name in methods:
+        if name != "plain":
+            state = strategies[name].init(key, params)
+            perts = jax.jit(strategies[name].ask)(state)
+            calls[name] = lambda p=perts: generate(
+                key, model, params, ids, lengths, p, gen
+            )
+    times = {name: [] for name in methods}
+    for name in methods:
+        _timed(calls[name])  # compile
+    for _ in range(repeats):
+        for name in methods:
+            times[name].append(_timed(calls[name]))
+    tokens = population * prompts * max_new_tokens
+    rates = {name: tokens / float(np.median(t)) for name, t in times.items()}
+    return [
+        {
+            "env": "llm/countdown-3",
+            "method": name,
+            "population": population,
+            "hidden": config.width,
+            "rank": rank if name == "eggroll" else None,
+            "env_steps_per_s": rates[name],
+            "ratio_to_plain": rates[name] / rates["plain"],
+        }
+        for name in methods
+    ]

@@ -1,0 +1,100 @@
+"""ES fine-tuning: it learns an easy task, splits stay clean, the script's outputs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from esrl.agents.eggroll import EggrollConfig
+from esrl.envs.llm import Problem, Task
+from esrl.envs.llm.finetune import FinetuneConfig, Finetuner, _finetune_splits, finetune
+from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params, save_model
+from esrl.envs.llm.pretrain import EVAL_POOL
+from esrl.envs.llm.tasks import countdown_task, make_splits
+
+TINY = LMConfig(width=16, layers=1, mlp_hidden=16)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _closeness_to_m(completion: str, problem: Problem) -> float:
+    """Easy graded reward: how close each generated character is to 'm'."""
+    if not completion:
+        return 0.0
+    scores = [max(0.0, 1.0 - abs(ord(c) - ord("m")) / 64) for c in completion]
+    return float(np.mean(scores))
+
+
+def _easy_task() -> Task:
+    def generate(seed, count):
+        rng = np.random.default_rng(seed)
+        return [Problem(f"q{rng.integers(10**6)}\n", "", None) for _ in range(count)]
+
+    return Task("easy-m", generate, _closeness_to_m, max_new_tokens=4)
+
+
+def test_es_finetuning_raises_reward_on_easy_task():
+    model = RecurrentLM(TINY)
+    params = init_params(jax.random.key(0), TINY)
+    agent = EggrollConfig(population=32, sigma=0.05, lr=0.03, rank=1,
+                          fitness_shaping="raw", exclude=())  # fmt: skip
+    config = FinetuneConfig(generations=25, prompts_per_generation=4, train_size=64,
+                            eval_size=16, skip_train=0)  # fmt: skip
+    tuner = Finetuner(model, _easy_task(), agent.strategy(), config)
+    before = tuner.evaluate(params).reward_mean
+    state, history = finetune(tuner, tuner.init(jax.random.key(1), params))
+    after = tuner.evaluate(state.params).reward_mean
+    assert len(history) == 25 and int(state.generation) == 25
+    assert after > before + 0.2, (before, after)
+    early = np.mean([r["train_return_mean"] for r in history[:5]])
+    late = np.mean([r["train_return_mean"] for r in history[-5:]])
+    assert late > early
+
+
+def test_finetune_splits_skip_the_pretraining_corpus():
+    task = countdown_task(3)
+    config = FinetuneConfig(train_size=300, eval_size=50, skip_train=500)
+    splits = _finetune_splits(task, config)
+    corpus = make_splits(task, 0, 500, EVAL_POOL).train  # what pretraining saw
+    train = {p.prompt for p in splits.train}
+    assert len(train) == 300 and not train & {p.prompt for p in corpus}
+    assert not train & {p.prompt for p in splits.eval}
+    assert splits.eval == make_splits(task, 0, 0, 50).eval  # the fixed held-out set
+
+
+def _script():
+    path = ROOT / "scripts" / "train_countdown.py"
+    spec = importlib.util.spec_from_file_location("train_countdown", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_countdown_script_outputs_and_resume(tmp_path):
+    save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
+    script, out = _script(), tmp_path / "run"
+    common = ["--model", str(tmp_path / "model"), "--population", "4", "--prompts", "2",
+              "--eval-size", "4", "--train-size", "32", "--skip-train", "0"]  # fmt: skip
+    script.main([*common, "--out", str(out), "--generations", "2"])
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("env", "agent", "final_eval_return", "env_steps", "wall_time_s",
+                "compile_s", "env_steps_per_s", "device", "eval_accuracy_initial",
+                "final_eval_accuracy"):  # fmt: skip
+        assert key in summary, key
+    assert summary["agent"] == "eggroll" and summary["env"] == "llm/countdown-3"
+    records = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+    train = [r for r in records if "train_return_mean" in r]
+    assert [r["iteration"] for r in train] == [1, 2]
+    assert all(r["env_steps"] > 0 and "wall_time_s" in r for r in train)
+    assert records[0]["eval_return"] == summary["eval_accuracy_initial"]
+    assert (out / "curve.png").is_file() and (out / "checkpoint.safetensors").is_file()
+    with pytest.raises(ValueError, match="--resume"):
+        script.main([*common, "--out", str(out), "--generations", "2"])
+    script.main(["--resume", str(out), "--generations", "3"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["generations"] == 3
+    iterations = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").open()]
+    assert 3 in iterations and iterations.count(1) == 1
