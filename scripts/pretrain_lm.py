@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         f"training on a shared 2-core CPU; {count_params(params)} parameters.\n"
         f"Held-out greedy accuracy ({args.eval_size} problems): "
         + ", ".join(f"{k} {v:.3f}" for k, v in heldout.items())
-        + ".\nLayout: see `esrl/envs/llm/model.py` (config.json + model.safetensors).\n"
+        + f".\nBy design {config.equation_fraction:.0%} of the Countdown answers in "
+        "the corpus are written as equations (`expr=target`), which the reward "
+        "rejects: room for ES (see esrl/envs/llm/pretrain.py).\n"
+        "Layout: see `esrl/envs/llm/model.py` (config.json + model.safetensors).\n"
     )
     print(f"saved {out} ({train_s:.0f} s)")
 

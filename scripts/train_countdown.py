@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-size", type=int, default=f.eval_size)
     parser.add_argument("--train-size", type=int, default=f.train_size)
     parser.add_argument("--skip-train", type=int, default=f.skip_train,
-                        help="train problems skipped (the pretraining corpus)")  # fmt: skip
+                        help="skip the train problems pretraining saw")  # fmt: skip
     parser.add_argument("--eval-every", type=int, default=f.eval_every)
     parser.add_argument("--seed", type=int, default=f.seed)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds")

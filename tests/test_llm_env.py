@@ -1,4 +1,4 @@
-"""The token-level LLM environments: registry, check_env, forced prompts, host reward."""
+"""Token-level LLM environments: registry, check_env, forced prompts, host reward."""
 
 import jax
 import jax.numpy as jnp

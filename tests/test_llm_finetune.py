@@ -74,8 +74,9 @@ def _script():
 def test_train_countdown_script_outputs_and_resume(tmp_path):
     save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
     script, out = _script(), tmp_path / "run"
-    common = ["--model", str(tmp_path / "model"), "--population", "4", "--prompts", "2",
-              "--eval-size", "4", "--train-size", "32", "--skip-train", "0"]  # fmt: skip
+    common = ["--model", str(tmp_path / "model"), "--population", "4",
+              "--prompts", "2", "--eval-size", "4", "--train-size", "32",
+              "--skip-train", "0"]  # fmt: skip
     script.main([*common, "--out", str(out), "--generations", "2"])
     summary = json.loads((out / "summary.json").read_text())
     for key in ("env", "agent", "final_eval_return", "env_steps", "wall_time_s",

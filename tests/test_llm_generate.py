@@ -55,7 +55,10 @@ def _step(variables, h, token):
 def naive_generate(model, params, perturb, prompt: str, config: GenerationConfig):
     """Token-by-token Python loop over one prompt and one member."""
     variables = {"params": params} | ({"perturb": perturb} if perturb else {})
-    step = lambda h, t: _step(variables, h, t)
+
+    def step(h, t):
+        return _step(variables, h, t)
+
     carry = jnp.zeros((CONFIG.layers, CONFIG.width))
     prompt_ids = encode(prompt, bos=True)
     for token in prompt_ids:

@@ -1,4 +1,4 @@
-"""LLM-reasoning tasks as esrl environments: one episode is one prompt, one step one token.
+"""LLM-reasoning tasks as esrl environments: an episode is a prompt, a step a token.
 
 `LLMEnv` follows the esrl protocol (jittable, vmappable). ``reset`` draws a problem
 from a fixed, seeded table (the train or the held-out split of the task) and observes
@@ -141,7 +141,7 @@ def make_countdown(num_numbers: int = 3, max_number: int = 20, **kwargs) -> LLME
 def make_reasoning_gym(
     name: str, config: dict | None = None, max_new_tokens: int = 96, **kwargs
 ) -> LLMEnv:
-    """``llm/reasoning-gym/<name>``; ``config`` goes to the dataset (e.g. max_digits)."""
+    """``llm/reasoning-gym/<name>``; ``config`` goes to the dataset config."""
     task = reasoning_gym_task(name, max_new_tokens=max_new_tokens, **(config or {}))
     return LLMEnv(task, **kwargs)
 

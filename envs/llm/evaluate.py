@@ -18,7 +18,7 @@ from esrl.envs.llm.tasks import Problem, Task
 from esrl.envs.llm.tokenizer import decode, encode, encode_prompts
 
 CORRECT = 1.0
-"""A reward of at least this counts as a correct answer (rewards are 0.1*format+answer)."""
+"""A reward of at least this is a correct answer (rewards are 0.1*format + answer)."""
 
 
 class EvalResult(NamedTuple):

@@ -60,7 +60,10 @@ def _step_fn(model: RecurrentLM, params, perturb):
         if perturb is None
         else {"params": params, "perturb": perturb}
     )
-    apply = lambda h, t: model.apply(variables, h, t, method=RecurrentLM.step)
+
+    def apply(h, t):
+        return model.apply(variables, h, t, method=RecurrentLM.step)
+
     return jax.vmap(apply)
 
 
@@ -73,7 +76,7 @@ def _member_scan(
     lengths: jax.Array,
     config: GenerationConfig,
 ) -> jax.Array:
-    """Completions [P, max_new] of one member (or of plain params when perturb is None)."""
+    """Completions [P, max_new] of one member (plain params when perturb is None)."""
     step = _step_fn(model, params, perturb)
     num, prompt_len = prompts.shape
     c = model.config
@@ -129,7 +132,10 @@ def generate(
         return _member_scan(key, model, params, None, prompts, lengths, config)
     members = jax.tree.leaves(perturbations)[0].shape[0]
     keys = jax.random.split(key, members)
-    scan = lambda k, p: _member_scan(k, model, params, p, prompts, lengths, config)
+
+    def scan(k, p):
+        return _member_scan(k, model, params, p, prompts, lengths, config)
+
     return jax.vmap(scan)(keys, perturbations)
 
 

@@ -14,10 +14,10 @@ by their parameter path joined with ``/``::
 
     embed/embedding            [vocab_size, width]
     blocks_{i}/norm1/scale     [width]
-    blocks_{i}/cell/input/kernel, blocks_{i}/cell/input/bias   [width, 2*width], [2*width]
+    blocks_{i}/cell/input/kernel, .../bias   [width, 2*width], [2*width]
     blocks_{i}/norm2/scale     [width]
-    blocks_{i}/mlp_in/kernel, blocks_{i}/mlp_in/bias    [width, mlp_hidden], [mlp_hidden]
-    blocks_{i}/mlp_out/kernel, blocks_{i}/mlp_out/bias  [mlp_hidden, width], [width]
+    blocks_{i}/mlp_in/kernel, .../bias       [width, mlp_hidden], [mlp_hidden]
+    blocks_{i}/mlp_out/kernel, .../bias      [mlp_hidden, width], [width]
     norm/scale                 [width]
     head/kernel                [width, vocab_size]
 """
@@ -112,7 +112,7 @@ class MinGRU(nn.Module):
         return 1.0 - z, z * candidate
 
     def __call__(self, x: jax.Array, h0: jax.Array) -> jax.Array:
-        """All hidden states [..., T, H] of a sequence x [..., T, D] from h0 [..., H]."""
+        """Hidden states [..., T, H] of a sequence x [..., T, D] from h0 [..., H]."""
         keep, write = self._gates(x)
         write = write.at[..., 0, :].add(keep[..., 0, :] * h0)
         return _linear_scan(keep, write)
@@ -169,7 +169,7 @@ class RecurrentLM(nn.Module):
     def __call__(
         self, tokens: jax.Array, carry: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
-        """Logits [T, V] after each of ``tokens`` [T] and the final carry (one sequence)."""
+        """Logits [T, V] after each of ``tokens`` [T] and the final carry."""
         carry = self.initial_carry() if carry is None else carry
         x = self.embed(tokens)
         last = []

@@ -1,6 +1,6 @@
 """Backprop pretraining of the recurrent LM on an in-process synthetic corpus.
 
-The corpus is worked solutions in the exact prompt/answer format of `esrl.envs.llm.tasks`:
+The corpus is worked solutions in the exact prompt/answer format of `tasks`:
 mostly 3-number Countdown, a little 4-number Countdown and short chain sums in
 reasoning-gym's ``chain_sum`` wording.
 
@@ -29,9 +29,9 @@ from esrl.envs.llm.tasks import Problem, Task, countdown_task, make_splits
 from esrl.envs.llm.tokenizer import encode, pad_batch
 
 EVAL_POOL = 1000
-"""Held-out prompts excluded from pretraining; any eval split up to this size is clean."""
+"""Held-out prompts excluded from pretraining: eval splits up to this size are clean."""
 MAX_CORPUS = 50_000
-"""Most distinct problems drawn per corpus task (batches sample them with replacement)."""
+"""Most distinct problems per corpus task (batches sample them with replacement)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class PretrainConfig:
 
 
 def chain_sum_task() -> Task:
-    """reasoning-gym ``chain_sum`` (2-4 terms, 1-2 digits) with worked left-to-right steps."""
+    """reasoning-gym ``chain_sum`` (2-4 terms, 1-2 digits), worked left to right."""
     from esrl.envs.llm.tasks import reasoning_gym_task
 
     base = reasoning_gym_task("chain_sum", min_terms=2, max_terms=4, max_digits=2)
@@ -123,7 +123,8 @@ def build_corpus(config: PretrainConfig) -> list[tuple[str, np.ndarray, np.ndarr
         train = make_splits(corpus_task(name), 0, size, EVAL_POOL, strict=False).train
         if name.startswith("countdown"):
             flip = rng.random(len(train)) < config.equation_fraction
-            train = [as_equation(p) if f else p for p, f in zip(train, flip, strict=True)]
+            pairs = zip(train, flip, strict=True)
+            train = [as_equation(p) if f else p for p, f in pairs]
         corpus.append((name, *encode_examples(train)))
     return corpus
 

@@ -7,8 +7,8 @@ Scale", arXiv 2509.24372): ``0.1 * format + answer``.
   ``<think>...</think>\\n<answer>...</answer>``; otherwise 0.1 if it holds a
   ``<think>...</think>`` block plus 0.5 if it holds an ``<answer>...</answer>`` block.
 * ``answer`` is 1.0 when the last ``<answer>`` block holds an arithmetic expression over
-  integer literals, ``+ - * /`` and parentheses that uses every given number exactly once
-  and equals the target exactly (rational arithmetic; ``/`` is true division).
+  integer literals, ``+ - * /`` and parentheses that uses every given number exactly
+  once and equals the target exactly (rational arithmetic; ``/`` is true division).
 
 Expressions are never passed to ``eval``: a small recursive-descent parser accepts only
 non-negative integer literals, the four binary operators and parentheses, and gives up
@@ -46,7 +46,7 @@ def _has_block(text: str, open_tag: str, close_tag: str) -> bool:
 
 
 def format_score(completion: str) -> float:
-    """1.0 for ``<think>...</think>\\n<answer>...</answer>``, else 0.1 * think + 0.5 * answer."""
+    """1.0 for the full ``<think>..</think>\\n<answer>..</answer>``, else partial."""
     text = completion.strip()
     if text.startswith(_THINK_OPEN) and text.endswith(_ANSWER_CLOSE):
         lo, hi = len(_THINK_OPEN), len(text) - len(_ANSWER_CLOSE)
@@ -101,7 +101,7 @@ def _check(value: Fraction) -> Fraction:
 
 
 class _Parser:
-    """expr := term (('+'|'-') term)*; term := atom (('*'|'/') atom)*; atom := int | (expr)."""
+    """expr := term (+|- term)*; term := atom (*|/ atom)*; atom := int | ( expr )."""
 
     def __init__(self, tokens: list[str | int]):
         self.tokens = tokens
@@ -153,7 +153,7 @@ class _Parser:
 
 
 def evaluate_expression(expr: str) -> tuple[Fraction, list[int]] | None:
-    """Exact value and integer literals of an arithmetic expression; None if rejected."""
+    """Exact value and integer literals of an expression, or None if rejected."""
     expr = expr.strip()
     if not expr or len(expr) > MAX_ANSWER_CHARS:
         return None
@@ -165,7 +165,7 @@ def evaluate_expression(expr: str) -> tuple[Fraction, list[int]] | None:
 
 
 def countdown_answer_correct(answer: str, numbers: list[int], target: int) -> bool:
-    """True if ``answer`` uses each of ``numbers`` exactly once and equals ``target``."""
+    """True if ``answer`` uses each of ``numbers`` once and equals ``target``."""
     result = evaluate_expression(answer)
     if result is None:
         return False

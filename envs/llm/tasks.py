@@ -40,7 +40,7 @@ class Task:
     generate: Callable[[int, int], list[Problem]]
     """``generate(seed, count)`` -> ``count`` problems, deterministic in ``seed``."""
     score: Callable[[str, Problem], float]
-    """``score(completion, problem)`` -> reward (decoded text, special tokens removed)."""
+    """``score(completion, problem)`` -> reward (decoded text, specials removed)."""
     max_new_tokens: int = 96
     """Completion length budget (tokens) that fits a full worked answer."""
 
@@ -82,8 +82,8 @@ def make_splits(
     if len(evals) < eval_size or (strict and len(train) < train_size):
         raise ValueError(
             f"task {task.name!r} produced only {len(train)} train / {len(evals)} eval "
-            f"unique prompts (asked {train_size} / {eval_size}); ask for fewer or use a "
-            "harder task configuration with more distinct problems"
+            f"unique prompts (asked {train_size} / {eval_size}); ask for fewer or "
+            "use a harder task configuration with more distinct problems"
         )
     return Splits(train, evals)
 
@@ -98,7 +98,7 @@ def _combine(rng: random.Random, x: int, y: int, max_value: int):
     for op in ops:
         swap = x < y and op in "-/"
         a, b = (y, x) if swap else (x, y)
-        if op == "-" and a == b or op == "/" and (b == 1 or a % b):
+        if (op == "-" and a == b) or (op == "/" and (b == 1 or a % b)):
             continue
         value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
         if 0 < value <= max_value:
@@ -175,7 +175,7 @@ def countdown_task(
 
 
 def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
-    """Any reasoning-gym dataset; ``config`` goes to its config (e.g. ``max_digits``)."""
+    """Any reasoning-gym dataset; ``config`` goes to its config (``max_digits``...)."""
     import reasoning_gym
 
     try:
@@ -201,7 +201,7 @@ def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
             correct = (
                 0.0 if answer is None else float(dataset.score_answer(answer, entry))
             )
-        except Exception:  # noqa: BLE001 - a dataset scorer may choke on hostile text
+        except Exception:  # noqa: BLE001 - dataset scorers may choke on hostile text
             correct = 0.0
         return 0.1 * format_score(completion) + correct
 

@@ -123,8 +123,11 @@ def run_finetune(
             counters["train_s"] += record["generation_s"]
         counters["env_steps"] += record["tokens"]
         counters["wall_time_s"] = wall0 + time.perf_counter()
-        record.update(env_steps=counters["env_steps"], wall_time_s=counters["wall_time_s"],
-                      env_steps_per_s=record["tokens"] / record["generation_s"])  # fmt: skip
+        record.update(
+            env_steps=counters["env_steps"],
+            wall_time_s=counters["wall_time_s"],
+            env_steps_per_s=record["tokens"] / record["generation_s"],
+        )
         logger.log(record)
 
     try:
@@ -134,9 +137,11 @@ def run_finetune(
         logger.close()
         raise
     final = finetuner.evaluate(state.params)
-    logger.log({"iteration": int(state.generation), "env_steps": counters["env_steps"],
-                "wall_time_s": wall0 + time.perf_counter(),
-                "eval_return": final.accuracy, "eval_reward": final.reward_mean})  # fmt: skip
+    logger.log({
+        "iteration": int(state.generation), "env_steps": counters["env_steps"],
+        "wall_time_s": wall0 + time.perf_counter(),
+        "eval_return": final.accuracy, "eval_reward": final.reward_mean,
+    })  # fmt: skip
     save(int(state.generation), state)
     summary = {
         "env": run.env,
