@@ -37,6 +37,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "gymnax/CartPole-v1": {
         "hidden": 32, "generations": 30, "eval_every": 5, "eval_episodes": 32,
     },
+    "gymnax/Pendulum-v1": {
+        "episodes": 8, "generations": 200, "eval_every": 10, "eval_episodes": 64,
+    },
     "brax/": {
         "normalize_obs": True, "hidden": 64, "population": 512, "sigma": 0.02,
         "lr": 0.02, "horizon": 1000, "generations": 500,

@@ -1,0 +1,233 @@
+"""Training-script presets: per-agent defaults layered over ``esrl train``.
+
+A script in ``scripts/`` is a `Preset` and one call to `run_preset`: the preset names
+the environment, the agent used when ``--agent`` is left out, and per agent the options
+passed to ``esrl train`` unless the user gives them (ES agents also take the
+per-environment defaults of `esrl.cli.PRESETS`). ``--help`` prints the preset values
+and then every ``esrl train`` option of the chosen agent. With ``baseline=True`` a
+uniformly random policy is evaluated after training exactly as the trained policy is
+(same horizon, episodes and seed), written to ``DIR/random_baseline.json`` and printed
+next to the final evaluation, achievements included where the env reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASELINE = "random_baseline.json"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a training script stands for."""
+
+    env: str
+    """Environment id trained when ``--env`` is left out."""
+    name: str
+    """Stem of the default run directory ``runs/<name>_<agent>``."""
+    agent: str = "eggroll"
+    """Agent trained when ``--agent`` is left out."""
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Per agent, ``esrl train`` options (``total_steps`` is ``--total-steps``) the
+    script passes unless the user gives them; True/False become ``--x``/``--no-x``."""
+    env_prefix: str = ""
+    """Prepended to an ``--env`` value without a slash (``brax/``: ``--env ant``)."""
+    baseline: bool = False
+    """Evaluate a uniformly random policy the same way after training."""
+
+
+def _given(argv: list[str]) -> set[str]:
+    """Option names the user passed (``--no-x`` counts as ``x``), underscored."""
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            names.add(name.removeprefix("no_"))
+    return names
+
+
+def _flags(options: Mapping[str, object], skip: set[str]) -> list[str]:
+    out = []
+    for name, value in options.items():
+        if name in skip or value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True or value is False:
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def _pre_parse(argv: list[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in ("--agent", "--env", "--out", "--resume"):
+        pre.add_argument(name)
+    pre.add_argument("-h", "--help", action="store_true")
+    return pre.parse_known_args(argv)[0]
+
+
+def env_id(preset: Preset, env: str | None) -> str:
+    """The environment id an ``--env`` value (or its absence) stands for."""
+    if env is None:
+        return preset.env
+    return env if "/" in env else preset.env_prefix + env
+
+
+def default_out(preset: Preset, env: str, agent: str) -> str:
+    """``runs/<name>_<agent>``, with the env's short name when it is not the preset's."""
+    stem = preset.name
+    if env != preset.env:
+        stem += "_" + env.split("/")[-1].lower()
+    return f"runs/{stem}_{agent}"
+
+
+def preset_argv(preset: Preset, argv: list[str]) -> list[str]:
+    """The ``esrl train`` argument list (after ``train``) a script's ``argv`` means."""
+    known = _pre_parse(argv)
+    if known.resume:
+        return list(argv)
+    agent = known.agent or preset.agent
+    env = env_id(preset, known.env)
+    rest = list(argv)
+    if known.env is not None:  # replace the short name by the full id
+        i = next(
+            i for i, t in enumerate(rest) if t == "--env" or t.startswith("--env=")
+        )
+        rest[i : i + (1 if "=" in rest[i] else 2)] = []
+    extra = ["--env", env, "--agent", agent] if known.agent is None else ["--env", env]
+    if known.out is None:
+        extra += ["--out", default_out(preset, env, agent), "--overwrite"]
+    extra += _flags(preset.options.get(agent, {}), _given(argv))
+    return [*extra, *rest]
+
+
+def preset_help(preset: Preset, agent: str) -> str:
+    """The preset's values for ``agent``, as printed before the ``esrl train`` help."""
+    values = ", ".join(f"{k}={v}" for k, v in preset.options.get(agent, {}).items())
+    lines = [
+        (
+            f"preset: --env {preset.env} --agent {preset.agent} --out "
+            f"runs/{preset.name}_<agent> (replaced when --out is left out)"
+        ),
+        f"preset values for --agent {agent}: {values or 'none'}"
+        + (" (plus the per-env defaults below)" if agent != "ppo" else ""),
+    ]
+    if preset.baseline:
+        lines.append(
+            f"after training, a random policy is evaluated the same way: DIR/{BASELINE}"
+        )
+    lines.append("options (those of `esrl train`; this script fills in the above):")
+    return "\n".join(textwrap.fill(t, 88, subsequent_indent="  ") for t in lines)
+
+
+def run_preset(preset: Preset, argv: list[str], doc: str = "") -> int:
+    """A script's whole body: help, or train with the preset and report; exit status."""
+    from esrl.cli import main
+
+    known = _pre_parse(argv)
+    agent = known.agent or preset.agent
+    if known.help:
+        print(doc.strip() + "\n\n" + preset_help(preset, agent) + "\n")
+        try:
+            return main(["train", "--agent", agent, "--help"])
+        except SystemExit as e:
+            return int(e.code or 0)
+    args = preset_argv(preset, argv)
+    status = main(["train", *args])
+    if status == 0 and preset.baseline:
+        out = known.resume or _pre_parse(args).out
+        report_baseline(out)
+    return status
+
+
+def random_baseline(
+    env_id: str, horizon: int, episodes: int, seed: int = 0, env=None
+) -> dict:
+    """Mean return (and info, e.g. achievement rates) of a uniformly random policy.
+
+    A zero-weight policy sampled stochastically: uniform over a Discrete space, N(0, 1)
+    clipped to a Box. Episodes run like evaluations (``horizon`` steps, masked ends).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from esrl.policy import PolicySpec, make_policy
+    from esrl.registry import make
+    from esrl.rollout import RolloutConfig, evaluate_population
+
+    env = make(env_id) if env is None else env
+    env_params = env.default_params
+    policy = make_policy(PolicySpec(), env.action_space(env_params))
+    key = jax.random.PRNGKey(seed)
+    obs = jax.eval_shape(env.reset, key, env_params)[0]
+    shapes = jax.eval_shape(policy.init, key, policy.initial_carry(), obs)["params"]
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    config = RolloutConfig(horizon=horizon, episodes=episodes, deterministic=False)
+    result = evaluate_population(
+        jax.random.fold_in(key, 2), env, env_params, policy, params, None, config,
+        num_members=1,
+    )  # fmt: skip
+    out = {
+        "eval_return": float(result.returns[0]),
+        "eval_length": float(result.lengths[0]),
+    }
+    out.update({f"eval_{k}": v[0].tolist() for k, v in result.info.items()})
+    return out
+
+
+def _eval_settings(spec: dict) -> tuple[int, int, int]:
+    """(horizon, episodes, seed) of a run's evaluations, ES or PPO spec."""
+    if spec.get("agent") == "ppo":
+        return spec["eval_horizon"], spec["eval_episodes"], spec["seed"]
+    train = spec["train"]
+    return train["rollout"]["horizon"], train["eval_episodes"], train["seed"]
+
+
+def _names(env: str, n: int) -> list[str]:
+    if env.startswith("craftax/"):
+        from esrl.envs.craftax import achievement_names
+
+        return list(achievement_names(env.split("/", 1)[1]))
+    return [str(i) for i in range(n)]
+
+
+def report_baseline(out_dir: str | Path) -> dict:
+    """Evaluate the random baseline of the run in ``out_dir``, save it and print it."""
+    from esrl.checkpoint import read_meta
+    from esrl.cli import import_plugins
+    from esrl.logger import read_metrics, write_json_atomic
+
+    spec = read_meta(out_dir)["spec"]
+    import_plugins(tuple(spec.get("plugins", ())))
+    horizon, episodes, seed = _eval_settings(spec)
+    base = random_baseline(spec["env"], horizon, episodes, seed)
+    base.update(env=spec["env"], horizon=horizon, episodes=episodes, seed=seed)
+    write_json_atomic(Path(out_dir) / BASELINE, base)
+    evals = [r for r in read_metrics(out_dir) if r.get("eval_return") is not None]
+    trained = evals[-1] if evals else {}
+    print(
+        f"random policy, same evaluation ({episodes} episodes x {horizon} steps): "
+        f"return {base['eval_return']:.2f}; trained policy: "
+        f"{trained.get('eval_return', float('nan')):.2f}"
+    )
+    rates = base.get("eval_achievements")
+    if rates is not None:
+        mine = trained.get("eval_achievements") or [float("nan")] * len(rates)
+        names = _names(spec["env"], len(rates))
+        rows = [
+            f"  {n:<22} {t:5.2f} {r:5.2f}"
+            for n, t, r in zip(names, mine, rates, strict=True)
+            if t > 0 or r > 0
+        ]
+        print(
+            f"achievements unlocked per episode: trained {sum(mine):.2f}, random "
+            f"{sum(rates):.2f}\n  {'achievement':<22} trained random\n"
+            + "\n".join(rows)
+        )
+    print(f"baseline written to {Path(out_dir) / BASELINE}")
+    return base
