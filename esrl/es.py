@@ -53,7 +53,7 @@ class ESConfig:
         if self.noise.antithetic and self.population % 2:
             raise ValueError(
                 f"population {self.population} must be even for antithetic pairs; "
-                f"use {self.population + 1}"
+                f"use {self.population + 1} (or turn antithetic sampling off)"
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
