@@ -56,7 +56,9 @@ class ESConfig:
                 f"use {self.population + 1} (or turn antithetic sampling off)"
             )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(
+                f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
         if self.fitness_shaping not in SHAPERS:
             raise ValueError(
                 f"fitness_shaping must be one of {tuple(SHAPERS)}, "
@@ -80,7 +82,9 @@ class ESState:
 class ES:
     """Public ask/tell over `esrl.noise`; pure functions, jit them at the caller."""
 
-    def __init__(self, config: ESConfig, optimizer: optax.GradientTransformation = None):
+    def __init__(
+        self, config: ESConfig, optimizer: optax.GradientTransformation = None
+    ):
         self.config = config
         self.optimizer = optimizer or self._optimizer()
 
@@ -109,7 +113,12 @@ class ES:
         """Perturbations of the whole population (leading axis = member)."""
         c = self.config
         return noise.population_perturbation(
-            state.key, state.generation, state.params, c.noise, state.sigma, c.population
+            state.key,
+            state.generation,
+            state.params,
+            c.noise,
+            state.sigma,
+            c.population,
         )
 
     def member(self, state: ESState, index):
@@ -141,6 +150,9 @@ class ES:
             "sigma": state.sigma,
         }
         new = state.replace(
-            params=params, opt_state=opt_state, generation=state.generation + 1, sigma=sigma
+            params=params,
+            opt_state=opt_state,
+            generation=state.generation + 1,
+            sigma=sigma,
         )
         return new, metrics

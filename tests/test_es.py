@@ -182,7 +182,9 @@ def test_all_nonfinite_fitness_leaves_parameters_unchanged():
 
 
 def test_odd_population_with_antithetic_sampling_is_a_clear_error():
-    with pytest.raises(ValueError, match="population 7 must be even for antithetic pairs; use 8"):
+    with pytest.raises(
+        ValueError, match="population 7 must be even for antithetic pairs; use 8"
+    ):
         EggrollConfig(population=7).strategy()
     with pytest.raises(ValueError, match="even"):
         OpenAIESConfig(population=5).strategy()
