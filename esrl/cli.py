@@ -40,6 +40,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "gymnax/Pendulum-v1": {
         "episodes": 8, "generations": 200, "eval_every": 10, "eval_episodes": 64,
     },
+    "gymnax/Breakout-MinAtar": {
+        "episodes": 2, "generations": 300, "eval_every": 25, "eval_episodes": 32,
+    },
     "brax/": {
         "normalize_obs": True, "hidden": 64, "population": 512, "sigma": 0.02,
         "lr": 0.02, "horizon": 1000, "generations": 500,
