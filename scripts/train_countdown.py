@@ -25,7 +25,7 @@ from esrl.envs.llm.train import RunConfig, run_finetune
 
 from esrl.checkpoint import read_meta
 
-DEFAULTS = {"population": 32, "sigma": 0.02, "lr": 0.01, "rank": 1}
+DEFAULTS = {"population": 32, "sigma": 0.005, "lr": 3e-4, "rank": 1}
 """ES defaults for the shipped model (see the README for the measured run)."""
 
 
