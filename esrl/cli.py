@@ -28,7 +28,7 @@ DEFAULTS: dict[str, object] = {
     "policy": "mlp", "hidden": 64, "population": 256, "rank": 1, "sigma": 0.05,
     "lr": 0.05, "generations": 100, "seed": 0, "horizon": None, "episodes": 1,
     "eval_every": 10, "eval_episodes": 16, "checkpoint_every": 50,
-    "normalize_obs": False, "common_random_numbers": False,
+    "normalize_obs": False, "common_random_numbers": False, "deterministic": True,
 }  # fmt: skip
 """Defaults of every environment; ``horizon`` None means the env's own time limit."""
 
@@ -48,8 +48,9 @@ PRESETS: dict[str, dict[str, object]] = {
         "lr": 0.02, "horizon": 1000, "generations": 500,
     },
     "craftax/": {
-        "hidden": 128, "population": 512, "horizon": 1000, "generations": 1000,
-        "episodes": 1,
+        "policy": "gru", "hidden": 64, "population": 64, "horizon": 300,
+        "generations": 40, "eval_every": 10, "eval_episodes": 32,
+        "checkpoint_every": 10, "deterministic": False,
     },
 }  # fmt: skip
 """Per-environment overrides: an exact id wins over its family prefix (``brax/``)."""
@@ -135,6 +136,8 @@ def _add_train(sub) -> None:
       help="normalise observations with shared running statistics")  # fmt: skip
     a("--common-random-numbers", action=argparse.BooleanOptionalAction,
       help="all members of a generation see the same environment keys")  # fmt: skip
+    a("--deterministic", action=argparse.BooleanOptionalAction,
+      help="greedy actions; --no-deterministic samples them (training and eval)")  # fmt: skip
     a("--devices", type=int, metavar="D", help="split members over D devices (all)")
     a("--distributed", action="store_true",
       help="multi-host: call jax.distributed.initialize() first")  # fmt: skip
@@ -172,6 +175,7 @@ _SPEC_FIELDS = {
     "checkpoint_every": ("train", "checkpoint_every"),
     "normalize_obs": ("train", "rollout", "normalize_obs"),
     "common_random_numbers": ("train", "rollout", "common_random_numbers"),
+    "deterministic": ("train", "rollout", "deterministic"),
 }  # fmt: skip
 
 
@@ -206,6 +210,7 @@ def spec_from_args(args: argparse.Namespace):
         episodes=v["episodes"],
         normalize_obs=v["normalize_obs"],
         common_random_numbers=v["common_random_numbers"],
+        deterministic=v["deterministic"],
     )  # fmt: skip
     train = TrainConfig(
         generations=v["generations"], eval_every=v["eval_every"],
