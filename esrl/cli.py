@@ -47,6 +47,10 @@ PRESETS: dict[str, dict[str, object]] = {
         "normalize_obs": True, "hidden": 64, "population": 512, "sigma": 0.02,
         "lr": 0.02, "horizon": 1000, "generations": 500,
     },
+    "brax/inverted_double_pendulum": {
+        "population": 128, "sigma": 0.05, "lr": 0.1, "generations": 300,
+        "eval_every": 20, "eval_episodes": 8, "checkpoint_every": 20,
+    },
     "craftax/": {
         "policy": "gru", "hidden": 64, "population": 64, "horizon": 300,
         "generations": 40, "eval_every": 10, "eval_episodes": 32,

@@ -1,0 +1,83 @@
+"""Plot learning curves of several runs side by side: eval return vs env steps and time.
+
+    python scripts/plot_curves.py --out docs/curves_cartpole.png \\
+        --title "CartPole-v1" runs/cartpole_eggroll runs/cartpole_ppo ...
+
+Each positional argument is a run directory (its metrics.jsonl and summary.json), or
+``LABEL=DIR`` to name the curve (default: the run's agent). The left panel puts the
+evaluation return over environment steps (log scale: ES spends far more steps than
+PPO), the right one over wall-clock seconds since the run started (compilation
+included, so the curves start where training did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from esrl.logger import read_metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="[LABEL=]DIR", help="run directories")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--title", default="", help="figure title (default: the env id)")
+    return p.parse_args(argv)
+
+
+def load(run: str) -> tuple[str, list[dict], dict]:
+    """(label, evaluated records, summary) of ``[LABEL=]DIR``."""
+    label, _, path = run.rpartition("=") if "=" in run else ("", "", run)
+    directory = Path(path)
+    summary_path = directory / "summary.json"
+    if not summary_path.is_file():
+        raise SystemExit(f"{directory} has no summary.json; is it a finished run?")
+    summary = json.loads(summary_path.read_text())
+    records = [r for r in read_metrics(directory) if r.get("eval_return") is not None]
+    if not records:
+        raise SystemExit(f"{directory}/metrics.jsonl has no eval_return records")
+    return label or summary["agent"], records, summary
+
+
+def plot(runs: list[tuple[str, list[dict], dict]], out: Path, title: str) -> None:
+    """Write the two-panel figure to ``out``."""
+    fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, records, _ in runs:
+        returns = [r["eval_return"] for r in records]
+        steps = [r["env_steps"] for r in records]
+        times = [r["wall_time_s"] for r in records]
+        ax_steps.plot(steps, returns, marker=".", label=label)
+        ax_time.plot(times, returns, marker=".", label=label)
+    ax_steps.set_xscale("log")
+    ax_steps.set_xlabel("environment steps")
+    ax_time.set_xlabel("wall-clock seconds (compile included)")
+    for ax in (ax_steps, ax_time):
+        ax.set_ylabel("eval return")
+        ax.grid(alpha=0.3)
+    ax_time.legend(loc="lower right")
+    fig.suptitle(title or runs[0][2]["env"])
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the runs, plot them, say where the figure went."""
+    args = parse_args(argv)
+    runs = [load(run) for run in args.runs]
+    plot(runs, args.out, args.title)
+    print(f"wrote {args.out} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Smoke tests of the training scripts: tiny budgets, outputs exist and are well-formed.
+
+Every script runs in-process (its module imported from scripts/) with a few
+generations or one PPO update, tiny populations and horizons; Brax runs on its trivial
+``fast`` env. The Craftax run pays a Craftax compile (about a minute on 2 cores) and is
+marked slow. The preset argument handling is checked exactly, without compiling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from esrl.checkpoint import has_checkpoint, read_meta
+from esrl.logger import read_metrics
+from esrl.preset import BASELINE, Preset, default_out, preset_argv
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SUMMARY_KEYS = (
+    "env", "agent", "final_eval_return", "env_steps", "wall_time_s", "compile_s",
+    "env_steps_per_s", "device",
+)  # fmt: skip
+ES_TINY = [
+    "--population", "4", "--generations", "2", "--hidden", "8", "--horizon", "10",
+    "--episodes", "1", "--eval-every", "1", "--eval-episodes", "2", "--no-progress",
+]  # fmt: skip
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_run(out: Path, env: str, agent: str) -> tuple[list[dict], dict]:
+    """Assert the DESIGN.md outputs of a finished run; return (records, summary)."""
+    records = read_metrics(out)
+    assert records, f"{out}/metrics.jsonl is empty"
+    for r in records:
+        for key in ("iteration", "env_steps", "wall_time_s", "train_return_mean"):
+            assert key in r, f"{key} missing from {r}"
+    assert [r["iteration"] for r in records] == list(range(1, len(records) + 1))
+    steps = [r["env_steps"] for r in records]
+    assert steps == sorted(steps) and steps[0] > 0
+    evals = [r["eval_return"] for r in records if "eval_return" in r]
+    assert evals and all(math.isfinite(x) for x in evals)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert (summary["env"], summary["agent"]) == (env, agent)
+    assert summary["final_eval_return"] == evals[-1]
+    assert summary["env_steps"] == steps[-1]
+    assert summary["env_steps_per_s"] > 0 and summary["compile_s"] > 0
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert has_checkpoint(out) and read_meta(out)["spec"]["env"] == env
+    return records, summary
+
+
+# --- preset argument handling (no compiling) ---------------------------------------
+
+PRESET = Preset(
+    env="brax/inverted_double_pendulum", name="brax", env_prefix="brax/",
+    options={"ppo": {"lr": 3e-4, "normalize_obs": True, "total_steps": 100}},
+)  # fmt: skip
+
+
+def test_preset_fills_in_env_agent_out_and_agent_options():
+    assert preset_argv(PRESET, []) == [
+        "--env", "brax/inverted_double_pendulum", "--agent", "eggroll",
+        "--out", "runs/brax_eggroll", "--overwrite",
+    ]  # fmt: skip
+    assert preset_argv(PRESET, ["--agent", "ppo"]) == [
+        "--env", "brax/inverted_double_pendulum", "--out", "runs/brax_ppo",
+        "--overwrite", "--lr", "0.0003", "--normalize-obs", "--total-steps", "100",
+        "--agent", "ppo",
+    ]  # fmt: skip
+
+
+def test_preset_user_options_win_and_short_env_names_expand():
+    argv = [
+        "--agent=ppo",
+        "--lr=0.1",
+        "--no-normalize-obs",
+        "--env",
+        "ant",
+        "--out",
+        "d",
+    ]
+    assert preset_argv(PRESET, argv) == [
+        "--env", "brax/ant", "--total-steps", "100", "--agent=ppo", "--lr=0.1",
+        "--no-normalize-obs", "--out", "d",
+    ]  # fmt: skip
+    assert default_out(PRESET, "brax/ant", "ppo") == "runs/brax_ant_ppo"
+
+
+def test_preset_resume_passes_through_untouched():
+    assert preset_argv(PRESET, ["--resume", "d", "--total-steps", "9"]) == [
+        "--resume", "d", "--total-steps", "9",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("agent", ["eggroll", "ppo"])
+def test_script_help_lists_preset_values_and_every_option(agent, capsys):
+    brax = load_script("train_brax")
+    assert brax.run_preset(brax.PRESET, ["--agent", agent, "--help"], "doc") == 0
+    text = capsys.readouterr().out
+    assert "preset: --env brax/inverted_double_pendulum" in text
+    option = "--total-steps" if agent == "ppo" else "--generations"
+    assert option in text and "--resume" in text
+    if agent == "ppo":
+        assert "normalize_reward=True" in text
+
+
+# --- tiny training runs -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory) -> Path:
+    """A finished 2-generation EGGROLL run of scripts/train_cartpole.py."""
+    from esrl.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "cp"
+    cartpole = load_script("train_cartpole")
+    assert main(cartpole.build_argv(["--out", str(out), *ES_TINY])) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def breakout_run(tmp_path_factory) -> Path:
+    """A finished 2-generation OpenAI-ES run of scripts/train_breakout.py."""
+    out = tmp_path_factory.mktemp("runs") / "brk"
+    breakout = load_script("train_breakout")
+    argv = ["--agent", "openai_es", "--out", str(out), *ES_TINY]
+    assert breakout.run_preset(breakout.PRESET, argv) == 0
+    return out
+
+
+def test_cartpole_eggroll(cartpole_run):
+    records, _ = check_run(cartpole_run, "gymnax/CartPole-v1", "eggroll")
+    assert len(records) == 2
+
+
+def test_pendulum_ppo_and_resume(tmp_path, capsys):
+    pendulum = load_script("train_pendulum")
+    out = tmp_path / "pend"
+    tiny = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2",
+            "--eval-every", "1", "--eval-episodes", "2", "--horizon", "10",
+            "--no-progress"]  # fmt: skip
+    argv = ["--agent", "ppo", "--out", str(out), "--total-steps", "64", *tiny]
+    assert pendulum.run_preset(pendulum.PRESET, argv) == 0
+    assert f"outputs in {out}" in capsys.readouterr().out
+    check_run(out, "gymnax/Pendulum-v1", "ppo")
+    resume = ["--resume", str(out), "--total-steps", "128", "--no-progress"]
+    assert pendulum.run_preset(pendulum.PRESET, resume) == 0
+    records, _ = check_run(out, "gymnax/Pendulum-v1", "ppo")
+    assert [r["env_steps"] for r in records] == [64, 128]
+    assert read_meta(out)["spec"]["ppo"]["update_epochs"] == 10  # the preset's
+
+
+def test_breakout_openai_es(breakout_run):
+    check_run(breakout_run, "gymnax/Breakout-MinAtar", "openai_es")
+
+
+def test_brax_fast_env_eggroll(tmp_path):
+    brax = load_script("train_brax")
+    out = tmp_path / "bx"
+    argv = ["--env", "fast", "--out", str(out), *ES_TINY]
+    assert brax.run_preset(brax.PRESET, argv) == 0
+    check_run(out, "brax/fast", "eggroll")
+    assert read_meta(out)["spec"]["train"]["rollout"]["normalize_obs"] is True
+
+
+@pytest.mark.slow
+def test_craftax_gru_with_random_baseline(tmp_path, capsys):
+    craftax = load_script("train_craftax")
+    out = tmp_path / "cx"
+    argv = ["--out", str(out), *ES_TINY, "--population", "2", "--generations", "1"]
+    assert craftax.run_preset(craftax.PRESET, argv) == 0
+    check_run(out, "craftax/Craftax-Classic-Symbolic-v1", "eggroll")
+    spec = read_meta(out)["spec"]
+    assert spec["train"]["policy"]["kind"] == "gru"
+    assert spec["train"]["rollout"]["deterministic"] is False
+    base = json.loads((out / BASELINE).read_text())
+    assert (base["horizon"], base["episodes"]) == (10, 2)
+    assert math.isfinite(base["eval_return"]) and len(base["eval_achievements"]) == 22
+    assert "achievements unlocked per episode" in capsys.readouterr().out
+
+
+def test_plot_curves_from_two_runs(cartpole_run, breakout_run, tmp_path):
+    plot = load_script("plot_curves")
+    png = tmp_path / "fig.png"
+    runs = [f"low-rank={cartpole_run}", str(breakout_run)]
+    assert plot.main(["--out", str(png), *runs]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    label, records, summary = plot.load(runs[0])
+    assert (label, len(records), summary["agent"]) == ("low-rank", 2, "eggroll")
+    assert plot.load(runs[1])[0] == "openai_es"
+    with pytest.raises(SystemExit, match="no summary.json"):
+        plot.main(["--out", str(png), str(tmp_path / "missing")])
