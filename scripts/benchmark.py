@@ -1,0 +1,97 @@
+"""Throughput benchmark: plain inference vs EGGROLL vs OpenAI-ES vs PPO vs evosax.
+
+    python scripts/benchmark.py --quick --out docs/benchmark_quick.json   # ~3 min, CPU
+    python scripts/benchmark.py --out docs/benchmark.json                 # all sweeps
+    python scripts/benchmark.py --only width population --out FILE.json
+
+Every method of a case is measured side by side in the same run (round-robin, warm-up
+excluded, median of repeats), so the ratios are comparable even on a shared machine.
+Writes FILE.json (DESIGN.md contract: ``device`` and ``results`` rows with ``env``,
+``method``, ``population``, ``hidden``, ``rank``, ``env_steps_per_s``,
+``ratio_to_plain``, plus time per generation, compile time and peak memory; host RSS
+on CPU, device memory on a GPU) and FILE.png next to it. Runs unmodified on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from esrl.bench import Case, device_description, run_case
+from esrl.bench_report import plot, write
+
+P, E, O = ("plain", None), ("eggroll", 1), ("openai_es", None)
+PPO, EVOSAX = ("ppo", None), ("evosax_open_es", None)
+HEADLINE = (P, E, ("eggroll", 2), O, PPO, EVOSAX)
+
+SECTIONS: dict[str, list[tuple[Case, tuple]]] = {
+    # --quick: CartPole, population 2048, hidden 256, MLP 256x2 and GRU, 500 steps
+    "quick": [
+        (Case(kind="mlp"), (P, E, O, PPO, EVOSAX)),
+        (Case(kind="gru"), (P, E, PPO)),
+    ],
+    # the same cases with every method and rank 2 (the head is 256 x 2)
+    "headline": [(Case(kind="mlp"), HEADLINE), (Case(kind="gru"), HEADLINE)],
+    # eggroll / openai_es and ratio to plain as the network widens
+    "width": [
+        (Case(kind=kind, hidden=h, population=512, horizon=100), (P, E, O))
+        for kind in ("mlp", "gru")
+        for h in (64, 128, 256, 512, 1024)
+    ],
+    # linear cost in population
+    "population": [
+        (Case(population=n, horizon=200), (P, E) + ((O,) if n <= 4096 else ()))
+        for n in (256, 1024, 4096, 16384)
+    ],
+    # higher ranks
+    # higher ranks (matrices with a dimension below the rank are left unperturbed)
+    "rank": [(Case(), (P, E) + tuple(("eggroll", r) for r in (2, 4, 8, 16)))],
+    # the other environments (evosax's GymnaxProblem only serves gymnax ones)
+    "envs": [
+        (Case(env="gymnax/Breakout-MinAtar", population=2048, horizon=200),
+         (P, E, O, PPO, EVOSAX)),
+        (Case(env="brax/ant", population=256, horizon=100), (P, E, O, PPO)),
+        (Case(env="craftax/Craftax-Classic-Symbolic-v1", population=256, horizon=100),
+         (P, E, O, PPO)),
+    ],
+}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, run the sections, write the JSON and the plot."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the headline cases, fewer repeats (~3 min on CPU)",
+    )
+    parser.add_argument("--out", default="docs/benchmark.json", help="JSON file")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SECTIONS), help="run only these sections"
+    )
+    parser.add_argument("--repeats", type=int, help="timed calls per method")
+    args = parser.parse_args(argv)  # fmt: skip
+
+    full = [name for name in SECTIONS if name != "quick"]
+    sections = ["quick"] if args.quick else (args.only or full)
+    repeats = args.repeats or (2 if args.quick else 3)
+    # quick: a method whose call takes over 8 s is timed once after its warm-up
+    slow_s = 8.0 if args.quick else float("inf")
+    out = Path(args.out)
+    device, rows, start = device_description(), [], time.time()
+    meta = {"command": " ".join(["python", *sys.argv]), "quick": args.quick,
+            "repeats": repeats, "sections": sections}  # fmt: skip
+    print(f"device: {device}", flush=True)
+    for section in sections:
+        for case, methods in SECTIONS[section]:
+            print(f"[{section}] {case}", flush=True)
+            rows += run_case(case, methods, repeats=repeats, slow_s=slow_s)
+            write(out, device, rows, {**meta, "wall_s": time.time() - start})
+    plot(out.with_suffix(".png"), device, rows)
+    print(f"wrote {out} and {out.with_suffix('.png')} in {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
