@@ -109,8 +109,12 @@ class ES:
             sigma=jnp.asarray(self.config.sigma, jnp.float32),
         )
 
-    def ask(self, state: ESState):
-        """Perturbations of the whole population (leading axis = member)."""
+    def ask(self, state: ESState, first=0, count: int | None = None):
+        """Perturbations of members ``first .. first + count - 1`` (leading axis = member).
+
+        By default the whole population. A block of whole antithetic pairs (``first``
+        and ``count`` even, e.g. one device's shard) draws each pair's noise once.
+        """
         c = self.config
         return noise.population_perturbation(
             state.key,
@@ -118,7 +122,8 @@ class ES:
             state.params,
             c.noise,
             state.sigma,
-            c.population,
+            c.population if count is None else count,
+            first,
         )
 
     def member(self, state: ESState, index):

@@ -179,18 +179,22 @@ def population_perturbation(
     config: NoiseConfig,
     sigma,
     population: int,
+    first=0,
 ) -> dict:
-    """Perturbations of all members, stacked on a leading population axis.
+    """Perturbations of members ``first .. first + population - 1``, stacked on axis 0.
 
-    Equal to stacking `member_perturbation` over members; with antithetic pairs each
-    pair's noise is drawn once and used with both signs.
+    Equal to stacking `member_perturbation` over those members; with antithetic pairs
+    each pair's noise is drawn once and used with both signs, which needs an even
+    ``population`` and an even ``first`` (a block of whole pairs, as a device's shard).
     """
-    if not config.antithetic:
-        members = jnp.arange(population)
+    if not config.antithetic or population % 2:
+        members = first + jnp.arange(population)
         return jax.vmap(
             lambda i: member_perturbation(key, generation, i, params, config, sigma)
         )(members)
-    pairs = jnp.arange(population // 2)
+    if isinstance(first, int) and first % 2:
+        raise ValueError(f"first member {first} must be even (whole antithetic pairs)")
+    pairs = first // 2 + jnp.arange(population // 2)
     unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
     unit = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), unit)
     signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)

@@ -226,6 +226,27 @@ def test_member_equals_the_slice_of_ask():
         )
 
 
+def test_ask_of_a_block_equals_those_members():
+    es = EggrollConfig(population=12, rank=2).strategy()
+    state = es.init(KEY, make_params())
+    block = es.ask(state, first=4, count=6)
+    odd = es.ask(state, first=3, count=5)  # not whole pairs: member by member
+    for i in range(6):
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a, b[i], rtol=1e-14),
+            es.member(state, 4 + i),
+            block,
+        )
+    for i in range(5):
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a, b[i], rtol=1e-14),
+            es.member(state, 3 + i),
+            odd,
+        )
+    with pytest.raises(ValueError, match="first member 3 must be even"):
+        es.ask(state, first=3, count=4)
+
+
 def test_noise_reuse_keeps_noise_across_generations():
     es = EggrollConfig(population=8, rank=2, noise_reuse=2).strategy()
     state = es.init(KEY, make_params())
