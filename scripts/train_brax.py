@@ -10,8 +10,9 @@ episodes; inverted_double_pendulum: 128 members, 300 generations); PPO the setti
 below (PureJaxRL's Brax recipe scaled to a CPU). Measured numbers and costs are in
 docs/results.md: on a 2-core CPU compiling a Brax rollout takes 1-1.5 minutes and
 inverted_double_pendulum steps at ~30k env steps/s. ``--env ant`` works with the
-``brax/`` defaults (512 members x 1000 steps = 512k env steps per generation at about
-10k steps/s on this CPU, so ~1 minute a generation: a GPU job). Writes
+``brax/`` defaults (512 members x 1000 steps = 512k env steps per generation; ant
+stepped at ~6k env steps/s on the loaded 2-core CPU, so ~1.5 minutes a generation and
+about 12 hours for the default 500: a GPU job). Writes
 DIR/metrics.jsonl, summary.json, curve.png and a checkpoint that ``--resume DIR``
 continues from; without ``--out`` the run goes to runs/brax_<agent> (runs/brax_<env>_
 <agent> for another --env), replacing an earlier run there.
