@@ -34,14 +34,17 @@ def _easy_task() -> Task:
     return Task("easy-m", generate, _closeness_to_m, max_new_tokens=4)
 
 
-def test_es_finetuning_raises_reward_on_easy_task():
-    model = RecurrentLM(TINY)
-    params = init_params(jax.random.key(0), TINY)
+def _tuner(generations: int) -> Finetuner:
     agent = EggrollConfig(population=32, sigma=0.05, lr=0.03, rank=1,
                           fitness_shaping="raw", exclude=())  # fmt: skip
-    config = FinetuneConfig(generations=25, prompts_per_generation=4, train_size=64,
-                            eval_size=16, skip_train=0)  # fmt: skip
-    tuner = Finetuner(model, _easy_task(), agent.strategy(), config)
+    config = FinetuneConfig(generations=generations, prompts_per_generation=4,
+                            train_size=64, eval_size=16, skip_train=0)  # fmt: skip
+    return Finetuner(RecurrentLM(TINY), _easy_task(), agent.strategy(), config)
+
+
+def test_es_finetuning_raises_reward_on_easy_task():
+    params = init_params(jax.random.key(0), TINY)
+    tuner = _tuner(25)
     before = tuner.evaluate(params).reward_mean
     state, history = finetune(tuner, tuner.init(jax.random.key(1), params))
     after = tuner.evaluate(state.params).reward_mean
@@ -50,6 +53,20 @@ def test_es_finetuning_raises_reward_on_easy_task():
     early = np.mean([r["train_return_mean"] for r in history[:5]])
     late = np.mean([r["train_return_mean"] for r in history[-5:]])
     assert late > early
+
+
+def test_interrupt_checkpoints_the_generations_done():
+    tuner, saved = _tuner(10), []
+
+    def log(record):
+        if record["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    state = tuner.init(jax.random.key(1), init_params(jax.random.key(0), TINY))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tuner, state, log=log, on_checkpoint=lambda g, s: saved.append((g, s)))
+    ((generation, last),) = saved
+    assert generation == int(last.generation) == 3
 
 
 def test_finetune_splits_skip_the_pretraining_corpus():

@@ -192,3 +192,17 @@ def test_tokenizer_round_trips_any_text(text):
     assert decode(encode(text)) == text.encode("utf-8", "replace").decode(
         "utf-8", "replace"
     )
+
+
+def test_benchmark_rows_follow_the_benchmark_contract():
+    from esrl.envs.llm.bench import generation_benchmark
+
+    rows = generation_benchmark(
+        population=4, prompts=2, max_new_tokens=3, repeats=1, model_config=CONFIG,
+        methods=("plain", "eggroll"),
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == ["plain", "eggroll"]
+    assert rows[0]["ratio_to_plain"] == 1.0 and rows[1]["rank"] == 1
+    assert all(r["env_steps_per_s"] > 0 and r["hidden"] == CONFIG.width for r in rows)
+    with pytest.raises(ValueError, match="plain"):
+        generation_benchmark(methods=("eggroll",))

@@ -31,6 +31,18 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _perturbations(method: str, population: int, rank: int, params):
+    """The population's perturbations for ``method`` (None for plain)."""
+    if method == "plain":
+        return None
+    common = {"population": population, "sigma": 0.01, "exclude": DEFAULT_EXCLUDE}
+    if method == "eggroll":
+        strategy = EggrollConfig(rank=rank, **common).strategy()
+    else:
+        strategy = OpenAIESConfig(**common).strategy()
+    return jax.jit(strategy.ask)(strategy.init(jax.random.key(0), params))
+
+
 def generation_benchmark(
     population: int = 32,
     prompts: int = 16,
@@ -42,56 +54,41 @@ def generation_benchmark(
     methods: tuple[str, ...] = METHODS,
 ) -> list[dict]:
     """Rows in the benchmark format: env, method, population, hidden, rank, tokens/s."""
-    unknown = set(methods) - set(METHODS)
-    if unknown or "plain" not in methods:
+    if set(methods) - set(METHODS) or "plain" not in methods:
         raise ValueError(f"methods must include 'plain' and be among {METHODS}")
     config = model_config or LMConfig()
     params = init_params(jax.random.key(0), config) if params is None else params
-    model = RecurrentLM(config)
+    model, gen, key = (
+        RecurrentLM(config),
+        GenerationConfig(max_new_tokens),
+        jax.random.key(0),
+    )
     problems = countdown_task(3).generate(0, prompts)
     ids, lengths = encode_prompts([p.prompt for p in problems])
-    gen = GenerationConfig(max_new_tokens=max_new_tokens)
-    key = jax.random.key(0)
-    common = {"population": population, "sigma": 0.01, "exclude": DEFAULT_EXCLUDE}
-    strategies = {
-        "eggroll": EggrollConfig(rank=rank, **common).strategy(),
-        "openai_es": OpenAIESConfig(**common).strategy(),
-    }
-    calls = {
-        "plain": lambda: generate(
-            key,
-            model,
-            params,
-            jnp.tile(ids, (population, 1)),
-            jnp.tile(lengths, population),
-            None,
-            gen,
-        )
-    }
-    for name in methods:
-        if name != "plain":
-            state = strategies[name].init(key, params)
-            perts = jax.jit(strategies[name].ask)(state)
-            calls[name] = lambda p=perts: generate(
-                key, model, params, ids, lengths, p, gen
-            )
-    times = {name: [] for name in methods}
-    for name in methods:
-        _timed(calls[name])  # compile
-    for _ in range(repeats):
-        for name in methods:
-            times[name].append(_timed(calls[name]))
+    tiled = jnp.tile(ids, (population, 1)), jnp.tile(lengths, population)
+
+    def call(method: str, perts):
+        rows = tiled if perts is None else (ids, lengths)
+        return lambda: generate(key, model, params, *rows, perts, gen)
+
+    calls = {m: call(m, _perturbations(m, population, rank, params)) for m in methods}
+    times = {m: [] for m in methods}
+    for m in methods:
+        _timed(calls[m])  # compile
+    for _ in range(repeats):  # interleaved, so load spikes hit every method
+        for m in methods:
+            times[m].append(_timed(calls[m]))
     tokens = population * prompts * max_new_tokens
-    rates = {name: tokens / float(np.median(t)) for name, t in times.items()}
+    rates = {m: tokens / float(np.median(t)) for m, t in times.items()}
     return [
         {
             "env": "llm/countdown-3",
-            "method": name,
+            "method": m,
             "population": population,
             "hidden": config.width,
-            "rank": rank if name == "eggroll" else None,
-            "env_steps_per_s": rates[name],
-            "ratio_to_plain": rates[name] / rates["plain"],
+            "rank": rank if m == "eggroll" else None,
+            "env_steps_per_s": rates[m],
+            "ratio_to_plain": rates[m] / rates["plain"],
         }
-        for name in methods
+        for m in methods
     ]

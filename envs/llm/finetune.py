@@ -180,25 +180,35 @@ def finetune(
     """Run generations ``start..config.generations``; evaluates every ``eval_every``."""
     config, history = finetuner.config, []
     begin = time.perf_counter()
-    for generation in range(start, config.generations):
-        tick = time.perf_counter()
-        state, record = finetuner.step(state, generation)
-        record.update(iteration=generation + 1, generation_s=time.perf_counter() - tick)
-        last = generation + 1 == config.generations
-        out_of_time = (
-            config.time_limit_s is not None
-            and time.perf_counter() - begin > config.time_limit_s
-        )
-        evaluated = config.eval_every and (generation + 1) % config.eval_every == 0
-        if evaluated and not last:
-            result = finetuner.evaluate(state.params)
-            record.update(eval_return=result.accuracy, eval_reward=result.reward_mean)
-        history.append(record)
-        if log is not None:
-            log(record)
-        periodic = (generation + 1) % config.checkpoint_every == 0
-        if on_checkpoint is not None and (evaluated or periodic) and not last:
-            on_checkpoint(generation + 1, state)
-        if out_of_time:
-            break
+    try:
+        for generation in range(start, config.generations):
+            state, record = _generation(finetuner, state, generation)
+            history.append(record)
+            if log is not None:
+                log(record)
+            last = generation + 1 == config.generations
+            due = record.get("eval_return") is not None
+            due = due or (generation + 1) % config.checkpoint_every == 0
+            if on_checkpoint is not None and due and not last:
+                on_checkpoint(generation + 1, state)
+            limit = config.time_limit_s
+            if limit is not None and time.perf_counter() - begin > limit:
+                break
+    except KeyboardInterrupt:
+        if on_checkpoint is not None:  # keep the generations done so far
+            on_checkpoint(int(state.generation), state)
+        raise
     return state, history
+
+
+def _generation(finetuner: Finetuner, state: ESState, generation: int):
+    """One timed generation, evaluated when ``eval_every`` says so."""
+    config = finetuner.config
+    tick = time.perf_counter()
+    state, record = finetuner.step(state, generation)
+    record.update(iteration=generation + 1, generation_s=time.perf_counter() - tick)
+    last = generation + 1 == config.generations
+    if config.eval_every and (generation + 1) % config.eval_every == 0 and not last:
+        result = finetuner.evaluate(state.params)
+        record.update(eval_return=result.accuracy, eval_reward=result.reward_mean)
+    return state, record

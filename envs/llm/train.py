@@ -79,6 +79,78 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+class _Recorder:
+    """Counters, metrics and checkpoints of one run (wall time spans resumes)."""
+
+    def __init__(self, run: RunConfig, out_dir: Path, counters: dict, initial: float):
+        self.run, self.out_dir, self.counters, self.initial = (
+            run,
+            out_dir,
+            counters,
+            initial,
+        )
+        self.wall0 = counters["wall_time_s"] - time.perf_counter()
+        self.first: int | None = None
+        self.logger: RunLogger | None = None
+
+    def open(self, done: int) -> None:
+        """Start the logger at generation ``done`` (0: also log the initial eval)."""
+        self.first = done + 1
+        title = f"{self.run.agent} {self.run.env}"
+        self.logger = RunLogger(self.out_dir, self.run.finetune.generations, done,
+                                title=title)  # fmt: skip
+        if done == 0:
+            self.logger.log({"iteration": 0, "env_steps": 0, "wall_time_s": 0.0,
+                             "eval_return": self.initial})  # fmt: skip
+
+    def wall(self) -> float:
+        """Wall time of the run so far (all sessions)."""
+        self.counters["wall_time_s"] = self.wall0 + time.perf_counter()
+        return self.counters["wall_time_s"]
+
+    def save(self, generation: int, state) -> None:
+        """Checkpoint ``state`` with the counters and the run configuration."""
+        self.wall()
+        extra = {"counters": self.counters, "eval_accuracy_initial": self.initial}
+        save_checkpoint(self.out_dir, state, _meta(self.run, extra))
+
+    def log(self, record: dict) -> None:
+        """Log one generation (the first of a session includes compilation)."""
+        c = self.counters
+        key = "compile_s" if record["iteration"] == self.first else "train_s"
+        c[key] += record["generation_s"]
+        c["env_steps"] += record["tokens"]
+        rate = record["tokens"] / record["generation_s"]
+        record.update(env_steps=c["env_steps"], wall_time_s=self.wall(),
+                      env_steps_per_s=rate)  # fmt: skip
+        self.logger.log(record)
+
+    def finish(self, generation: int, final) -> dict:
+        """Log the final evaluation, write summary.json and curve.png."""
+        c = self.counters
+        self.logger.log({"iteration": generation, "env_steps": c["env_steps"],
+                         "wall_time_s": self.wall(), "eval_return": final.accuracy,
+                         "eval_reward": final.reward_mean})  # fmt: skip
+        summary = {
+            "env": self.run.env,
+            "agent": self.run.agent,
+            "final_eval_return": final.accuracy,
+            "env_steps": c["env_steps"],
+            "wall_time_s": c["wall_time_s"],
+            "compile_s": c["compile_s"],
+            "env_steps_per_s": c["env_steps"] / max(c["train_s"], 1e-9),
+            "device": describe_device(),
+            "eval_accuracy_initial": self.initial,
+            "final_eval_accuracy": final.accuracy,
+            "final_eval_reward": final.reward_mean,
+            "eval_size": self.run.finetune.eval_size,
+            "generations": generation,
+            "population": self.run.agent_config.population,
+        }
+        self.logger.finish(summary)
+        return summary
+
+
 def run_finetune(
     run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False
 ) -> dict:
@@ -90,74 +162,32 @@ def run_finetune(
             "or choose another --out"
         )
     model_config, params = load_model(run.model_dir)
-    model = RecurrentLM(model_config)
-    finetuner = Finetuner(model, task, run.agent_config.strategy(), run.finetune)
-    state = finetuner.init(jax.random.key(run.finetune.seed), params)
-    counters = {"env_steps": 0, "wall_time_s": 0.0, "compile_s": 0.0, "train_s": 0.0}
-    start = time.perf_counter()
-    if resume:
-        meta = _check_resumable(out_dir, run)
-        state, meta = load_checkpoint(out_dir, template=state)
-        counters, initial = meta["counters"], meta["eval_accuracy_initial"]
-    else:
-        initial = finetuner.evaluate(params).accuracy
-    done = int(state.generation)
-    logger = RunLogger(
-        out_dir, run.finetune.generations, done, title=f"{run.agent} {run.env}"
+    finetuner = Finetuner(
+        RecurrentLM(model_config), task, run.agent_config.strategy(), run.finetune
     )
-    if not resume:
-        logger.log({"iteration": 0, "env_steps": 0, "wall_time_s": 0.0,
-                    "eval_return": initial})  # fmt: skip
-    wall0 = counters["wall_time_s"] - start
-
-    def save(generation: int, state) -> None:
-        counters["wall_time_s"] = wall0 + time.perf_counter()
-        meta = _meta(run, {"counters": counters, "eval_accuracy_initial": initial})
-        save_checkpoint(out_dir, state, meta)
-
-    def log(record: dict) -> None:
-        first = record["iteration"] == done + 1
-        if first:  # the first generation includes compiling ask / generate / tell
-            counters["compile_s"] += record["generation_s"]
-        else:
-            counters["train_s"] += record["generation_s"]
-        counters["env_steps"] += record["tokens"]
-        counters["wall_time_s"] = wall0 + time.perf_counter()
-        record.update(
-            env_steps=counters["env_steps"],
-            wall_time_s=counters["wall_time_s"],
-            env_steps_per_s=record["tokens"] / record["generation_s"],
+    state = finetuner.init(jax.random.key(run.finetune.seed), params)
+    if resume:
+        _check_resumable(out_dir, run)
+        state, meta = load_checkpoint(out_dir, template=state)
+        recorder = _Recorder(
+            run, out_dir, meta["counters"], meta["eval_accuracy_initial"]
         )
-        logger.log(record)
-
+    else:
+        counters = {
+            "env_steps": 0,
+            "wall_time_s": 0.0,
+            "compile_s": 0.0,
+            "train_s": 0.0,
+        }
+        recorder = _Recorder(run, out_dir, counters, 0.0)
+        recorder.initial = finetuner.evaluate(params).accuracy
+    recorder.open(int(state.generation))
     try:
-        state, _ = finetune(finetuner, state, done, log=log, on_checkpoint=save)
-    except KeyboardInterrupt:
-        save(int(state.generation), state)
-        logger.close()
+        state, _ = finetune(finetuner, state, int(state.generation), log=recorder.log,
+                            on_checkpoint=recorder.save)  # fmt: skip
+    except BaseException:
+        recorder.logger.close()
         raise
+    recorder.save(int(state.generation), state)
     final = finetuner.evaluate(state.params)
-    logger.log({
-        "iteration": int(state.generation), "env_steps": counters["env_steps"],
-        "wall_time_s": wall0 + time.perf_counter(),
-        "eval_return": final.accuracy, "eval_reward": final.reward_mean,
-    })  # fmt: skip
-    save(int(state.generation), state)
-    summary = {
-        "env": run.env,
-        "agent": run.agent,
-        "final_eval_return": final.accuracy,
-        "env_steps": counters["env_steps"],
-        "wall_time_s": counters["wall_time_s"],
-        "compile_s": counters["compile_s"],
-        "env_steps_per_s": counters["env_steps"] / max(counters["train_s"], 1e-9),
-        "device": describe_device(),
-        "eval_accuracy_initial": initial,
-        "final_eval_accuracy": final.accuracy,
-        "final_eval_reward": final.reward_mean,
-        "eval_size": run.finetune.eval_size,
-        "generations": int(state.generation),
-        "population": run.agent_config.population,
-    }
-    logger.finish(summary)
-    return summary
+    return recorder.finish(int(state.generation), final)
