@@ -106,6 +106,7 @@ esrl.register("mine/Recall-v0", lambda: MemoryEnv(delay=2))
 """
 
 
+@pytest.mark.slow
 def test_plugin_environment_trains_with_a_gru_and_resumes(
     tmp_path, monkeypatch, capsys
 ):

@@ -202,6 +202,7 @@ def test_ppo_solves_cartpole(cartpole):
     assert float(ppo.evaluate(jax.random.key(1), state)) >= 475.0
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_matches_separate_runs(cartpole):
     ppo, chunk = cartpole
     keys = jax.random.split(jax.random.key(0), 2)
