@@ -41,7 +41,7 @@ class Case:
     hidden: int = 256
     """Width of every hidden layer."""
     population: int = 2048
-    """ES members per generation (PPO: parallel environments, see `ppo_envs`)."""
+    """ES members per generation (PPO: parallel environments)."""
     horizon: int = 500
     """Steps per episode; every member runs all of them (`FixedHorizon`)."""
     num_layers: int = 2
@@ -73,7 +73,9 @@ class Skipped(NamedTuple):
     """A method that could not run here, and why."""
 
     method: str
+    """One of `METHODS`."""
     note: str
+    """Why it was skipped (written into its row)."""
 
 
 class FixedHorizon(Environment):
