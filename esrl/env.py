@@ -65,6 +65,17 @@ class Environment:
         return f"<{self.name}>"
 
 
+def where_done(done: jax.Array, reset, current):
+    """Pick ``reset`` where ``done`` (shape [], or [B] over leading batch axes)."""
+
+    def select(new, old):
+        return jnp.where(
+            done.reshape(done.shape + (1,) * (old.ndim - done.ndim)), new, old
+        )
+
+    return jax.tree.map(select, reset, current)
+
+
 class AutoReset(Environment):
     """Resets the wrapped environment whenever an episode ends, keeping the final obs.
 
@@ -90,9 +101,8 @@ class AutoReset(Environment):
         )
         done = jnp.logical_or(terminated, truncated)
         obs_reset, state_reset = self.env.reset(key_reset, params)
-        select = lambda new, old: jnp.where(done, new, old)  # noqa: E731
-        next_obs = jax.tree.map(select, obs_reset, obs)
-        next_state = jax.tree.map(select, state_reset, state)
+        next_obs = where_done(done, obs_reset, obs)
+        next_state = where_done(done, state_reset, state)
         info = {**info, "final_obs": obs}
         return next_obs, next_state, reward, terminated, truncated, info
 

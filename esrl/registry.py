@@ -103,8 +103,8 @@ def as_environment(obj: Any) -> Environment:
     """Adapt an object with the gymnax 1.x or the older 5-tuple API to the protocol."""
     if isinstance(obj, Environment):
         return obj
-    from esrl.envs.legacy import LegacyEnv, is_legacy
     from esrl.envs.gymnax import GymnaxEnv
+    from esrl.envs.legacy import LegacyEnv, is_legacy
 
     if is_legacy(obj):
         return LegacyEnv(obj)

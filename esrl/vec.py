@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from esrl.env import Environment
+from esrl.env import Environment, where_done
 
 
 class VecEnv:
@@ -59,12 +59,8 @@ class VecEnv:
                 lambda x: x[pick], (obs_reset, state_reset)
             )
 
-        def select(new, old):
-            mask = done.reshape(done.shape + (1,) * (old.ndim - 1))
-            return jnp.where(mask, new, old)
-
-        next_obs = jax.tree.map(select, obs_reset, obs)
-        next_state = jax.tree.map(select, state_reset, state)
+        next_obs = where_done(done, obs_reset, obs)
+        next_state = where_done(done, state_reset, state)
         info = {**info, "final_obs": obs}
         return next_obs, next_state, reward, terminated, truncated, info
 
