@@ -2,11 +2,11 @@
 
 Every layer reads an optional per-member perturbation from the variable collection
 ``"perturb"``, whose tree mirrors ``"params"`` (only perturbed leaves are present): a
-matrix leaf is an `esrl.noise.LowRank` (E = a @ b.T, sigma folded in) or a full array,
+matrix leaf is an `esrl.noise.LowRank` (E = a.T @ b, sigma folded in) or a full array,
 a vector leaf a full array. Without that collection a layer is an ordinary flax layer,
 so the same module also trains by gradients. Layers act on one example (any leading
 axes work); a population is a `vmap` over perturbations with shared params, which keeps
-``x @ W`` one batched matmul and adds only the cheap ``(x @ a) @ b.T`` per member::
+``x @ W`` one batched matmul and adds only the cheap ``(x @ a.T) @ b`` per member::
 
     jax.vmap(lambda p: model.apply({"params": params, "perturb": p}, x))(perts)
 """
@@ -36,8 +36,9 @@ def perturbed_matmul(x: jax.Array, kernel: jax.Array, p) -> jax.Array:
     y = x @ kernel
     if p is None:
         return y
-    if isinstance(p, LowRank):
-        return y + (x @ p.a) @ p.b.T
+    if isinstance(p, LowRank):  # a: [r, in], b: [r, out], rank-major
+        s = jnp.einsum("...i,ri->...r", x, p.a)
+        return y + jnp.einsum("...r,ro->...o", s, p.b)
     return y + x @ p
 
 
@@ -72,7 +73,11 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         scale = perturbed(scale, perturbation(self, "scale"))
-        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale
+        return (
+            x
+            * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+            * scale
+        )
 
 
 class GRUCell(nn.Module):

@@ -3,9 +3,11 @@
 Sarkar et al. 2025, "Evolution Strategies at the Hyperscale" (arXiv 2511.16652):
 member ``i`` of generation ``g`` perturbs a matrix parameter W (m x n) by
 E_i = sigma * A_i B_i^T / sqrt(r), with A_i (m x r) and B_i (n x r) standard normal drawn
-from ``fold_in(fold_in(key, g), i // 2)``; members 2j and 2j+1 are an antithetic pair
-(+E, -E). Vector parameters (biases, norm scales) get full-rank sigma * eps_i. OpenAI-ES
-(Salimans et al. 2017) uses full-rank eps_i for every leaf.
+from ``fold_in(fold_in(key, g // noise_reuse), i // 2)`` (one draw per pair, sliced into
+the leaves); members 2j and 2j+1 are an antithetic pair (+E, -E). Vector parameters
+(biases, norm scales) get full-rank sigma * eps_i. OpenAI-ES (Salimans et al. 2017) uses
+full-rank eps_i for every leaf. Only the factors are ever stored (sigma and the sign
+folded into A); layers apply them as ``x @ W + (x @ A) @ B^T`` (`esrl.nn`).
 
 Convention: with E_i = sigma * eps_i, `gradient_estimate` returns
 g = (1/N) sum_i f_i eps_i, the ascent direction of the smoothed objective times sigma;
@@ -26,10 +28,16 @@ Params = Any
 
 
 class LowRank(NamedTuple):
-    """A low-rank perturbation E = a @ b.T of a (m x n) matrix; a: [m, r], b: [n, r]."""
+    """A low-rank perturbation E = a.T @ b of a (m x n) matrix; a: [r, m], b: [r, n].
+
+    Factors are stored rank-major, so each rank's vector is contiguous: ``x @ a.T`` and
+    ``s @ b`` stay single passes under ``vmap`` for every rank.
+    """
 
     a: jax.Array
+    """Left factor [r, m]; 1/sqrt(r) (and in a perturbation sigma and sign) folded in."""
     b: jax.Array
+    """Right factor [r, n]."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,8 @@ def _from_draw(draw: jax.Array, shape: tuple[int, ...], config: NoiseConfig):
     if not _is_lowrank(shape, config):
         return draw.reshape(shape)
     m, n = shape
-    a = draw[: m * config.rank].reshape(m, config.rank) / math.sqrt(config.rank)
-    return LowRank(a, draw[m * config.rank :].reshape(n, config.rank))
+    a = draw[: m * config.rank].reshape(config.rank, m) / math.sqrt(config.rank)
+    return LowRank(a, draw[m * config.rank :].reshape(config.rank, n))
 
 
 def unit_noise(key: jax.Array, shape: tuple[int, ...], config: NoiseConfig):
@@ -204,7 +212,7 @@ def population_perturbation(
 def materialize(perturbation) -> jax.Array:
     """The dense matrix (or vector) of one leaf's perturbation (for tests and OpenAI-ES)."""
     if isinstance(perturbation, LowRank):
-        return perturbation.a @ perturbation.b.T
+        return perturbation.a.T @ perturbation.b
     return perturbation
 
 
@@ -239,7 +247,7 @@ def gradient_estimate(
         unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(ids)
         for path, n in unit.items():
             if isinstance(n, LowRank):
-                total[path] = total[path] + jnp.einsum("p,pmr,pnr->mn", w, n.a, n.b)
+                total[path] = total[path] + jnp.einsum("p,prm,prn->mn", w, n.a, n.b)
             else:
                 total[path] = total[path] + jnp.tensordot(w, n, axes=1)
         return total, None

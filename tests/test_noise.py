@@ -67,8 +67,8 @@ def test_matrices_get_low_rank_factors_and_vectors_full_rank_noise():
     params = make_params(6, 5)
     tree = member_tree(KEY, 0, 0, params, NoiseConfig(rank=3))
     assert isinstance(tree[("layer", "kernel")], LowRank)
-    assert tree[("layer", "kernel")].a.shape == (6, 3)
-    assert tree[("layer", "kernel")].b.shape == (5, 3)
+    assert tree[("layer", "kernel")].a.shape == (3, 6)  # rank-major
+    assert tree[("layer", "kernel")].b.shape == (3, 5)
     assert tree[("layer", "bias")].shape == (5,)
     assert tree[("temperature",)].shape == ()
     full = member_tree(KEY, 0, 0, params, NoiseConfig(rank=3, full_rank=True))
@@ -171,7 +171,7 @@ def naive_estimate(key, generation, params, fitness, config) -> dict:
         for path, p in pert.items():
             member = jax.tree.map(lambda x, i=i: np.asarray(x[i]), p)
             if isinstance(member, LowRank):
-                member = member.a @ member.b.T
+                member = member.a.T @ member.b
             total[path] += f * member / sigma
     return {path: t / len(fitness) for path, t in total.items()}
 
