@@ -60,8 +60,9 @@ def plot(path: str | Path, device: str, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    widths = _series(rows, "hidden", {"env": "gymnax/CartPole-v1", "population": 512})
-    pops = _series(rows, "population", {"env": "gymnax/CartPole-v1", "hidden": 256})
+    cartpole = {"env": "gymnax/CartPole-v1"}
+    widths = _series(rows, "hidden", {**cartpole, "population": 512, "horizon": 100})
+    pops = _series(rows, "population", {**cartpole, "hidden": 256, "horizon": 200})
     pops = {k: v for k, v in pops.items() if not k.startswith("ppo")}
     panels = [p for p in (widths, pops) if p] or [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5))

@@ -272,11 +272,36 @@ def _external(agent: str) -> Callable[[list[str]], int]:
 
 def _train(args: argparse.Namespace) -> int:
     from esrl import distributed
-    from esrl.checkpoint import read_meta
     from esrl.train import fit, prepare
 
     if args.distributed:
         distributed.initialize()
+
+    def report(spec, summary: dict) -> str:
+        return f"{spec.agent} on {spec.env}: {summary['generations']} generations"
+
+    return run_command(
+        args, spec_from_args, resume_spec, prepare, fit, report,
+        default_out=lambda spec: f"runs/{spec.env}/{spec.agent}-s{spec.train.seed}",
+    )  # fmt: skip
+
+
+def run_command(
+    args: argparse.Namespace,
+    spec_from_args: Callable,
+    resume_spec: Callable,
+    prepare: Callable,
+    fit: Callable,
+    report: Callable,
+    default_out: Callable,
+) -> int:
+    """Build the spec (fresh or resumed), validate, train and print the outcome.
+
+    Shared by ES and PPO: bad input prints one ``error:`` line and returns 2 before
+    anything compiles; Ctrl-C returns 130 after the run saved its checkpoint.
+    """
+    from esrl.checkpoint import read_meta
+
     try:
         import_plugins(tuple(args.plugin))
         if args.resume:
@@ -285,8 +310,7 @@ def _train(args: argparse.Namespace) -> int:
             spec = resume_spec(args, read_meta(args.resume))
         else:
             spec = spec_from_args(args)
-        out = args.resume or args.out
-        out = out or f"runs/{spec.env}/{spec.agent}-s{spec.train.seed}"
+        out = args.resume or args.out or default_out(spec)
         prepared = prepare(
             spec, out, resume=bool(args.resume), overwrite=args.overwrite
         )
@@ -299,10 +323,9 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     print(
-        f"{spec.agent} on {spec.env}: eval return {summary['final_eval_return']} after "
-        f"{summary['generations']} generations, {summary['env_steps']:,} env steps, "
-        f"{summary['wall_time_s']:.1f} s (compile {summary['compile_s']:.1f} s); "
-        f"outputs in {out}"
+        f"{report(spec, summary)}: eval return {summary['final_eval_return']}, "
+        f"{summary['env_steps']:,} env steps, {summary['wall_time_s']:.1f} s "
+        f"(compile {summary['compile_s']:.1f} s); outputs in {out}"
     )
     return 0
 

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from esrl.cli import POLICIES, import_plugins
+from esrl.cli import POLICIES, run_command
 
 DEFAULTS: dict[str, object] = {
     "policy": "mlp", "hidden": 64, "seed": 0, "eval_every": 10, "eval_episodes": 16,
@@ -115,34 +115,14 @@ def resume_spec(args: argparse.Namespace, meta: dict):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``esrl train --agent ppo`` (``argv`` follows ``train``)."""
-    from esrl.checkpoint import read_meta
     from esrl.train_ppo import fit, prepare
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        import_plugins(tuple(args.plugin))
-        if args.resume:
-            if args.out and args.out != args.resume:
-                raise ValueError("--resume DIR continues in DIR; drop --out")
-            spec = resume_spec(args, read_meta(args.resume))
-        else:
-            spec = spec_from_args(args)
-        out = args.resume or args.out or f"runs/{spec.env}/ppo-s{spec.seed}"
-        prepared = prepare(
-            spec, out, resume=bool(args.resume), overwrite=args.overwrite
-        )
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"esrl train: error: {msg}", file=sys.stderr)
-        return 2
-    try:
-        summary = fit(prepared).summary
-    except KeyboardInterrupt:
-        return 130
-    print(
-        f"ppo on {spec.env}: eval return {summary['final_eval_return']} after "
-        f"{summary['updates']} updates, {summary['env_steps']:,} env steps, "
-        f"{summary['wall_time_s']:.1f} s (compile {summary['compile_s']:.1f} s); "
-        f"outputs in {out}"
-    )
-    return 0
+
+    def report(spec, summary: dict) -> str:
+        return f"ppo on {spec.env}: {summary['updates']} updates"
+
+    return run_command(
+        args, spec_from_args, resume_spec, prepare, fit, report,
+        default_out=lambda spec: f"runs/{spec.env}/ppo-s{spec.seed}",
+    )  # fmt: skip

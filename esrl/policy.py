@@ -51,7 +51,9 @@ class Policy(nn.Module):
                 features = act(Dense(self.hidden, name=f"actor_{i}")(features))
         else:
             features = act(Dense(self.hidden, name="embed")(x))
-            carry, features = CELLS[self.cell](self.hidden, name="cell")(carry, features)
+            carry, features = CELLS[self.cell](self.hidden, name="cell")(
+                carry, features
+            )
             for i in range(self.num_layers - 1):
                 features = act(Dense(self.hidden, name=f"actor_{i}")(features))
         small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")

@@ -38,13 +38,19 @@ _plugins_loaded = False
 
 
 def register(
-    id: str, entry_point: Callable[..., Any] | str, *, override: bool = False, **defaults
+    id: str,
+    entry_point: Callable[..., Any] | str,
+    *,
+    override: bool = False,
+    **defaults,
 ) -> None:
     """Register ``id``; `make` calls ``entry_point(**defaults, **kwargs)``."""
     if not isinstance(id, str) or "/" not in id:
         raise ValueError(f"environment id {id!r} must look like 'family/Name-v0'")
     if id in _REGISTRY and not override:
-        raise ValueError(f"{id!r} is already registered; pass override=True to replace it")
+        raise ValueError(
+            f"{id!r} is already registered; pass override=True to replace it"
+        )
     _REGISTRY[id] = EnvSpec(id, entry_point, dict(defaults))
 
 

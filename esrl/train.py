@@ -30,7 +30,7 @@ from flax import struct
 from esrl import distributed as dist
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
-from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.checkpoint import load_checkpoint
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
@@ -45,6 +45,7 @@ from esrl.rollout import (
     observation_shape,
     population_metrics,
 )
+from esrl.runs import check_run_dir, report_interrupt, save_run
 
 AGENTS: dict[str, type] = {"eggroll": EggrollConfig, "openai_es": OpenAIESConfig}
 """ES agents trained by this module, by name, with their config classes."""
@@ -274,15 +275,9 @@ def prepare(
     """Validate everything (before compiling anything), then build trainer and state."""
     out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
-    if resume:
-        if out_dir is None:
-            raise ValueError("resuming needs the run directory (--resume DIR)")
-        spec.check_resumable(RunSpec.from_dict(read_meta(out_dir)["spec"]))
-    elif out_dir is not None and has_checkpoint(out_dir) and not overwrite:
-        raise ValueError(
-            f"{str(out_dir)!r} already holds a run; continue it with --resume "
-            f"{out_dir}, choose another --out, or pass --overwrite"
-        )
+    saved = check_run_dir(out_dir, resume, overwrite)
+    if saved is not None:
+        spec.check_resumable(RunSpec.from_dict(saved))
     if env is None:
         from esrl.registry import make
 
@@ -295,12 +290,6 @@ def prepare(
         state = dist.put_replicated(state, trainer.mesh)
         counters = Counters(**meta["counters"])
     return Prepared(spec, trainer, state, counters, out_dir)
-
-
-def _save(out_dir, spec: RunSpec, state: TrainState, counters: Counters) -> None:
-    if out_dir is not None and dist.is_main_process():
-        meta = {"spec": spec.to_dict(), "counters": counters._asdict()}
-        save_checkpoint(out_dir, state, meta)
 
 
 def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:
@@ -372,15 +361,10 @@ def fit(prepared: Prepared) -> TrainResult:
                 eval_return=record.get("eval_return", c.eval_return),
             )  # fmt: skip
             if g % cfg.checkpoint_every == 0 or g == cfg.generations:
-                _save(out_dir, spec, state, c)
+                save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
-        _save(out_dir, spec, state, c)
-        logger.close()
-        if out_dir is not None:
-            logger.message(
-                f"interrupted after generation {c.generation}; checkpoint saved, "
-                f"continue with: esrl train --resume {out_dir}"
-            )
+        save_run(out_dir, spec, state, c)
+        report_interrupt(logger, out_dir, f"generation {c.generation}")
         raise
     c = c._replace(wall_time_s=wall0 + time.perf_counter())
     summary = _summary(spec, trainer, c)

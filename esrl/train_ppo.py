@@ -22,11 +22,12 @@ import jax
 import numpy as np
 
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
-from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.checkpoint import load_checkpoint
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger
 from esrl.policy import PolicySpec
+from esrl.runs import check_run_dir, report_interrupt, save_run
 from esrl.train import TrainResult
 
 
@@ -121,18 +122,11 @@ def prepare(
     """Validate everything (before compiling anything) and restore a resumed state."""
     out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
-    if resume:
-        if out_dir is None:
-            raise ValueError("resuming needs the run directory (--resume DIR)")
-        saved = read_meta(out_dir)["spec"]
+    saved = check_run_dir(out_dir, resume, overwrite)
+    if saved is not None:
         if saved.get("agent") != "ppo":
             raise ValueError(f"{str(out_dir)!r} holds a {saved.get('agent')} run")
         spec.check_resumable(PPORunSpec.from_dict(saved))
-    elif out_dir is not None and has_checkpoint(out_dir) and not overwrite:
-        raise ValueError(
-            f"{str(out_dir)!r} already holds a run; continue it with --resume "
-            f"{out_dir}, choose another --out, or pass --overwrite"
-        )
     config = spec.ppo  # cached agents are shared by runs that differ in length only
     if not config.anneal_lr:
         config = dataclasses.replace(config, total_steps=config.batch_size)
@@ -167,13 +161,6 @@ def _records(m: Metrics, c: _Counters, batch: int, dt: float, now: float) -> lis
 
 def _head(x: np.ndarray, n: int) -> np.ndarray:
     return x[:n]
-
-
-def _save(out_dir, spec: PPORunSpec, state: PPOState, c: _Counters) -> None:
-    if out_dir is not None:
-        save_checkpoint(
-            out_dir, state, {"spec": spec.to_dict(), "counters": c._asdict()}
-        )
 
 
 def _chunk(update: int, spec: PPORunSpec) -> int:
@@ -270,15 +257,10 @@ def fit(prepared: Prepared) -> TrainResult:
                 wall_time_s=wall0 + time.perf_counter(), train_time_s=c.train_time_s + dt,
                 eval_return=records[-1]["eval_return"],
             )  # fmt: skip
-            _save(out_dir, spec, state, c)
+            save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
-        _save(out_dir, spec, state, c)
-        logger.close()
-        if out_dir is not None:
-            logger.message(
-                f"interrupted after update {c.update}; checkpoint saved, "
-                f"continue with: esrl train --resume {out_dir}"
-            )
+        save_run(out_dir, spec, state, c)
+        report_interrupt(logger, out_dir, f"update {c.update}")
         raise
     device = jax.devices()[0]
     summary = {

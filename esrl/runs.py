@@ -1,0 +1,48 @@
+"""Run directories shared by the ES and PPO loops: validation, saving, interruption.
+
+A run directory holds one checkpoint whose metadata is ``{"spec": ..., "counters":
+...}``: the spec rebuilds the run on ``--resume``, the counters continue its clocks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from esrl import distributed as dist
+from esrl.checkpoint import has_checkpoint, read_meta, save_checkpoint
+from esrl.logger import RunLogger
+
+
+def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict | None:
+    """Check ``out_dir`` before anything compiles; returns the saved spec when resuming.
+
+    A fresh run refuses a directory that already holds one unless ``overwrite``.
+    """
+    if resume:
+        if out_dir is None:
+            raise ValueError("resuming needs the run directory (--resume DIR)")
+        return read_meta(out_dir)["spec"]
+    if out_dir is not None and has_checkpoint(out_dir) and not overwrite:
+        raise ValueError(
+            f"{str(out_dir)!r} already holds a run; continue it with --resume "
+            f"{out_dir}, choose another --out, or pass --overwrite"
+        )
+    return None
+
+
+def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None:
+    """Checkpoint ``state`` with the spec and counters (main process only)."""
+    if out_dir is not None and dist.is_main_process():
+        meta = {"spec": spec.to_dict(), "counters": counters._asdict()}
+        save_checkpoint(out_dir, state, meta)
+
+
+def report_interrupt(logger: RunLogger, out_dir: Path | None, done: str) -> None:
+    """Close the logs and tell how to continue (call after the checkpoint is saved)."""
+    logger.close()
+    if out_dir is not None:
+        logger.message(
+            f"interrupted after {done}; checkpoint saved, "
+            f"continue with: esrl train --resume {out_dir}"
+        )
