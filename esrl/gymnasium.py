@@ -91,29 +91,47 @@ class GymnasiumEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
-        if seed is not None:
-            self._rng = _key(seed)
+        obs = _start(self, seed)  # checks the seed first
         super().reset(seed=seed)
-        self._rng, key = jax.random.split(self._rng)
-        obs, self._state = self._reset(key, self.params)
-        return _to_numpy(obs, self.observation_space), {}
+        return obs, {}
 
     def step(self, action: Any):
         """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
-        if self._state is None:
-            raise RuntimeError("call reset() before step()")
-        self._rng, key = jax.random.split(self._rng)
-        action = _to_jax(action, self._space)
-        obs, self._state, reward, terminated, truncated, info = self._step(
-            key, self._state, action, self.params
-        )
+        obs, reward, terminated, truncated, info = _advance(self, action)
         return (
-            _to_numpy(obs, self.observation_space),
+            obs,
             float(reward),
             bool(terminated),
             bool(truncated),
             jax.tree.map(np.asarray, info),
         )
+
+
+def _start(wrapper, seed: int | None):
+    """Reset the wrapped JAX environment(s) of ``wrapper``; the observation as NumPy."""
+    if seed is not None:
+        wrapper._rng = _key(seed)
+    wrapper._rng, key = jax.random.split(wrapper._rng)
+    obs, wrapper._state = wrapper._reset(key, wrapper.params)
+    return _to_numpy(obs, wrapper.observation_space)
+
+
+def _advance(wrapper, action: Any):
+    """One jitted step of ``wrapper``: NumPy obs, then JAX reward, flags and info."""
+    if wrapper._state is None:
+        raise RuntimeError("call reset() before step()")
+    wrapper._rng, key = jax.random.split(wrapper._rng)
+    action = _to_jax(action, wrapper._space)
+    obs, wrapper._state, reward, terminated, truncated, info = wrapper._step(
+        key, wrapper._state, action, wrapper.params
+    )
+    return (
+        _to_numpy(obs, wrapper.observation_space),
+        reward,
+        terminated,
+        truncated,
+        info,
+    )
 
 
 class GymnasiumVectorEnv(VectorEnv):
@@ -144,25 +162,15 @@ class GymnasiumVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset every environment; returns batched ``(obs, {})``."""
-        if seed is not None:
-            self._rng = _key(seed)
+        obs = _start(self, seed)  # checks the seed first
         super().reset(seed=seed)
-        self._rng, key = jax.random.split(self._rng)
-        obs, self._state = self._reset(key, self.params)
-        return _to_numpy(obs, self.observation_space), {}
+        return obs, {}
 
     def step(self, actions: Any):
         """Step all; finished environments reset in the same step (final obs in info)."""
-        if self._state is None:
-            raise RuntimeError("call reset() before step()")
-        self._rng, key = jax.random.split(self._rng)
-        actions = _to_jax(actions, self._space)
-        obs, self._state, reward, terminated, truncated, info = self._step(
-            key, self._state, actions, self.params
-        )
+        obs, reward, terminated, truncated, info = _advance(self, actions)
         terminated, truncated = np.asarray(terminated), np.asarray(truncated)
         infos = self._infos(jax.tree.map(np.asarray, info), terminated | truncated)
-        obs = _to_numpy(obs, self.observation_space)
         return obs, np.asarray(reward), terminated, truncated, infos
 
     def _infos(self, info: dict[str, Any], done: np.ndarray) -> dict[str, Any]:
