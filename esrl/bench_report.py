@@ -101,3 +101,119 @@ def _bars(ax, rows: list[dict]) -> None:
     ax.bar(range(len(done)), [r["env_steps_per_s"] for r in done], label="env steps/s")
     ax.set_xticks(range(len(done)), labels, rotation=70, fontsize=7)
     ax.set(yscale="log", ylabel="env steps/s", title="steps/s per method (one run)")
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.{digits}f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    return f"{x:.{digits}f}" if x < 100 else f"{x:,.0f}"
+
+
+def _policy(r: dict) -> str:
+    if r["kind"] == "mlp":
+        return f"MLP {r['hidden']}x{r['num_layers']}"
+    return f"{r['kind'].upper()} {r['hidden']}"
+
+
+def _label(r: dict) -> str:
+    return r["method"] + ("" if r["rank"] is None else f" r{r['rank']}")
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def tables(rows: list[dict]) -> str:
+    """Markdown tables of a benchmark JSON's rows (what the README's Benchmark shows)."""
+    done = [r for r in rows if not r.get("skipped")]
+    cartpole = [r for r in done if r["env"] == "gymnax/CartPole-v1"]
+    parts = []
+    main = [
+        r
+        for r in cartpole
+        if r["population"] == 2048 and r["horizon"] == 500
+        and r.get("section", "headline") in ("quick", "headline")
+        and not (r["rank"] or 1) > 2
+    ]  # fmt: skip
+    if main:
+        parts.append("CartPole, population 2048, hidden 256, 500 steps:\n\n" + _table(
+            ["policy", "method", "env steps/s", "s / gen", "ratio to plain",
+             "compile s", "peak MB"],
+            [[_policy(r), _label(r), _fmt(r["env_steps_per_s"]),
+              _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"]),
+              _fmt(r["compile_s"], 1), f"{r['peak_memory_mb']:.0f}"] for r in main],
+        ))  # fmt: skip
+    parts.append(_peer_table(
+        "Width sweep (CartPole, population 512, 100 steps)", "hidden",
+        [r for r in cartpole if r["population"] == 512 and r["horizon"] == 100],
+    ))  # fmt: skip
+    parts.append(_peer_table(
+        "Population sweep (CartPole, MLP 256x2, 200 steps)", "population",
+        [r for r in cartpole if r["horizon"] == 200 and r["hidden"] == 256],
+    ))  # fmt: skip
+    ranks = [r for r in cartpole if r.get("section") == "rank" or (r["rank"] or 1) > 2]
+    if ranks:
+        parts.append("Ranks (CartPole, population 2048, MLP 256x2, 500 steps):\n\n" + _table(
+            ["method", "env steps/s", "s / gen", "ratio to plain", "note"],
+            [[_label(r), _fmt(r["env_steps_per_s"]), _fmt(r["time_per_generation_s"]),
+              _fmt(r["ratio_to_plain"]), r["note"]] for r in ranks],
+        ))  # fmt: skip
+    others = [r for r in done if r["env"] != "gymnax/CartPole-v1"]
+    if others:
+        parts.append("Other environments:\n\n" + _table(
+            ["env", "population", "method", "env steps/s", "s / gen", "ratio to plain"],
+            [[r["env"], str(r["population"]), _label(r), _fmt(r["env_steps_per_s"]),
+              _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"])]
+             for r in others],
+        ))  # fmt: skip
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _peer_table(title: str, x: str, rows: list[dict]) -> str:
+    """One line per (kind, x): plain steps/s, ms per member, and the method ratios."""
+    if not rows:
+        return ""
+    groups: dict[tuple, dict] = defaultdict(dict)
+    for r in rows:
+        groups[(r["kind"], r[x])][(r["method"], r["rank"])] = r
+    lines = []
+    for (kind, value), g in sorted(groups.items()):
+        plain, egg, oes = (
+            g.get(("plain", None)),
+            g.get(("eggroll", 1)),
+            g.get(("openai_es", None)),
+        )
+        speed = {k: v["env_steps_per_s"] for k, v in g.items()}
+
+        def per_member(r):
+            return _fmt(
+                None
+                if r is None
+                else 1e3 * r["time_per_generation_s"] / r["population"],
+                3,
+            )
+
+        lines.append([
+            kind, str(value), _fmt(plain and plain["env_steps_per_s"]),
+            per_member(plain), per_member(egg),
+            _fmt(egg and egg["ratio_to_plain"]), _fmt(oes and oes["ratio_to_plain"], 3),
+            _fmt(egg and oes and speed[("eggroll", 1)] / speed[("openai_es", None)], 1),
+        ])  # fmt: skip
+    header = ["policy", x, "plain steps/s", "plain ms/member", "eggroll ms/member",
+              "eggroll / plain", "openai_es / plain", "eggroll / openai_es"]  # fmt: skip
+    return f"{title}:\n\n" + _table(header, lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    doc = json.loads(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json").read_text()
+    )
+    print(f"{doc['device']}; `{doc.get('command', '')}`\n")
+    print(tables(doc["results"]))

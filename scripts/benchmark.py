@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     full = [name for name in SECTIONS if name != "quick"]
     sections = ["quick"] if args.quick else (args.only or full)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
     # a method whose call takes over slow_s is timed once after its warm-up
     slow_s = 8.0 if args.quick else 30.0
     out = Path(args.out)
@@ -87,7 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     for section in sections:
         for case, methods in SECTIONS[section]:
             print(f"[{section}] {case}", flush=True)
-            rows += run_case(case, methods, repeats=repeats, slow_s=slow_s)
+            rows += [
+                {**r, "section": section}
+                for r in run_case(case, methods, repeats=repeats, slow_s=slow_s)
+            ]
             write(out, device, rows, {**meta, "wall_s": time.time() - start})
     plot(out.with_suffix(".png"), device, rows)
     print(f"wrote {out} and {out.with_suffix('.png')} in {time.time() - start:.0f}s")
