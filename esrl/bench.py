@@ -208,11 +208,15 @@ def time_round_robin(
     warmup: int = 1,
     slow_s: float = float("inf"),
     slow_repeats: int = 1,
+    min_sample_s: float = 0.0,
 ) -> list[Timing]:
-    """Time every bench ``repeats`` times after ``warmup`` calls, one call each per round.
+    """Time every bench ``repeats`` times after ``warmup`` calls, one sample each per round.
 
-    A bench whose warm-up call took over ``slow_s`` seconds is timed only
-    ``slow_repeats`` times (one-time costs are negligible in such long calls).
+    A sample of a bench whose warm-up call was shorter than ``min_sample_s`` runs as
+    many back-to-back calls as fill that time (``timeit``'s autorange) and records the
+    mean call: bursts of load from other processes then average out instead of landing
+    on single short calls. A bench whose warm-up call took over ``slow_s`` seconds is
+    timed only ``slow_repeats`` times (one-time costs are negligible in such calls).
     """
     out = [Timing([], [], [], 0.0, "") for _ in benches]
     for round_ in range(warmup + repeats):
@@ -221,11 +225,15 @@ def time_round_robin(
             slow = t.warmup_s and t.warmup_s[-1] > slow_s
             if round_ >= warmup and slow and len(t.times_s) >= slow_repeats:
                 continue
+            calls = 1
+            if round_ >= warmup and min_sample_s > 0:
+                calls = max(1, round(min_sample_s / max(min(t.warmup_s), 1e-6)))
             with MemorySampler() as mem:
                 cpu, start = time.process_time(), time.perf_counter()
-                jax.block_until_ready(bench.call())
-                seconds = time.perf_counter() - start
-                cpu = time.process_time() - cpu
+                for _ in range(calls):
+                    jax.block_until_ready(bench.call())
+                seconds = (time.perf_counter() - start) / calls
+                cpu = (time.process_time() - cpu) / calls
             if round_ >= warmup:
                 t.times_s.append(seconds)
                 t.cpu_s.append(cpu)
@@ -277,6 +285,7 @@ def run_case(
     seed: int = 0,
     log: Callable[[str], None] = print,
     slow_s: float = float("inf"),
+    min_sample_s: float = 1.0,
 ) -> list[dict]:
     """Build, compile and time ``methods`` (name, rank) side by side on ``case``.
 
@@ -300,7 +309,7 @@ def run_case(
             log(f"  compiled {name}{'' if rank is None else f' r{rank}'} "
                 f"in {built.compile_s:.1f}s")  # fmt: skip
             benches.append(built)
-    timings = time_round_robin(benches, repeats, warmup, slow_s)
+    timings = time_round_robin(benches, repeats, warmup, slow_s, 1, min_sample_s)
     rows = rows_for(case, benches, timings, skipped)
     for r in rows:
         if r.get("skipped"):

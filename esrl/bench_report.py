@@ -18,14 +18,14 @@ def ratios(rows: list[dict]) -> list[dict]:
     by_case: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if not r.get("skipped"):
-            by_case[_case(r) + (r["population"],)].append(r)
+            by_case[_case(r) + (r["population"], r.get("section"))].append(r)
     out = []
     for key, group in by_case.items():
         speed = {(r["method"], r["rank"]): r["env_steps_per_s"] for r in group}
         for (method, rank), eggroll in speed.items():
             if method != "eggroll":
                 continue
-            entry = dict(zip(CASE_KEYS + ("population",), key), rank=rank)
+            entry = dict(zip(CASE_KEYS + ("population", "section"), key), rank=rank)
             for peer in ("plain", "openai_es", "evosax_open_es"):
                 if (peer, None) in speed:
                     entry[f"eggroll_to_{peer}"] = eggroll / speed[(peer, None)]
