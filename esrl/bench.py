@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Self
 import jax
 import jax.numpy as jnp
 
+from esrl import xla
 from esrl.env import Environment
 from esrl.registry import make
 
@@ -114,7 +115,7 @@ class FixedHorizon(Environment):
 def aot(fn: Callable, *args) -> tuple[Callable, float, float | None]:
     """Compile ``jit(fn)`` for ``args``: (compiled, seconds, XLA memory estimate MB)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = xla.aot(fn, *args)
     seconds = time.perf_counter() - start
     try:
         m = compiled.memory_analysis()

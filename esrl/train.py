@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from esrl import distributed as dist
+from esrl import xla
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
 from esrl.checkpoint import load_checkpoint
@@ -334,8 +335,8 @@ def fit(prepared: Prepared) -> TrainResult:
     start = time.perf_counter()
     spec, trainer, state, c, out_dir = prepared
     cfg = spec.train
-    step = jax.jit(trainer.generation).lower(state).compile()
-    evaluate = jax.jit(trainer.evaluate).lower(state).compile()
+    step = xla.aot(trainer.generation, state)
+    evaluate = xla.aot(trainer.evaluate, state)
     c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
 from esrl.cli import import_plugins
@@ -203,12 +204,13 @@ def _ppo(env: Environment | str, config: PPOConfig) -> PPO:
 def _compiled(ppo: PPO, every: int, episodes: int, horizon: int) -> _Compiled:
     """Init, chunk runner and evaluation, compiled once per process (reruns and
     resumes of the same configuration reuse them)."""
-    init = jax.jit(ppo.init).lower(KEY).compile()
+    init = xla.aot(ppo.init, KEY)
     state = jax.eval_shape(ppo.init, KEY)
     n = jax.ShapeDtypeStruct((), np.int32)
-    chunk = jax.jit(partial(run_chunk, ppo, every)).lower(state, n).compile()
-    evaluate = jax.jit(ppo.evaluate, static_argnums=(2, 3))
-    evaluate = evaluate.lower(KEY, state, episodes, horizon).compile()
+    chunk = xla.aot(partial(run_chunk, ppo, every), state, n)
+    evaluate = xla.aot(
+        ppo.evaluate, KEY, state, episodes, horizon, static_argnums=(2, 3)
+    )
     return _Compiled(init, chunk, evaluate)
 
 
@@ -290,9 +292,7 @@ def ppo_throughput(
     ppo = PPO(config, env_id)
     state = jax.jit(ppo.init)(jax.random.PRNGKey(seed))
     t = time.perf_counter()
-    run = (
-        jax.jit(ppo.train, static_argnums=1).lower(state, config.num_updates).compile()
-    )
+    run = xla.aot(ppo.train, state, config.num_updates, static_argnums=1)
     compile_s = time.perf_counter() - t
     t, cpu = time.perf_counter(), time.process_time()
     state, metrics = run(state)

@@ -1,0 +1,37 @@
+"""Ahead-of-time compilation with esrl's per-executable XLA options.
+
+On the CPU, XLA's YNNPACK fusion merges a matmul with the elementwise work around it
+into one subgraph. For EGGROLL's ``x @ W + (x @ a.T) @ b + bias`` that subgraph runs
+the shared matmul less efficiently than a stand-alone one; keeping YNNPACK to
+individual matmuls (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``) measured, side by side in
+one process, eggroll rollouts ~25% faster and plain ones a little faster too (MLP
+256x2, population 2048, 2-core CPU). The options apply per executable, never to the
+rest of the process, and a jaxlib that does not know them compiles without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+
+CPU_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
+"""Compiler options used on the CPU backend (see the module docstring)."""
+
+
+def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()`` with `CPU_OPTIONS` on the CPU, where this jaxlib has them."""
+    if jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(CPU_OPTIONS)
+        except jax.errors.JaxRuntimeError as err:
+            if "xla_cpu_experimental_ynn_fusion_type" not in str(err):
+                raise
+    return lowered.compile()
+
+
+def aot(fn: Callable, *args, **jit_kwargs) -> jax.stages.Compiled:
+    """``jax.jit(fn, **jit_kwargs)`` lowered for ``args`` and compiled (`compile_lowered`)."""
+    return compile_lowered(jax.jit(fn, **jit_kwargs).lower(*args))

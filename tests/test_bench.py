@@ -1,0 +1,81 @@
+"""The benchmark machinery on a tiny case: rows, ratios, autorange and the report."""
+
+import json
+
+import pytest
+
+from esrl.bench import Bench, Case, run_case, time_round_robin
+from esrl.bench_report import ratios, tables, write
+
+TINY = Case(hidden=8, population=8, horizon=5)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    methods = (("plain", None), ("eggroll", 1), ("openai_es", None), ("nope", None))
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        run_case(TINY, methods, repeats=1, log=lambda _: None)
+    return run_case(TINY, methods[:3], repeats=2, log=lambda _: None, min_sample_s=0)
+
+
+def test_rows_follow_the_contract(rows):
+    assert [(r["method"], r["rank"]) for r in rows] == [
+        ("plain", None), ("eggroll", 1), ("openai_es", None)
+    ]  # fmt: skip
+    for r in rows:
+        assert r["env_steps_per_call"] == TINY.population * TINY.horizon
+        assert len(r["times_s"]) == 2 and len(r["warmup_s"]) == 1
+        assert r["env_steps_per_s"] == pytest.approx(
+            r["env_steps_per_call"] / r["time_per_generation_s"]
+        )
+        assert r["ratio_to_plain"] == pytest.approx(
+            r["env_steps_per_s"] / rows[0]["env_steps_per_s"]
+        )
+        assert r["peak_memory_mb"] > 0 and r["compile_s"] > 0
+
+
+def test_ratios_and_report(rows, tmp_path):
+    (entry,) = ratios(rows)
+    speed = {r["method"]: r["env_steps_per_s"] for r in rows}
+    assert entry["eggroll_to_openai_es"] == pytest.approx(
+        speed["eggroll"] / speed["openai_es"]
+    )
+    path = tmp_path / "b.json"
+    write(path, "cpu", rows, {"command": "test"})
+    doc = json.loads(path.read_text())
+    assert doc["device"] == "cpu" and len(doc["results"]) == 3
+    text = tables([{**r, "population": 512, "horizon": 100} for r in rows])
+    assert "Width sweep" in text and "| mlp | 8 |" in text
+
+
+def test_autorange_repeats_short_calls_and_reports_the_mean():
+    calls = []
+
+    def call():
+        calls.append(1)
+        return 0
+
+    bench = Bench("plain", None, call, 1, 1, 0.0, None)
+    (timing,) = time_round_robin([bench], repeats=2, min_sample_s=0.05)
+    # one warm-up call, then two samples of many back-to-back calls each
+    assert len(timing.times_s) == 2 and len(calls) > 3
+    assert all(t < 0.05 for t in timing.times_s)
+
+
+def test_xla_aot_computes_what_jit_computes():
+    import jax
+    import jax.numpy as jnp
+
+    from esrl import xla
+
+    def f(x, w, a, b):
+        return jnp.tanh(x @ w + (x @ a.T) @ b)
+
+    k = jax.random.split(jax.random.key(0), 4)
+    args = [
+        jax.random.normal(kk, s) for kk, s in zip(k, [(16, 8), (8, 8), (1, 8), (1, 8)])
+    ]
+    compiled = xla.aot(f, *args)
+    assert jnp.allclose(compiled(*args), jax.jit(f)(*args), rtol=1e-5, atol=1e-6)
+    static = xla.aot(lambda x, n: x * n, args[0], 3, static_argnums=1)
+    assert jnp.allclose(static(args[0]), args[0] * 3)
