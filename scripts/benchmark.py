@@ -1,6 +1,6 @@
 """Throughput benchmark: plain inference vs EGGROLL vs OpenAI-ES vs PPO vs evosax.
 
-    python scripts/benchmark.py --quick --out docs/benchmark_quick.json   # ~3 min, CPU
+    python scripts/benchmark.py --quick --out /tmp/quick.json             # ~3 min, CPU
     python scripts/benchmark.py --out docs/benchmark.json                 # all sweeps
     python scripts/benchmark.py --only width population --out FILE.json
 
