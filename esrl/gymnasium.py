@@ -84,20 +84,19 @@ class GymnasiumEnv(gymnasium.Env):
         self._space = env.action_space(self.params)
         self.observation_space = to_gymnasium_space(env.observation_space(self.params))
         self.action_space = to_gymnasium_space(self._space)
-        self._rng = _key(seed)
-        self._state = None
-        self._reset = jax.jit(env.reset)
-        self._step = jax.jit(env.step)
+        self._driver = _Driver(
+            env.reset, env.step, self.params, self._space, self.observation_space, seed
+        )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
-        obs = _start(self, seed)  # checks the seed first
+        obs = self._driver.start(seed)  # checks the seed first
         super().reset(seed=seed)
         return obs, {}
 
     def step(self, action: Any):
         """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
-        obs, reward, terminated, truncated, info = _advance(self, action)
+        obs, reward, terminated, truncated, info = self._driver.advance(action)
         return (
             obs,
             float(reward),
@@ -107,31 +106,42 @@ class GymnasiumEnv(gymnasium.Env):
         )
 
 
-def _start(wrapper, seed: int | None):
-    """Reset the wrapped JAX environment(s) of ``wrapper``; the observation as NumPy."""
-    if seed is not None:
-        wrapper._rng = _key(seed)
-    wrapper._rng, key = jax.random.split(wrapper._rng)
-    obs, wrapper._state = wrapper._reset(key, wrapper.params)
-    return _to_numpy(obs, wrapper.observation_space)
+class _Driver:
+    """The JAX side of a gymnasium wrapper: key, state and the jitted reset and step."""
 
+    def __init__(self, reset, step, params, action_space, observation_space, seed):
+        self.params = params
+        self.action_space = action_space
+        self.observation_space = observation_space
+        self.rng = _key(seed)
+        self.state = None
+        self._reset = jax.jit(reset)
+        self._step = jax.jit(step)
 
-def _advance(wrapper, action: Any):
-    """One jitted step of ``wrapper``: NumPy obs, then JAX reward, flags and info."""
-    if wrapper._state is None:
-        raise RuntimeError("call reset() before step()")
-    wrapper._rng, key = jax.random.split(wrapper._rng)
-    action = _to_jax(action, wrapper._space)
-    obs, wrapper._state, reward, terminated, truncated, info = wrapper._step(
-        key, wrapper._state, action, wrapper.params
-    )
-    return (
-        _to_numpy(obs, wrapper.observation_space),
-        reward,
-        terminated,
-        truncated,
-        info,
-    )
+    def start(self, seed: int | None):
+        """Reset (re-seeding the key if ``seed`` is given); the observation as NumPy."""
+        if seed is not None:
+            self.rng = _key(seed)
+        self.rng, key = jax.random.split(self.rng)
+        obs, self.state = self._reset(key, self.params)
+        return _to_numpy(obs, self.observation_space)
+
+    def advance(self, action: Any):
+        """One jitted step: NumPy obs, then JAX reward, flags and info."""
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        self.rng, key = jax.random.split(self.rng)
+        action = _to_jax(action, self.action_space)
+        obs, self.state, reward, terminated, truncated, info = self._step(
+            key, self.state, action, self.params
+        )
+        return (
+            _to_numpy(obs, self.observation_space),
+            reward,
+            terminated,
+            truncated,
+            info,
+        )
 
 
 class GymnasiumVectorEnv(VectorEnv):
@@ -155,20 +165,19 @@ class GymnasiumVectorEnv(VectorEnv):
         self.observation_space = batch_space(obs_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         vec = VecEnv(env, num_envs, autoreset=True)
-        self._reset = jax.jit(vec.reset)
-        self._step = jax.jit(vec.step)
-        self._rng = _key(seed)
-        self._state = None
+        self._driver = _Driver(
+            vec.reset, vec.step, self.params, self._space, self.observation_space, seed
+        )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset every environment; returns batched ``(obs, {})``."""
-        obs = _start(self, seed)  # checks the seed first
+        obs = self._driver.start(seed)  # checks the seed first
         super().reset(seed=seed)
         return obs, {}
 
     def step(self, actions: Any):
         """Step all; finished environments reset in the same step (final obs in info)."""
-        obs, reward, terminated, truncated, info = _advance(self, actions)
+        obs, reward, terminated, truncated, info = self._driver.advance(actions)
         terminated, truncated = np.asarray(terminated), np.asarray(truncated)
         infos = self._infos(jax.tree.map(np.asarray, info), terminated | truncated)
         return obs, np.asarray(reward), terminated, truncated, infos
