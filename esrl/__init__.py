@@ -1,7 +1,7 @@
 """esrl: evolution strategies at hyperscale on vectorized JAX environments."""
 
 from esrl.checks import EnvCheckError, check_env
-from esrl.env import AutoReset, Environment
+from esrl.env import AutoReset, Environment, Wrapper
 from esrl.gymnasium import to_gymnasium
 from esrl.registry import list_envs, make, register
 from esrl.vec import VecEnv
@@ -11,6 +11,7 @@ __all__ = [
     "EnvCheckError",
     "Environment",
     "VecEnv",
+    "Wrapper",
     "check_env",
     "list_envs",
     "make",

@@ -1,4 +1,4 @@
-"""The esrl environment protocol (gymnax 1.x shape) and the explicit auto-reset wrapper.
+"""The esrl environment protocol (gymnax 1.x shape), `Wrapper` and the auto-reset wrapper.
 
 An environment is functional, jittable and vmappable::
 
@@ -8,7 +8,8 @@ An environment is functional, jittable and vmappable::
 `step` never resets by itself: ES rollouts run fixed-length episodes with done-masking and
 must not pay for a reset every step. Wrap an environment in `AutoReset` (or call
 `esrl.make(id, autoreset=True)`) when a trainer needs it; the observation that ended the
-episode is then kept in ``info["final_obs"]``.
+episode is then kept in ``info["final_obs"]``. Your own wrappers subclass `Wrapper`, which
+forwards everything, and override what they change.
 """
 
 from __future__ import annotations
@@ -76,13 +77,8 @@ def where_done(done: jax.Array, reset, current):
     return jax.tree.map(select, reset, current)
 
 
-class AutoReset(Environment):
-    """Resets the wrapped environment whenever an episode ends, keeping the final obs.
-
-    Every step also computes a reset (selected where the episode ended): cheap for
-    gymnax and Brax, expensive for Craftax. For batches of Craftax environments use
-    `esrl.vec.VecEnv` with ``reset_pool`` instead.
-    """
+class Wrapper(Environment):
+    """Forwards everything to ``env``; subclasses override what they change."""
 
     def __init__(self, env: Environment):
         self.env = env
@@ -95,16 +91,7 @@ class AutoReset(Environment):
         return self.env.reset(key, params)
 
     def step(self, key, state, action, params=None):
-        key_step, key_reset = jax.random.split(key)
-        obs, state, reward, terminated, truncated, info = self.env.step(
-            key_step, state, action, params
-        )
-        done = jnp.logical_or(terminated, truncated)
-        obs_reset, state_reset = self.env.reset(key_reset, params)
-        next_obs = where_done(done, obs_reset, obs)
-        next_state = where_done(done, state_reset, state)
-        info = {**info, "final_obs": obs}
-        return next_obs, next_state, reward, terminated, truncated, info
+        return self.env.step(key, state, action, params)
 
     def observation_space(self, params=None):
         return self.env.observation_space(params)
@@ -119,3 +106,24 @@ class AutoReset(Environment):
     @property
     def unwrapped(self) -> Environment:
         return self.env.unwrapped
+
+
+class AutoReset(Wrapper):
+    """Resets the wrapped environment whenever an episode ends, keeping the final obs.
+
+    Every step also computes a reset (selected where the episode ended): cheap for
+    gymnax and Brax, expensive for Craftax. For batches of Craftax environments use
+    `esrl.vec.VecEnv` with ``reset_pool`` instead.
+    """
+
+    def step(self, key, state, action, params=None):
+        key_step, key_reset = jax.random.split(key)
+        obs, state, reward, terminated, truncated, info = self.env.step(
+            key_step, state, action, params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        obs_reset, state_reset = self.env.reset(key_reset, params)
+        next_obs = where_done(done, obs_reset, obs)
+        next_state = where_done(done, state_reset, state)
+        info = {**info, "final_obs": obs}
+        return next_obs, next_state, reward, terminated, truncated, info
