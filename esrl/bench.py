@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from esrl import xla
-from esrl.env import Environment
+from esrl.env import Environment, Wrapper
 from esrl.registry import make
 
 METHODS = ("plain", "eggroll", "openai_es", "ppo", "evosax_open_es")
@@ -79,33 +79,17 @@ class Skipped(NamedTuple):
     """Why it was skipped (written into its row)."""
 
 
-class FixedHorizon(Environment):
+class FixedHorizon(Wrapper):
     """Never terminates or truncates, so every member runs the rollout's whole horizon.
 
     A benchmark needs equal work per method: with real terminations the rollout stops
     early once all episodes end, and how early depends on the policy being measured.
     """
 
-    def __init__(self, env: Environment):
-        self.env = env
-
-    @property
-    def default_params(self):
-        return self.env.default_params
-
-    def reset(self, key, params=None):
-        return self.env.reset(key, params)
-
     def step(self, key, state, action, params=None):
         obs, state, reward, _, _, info = self.env.step(key, state, action, params)
         never = jnp.zeros((), bool)
         return obs, state, reward, never, never, info
-
-    def observation_space(self, params=None):
-        return self.env.observation_space(params)
-
-    def action_space(self, params=None):
-        return self.env.action_space(params)
 
     @property
     def name(self) -> str:
@@ -296,9 +280,10 @@ def run_case(
     key = jax.random.key(seed)
     benches: list[Bench] = []
     skipped: list[Skipped] = []
+    unknown = [name for name, _ in methods if name not in METHODS]
+    if unknown:  # before anything compiles
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from {METHODS}")
     for name, rank in methods:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
         try:
             built = _build(name, rank, case, key)
         except Exception as err:  # noqa: BLE001 - reported in the row, run goes on

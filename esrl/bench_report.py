@@ -60,9 +60,8 @@ def plot(path: str | Path, device: str, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cartpole = {"env": "gymnax/CartPole-v1"}
-    widths = _series(rows, "hidden", {**cartpole, "population": 512, "horizon": 100})
-    pops = _series(rows, "population", {**cartpole, "hidden": 256, "horizon": 200})
+    widths = _series(rows, "hidden", {"section": "width"})
+    pops = _series(rows, "population", {"section": "population"})
     pops = {k: v for k, v in pops.items() if not k.startswith("ppo")}
     panels = [p for p in (widths, pops) if p] or [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5))
@@ -129,17 +128,14 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 
 def tables(rows: list[dict]) -> str:
-    """Markdown tables of a benchmark JSON's rows (what the README's Benchmark shows)."""
-    done = [r for r in rows if not r.get("skipped")]
-    cartpole = [r for r in done if r["env"] == "gymnax/CartPole-v1"]
+    """Markdown tables of a benchmark JSON's rows, one per section of `scripts/benchmark.py`
+    (what the README's Benchmark shows)."""
+    by_section: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if not r.get("skipped"):
+            by_section[r.get("section")].append(r)
     parts = []
-    main = [
-        r
-        for r in cartpole
-        if r["population"] == 2048 and r["horizon"] == 500
-        and r.get("section", "headline") in ("quick", "headline")
-        and not (r["rank"] or 1) > 2
-    ]  # fmt: skip
+    main = by_section["quick"] + by_section["headline"]
     if main:
         parts.append("CartPole, population 2048, hidden 256, 500 steps:\n\n" + _table(
             ["policy", "method", "env steps/s", "s / gen", "ratio to plain",
@@ -149,27 +145,24 @@ def tables(rows: list[dict]) -> str:
               _fmt(r["compile_s"], 1), f"{r['peak_memory_mb']:.0f}"] for r in main],
         ))  # fmt: skip
     parts.append(_peer_table(
-        "Width sweep (CartPole, population 512, 100 steps)", "hidden",
-        [r for r in cartpole if r["population"] == 512 and r["horizon"] == 100],
+        "Width sweep (CartPole, population 512, 100 steps)", "hidden", by_section["width"]
     ))  # fmt: skip
     parts.append(_peer_table(
         "Population sweep (CartPole, MLP 256x2, 200 steps)", "population",
-        [r for r in cartpole if r["horizon"] == 200 and r["hidden"] == 256],
+        by_section["population"],
     ))  # fmt: skip
-    ranks = [r for r in cartpole if r.get("section") == "rank" or (r["rank"] or 1) > 2]
-    if ranks:
+    if by_section["rank"]:
         parts.append("Ranks (CartPole, population 2048, MLP 256x2, 500 steps):\n\n" + _table(
             ["method", "env steps/s", "s / gen", "ratio to plain", "note"],
             [[_label(r), _fmt(r["env_steps_per_s"]), _fmt(r["time_per_generation_s"]),
-              _fmt(r["ratio_to_plain"]), r["note"]] for r in ranks],
+              _fmt(r["ratio_to_plain"]), r["note"]] for r in by_section["rank"]],
         ))  # fmt: skip
-    others = [r for r in done if r["env"] != "gymnax/CartPole-v1"]
-    if others:
+    if by_section["envs"]:
         parts.append("Other environments:\n\n" + _table(
             ["env", "population", "method", "env steps/s", "s / gen", "ratio to plain"],
             [[r["env"], str(r["population"]), _label(r), _fmt(r["env_steps_per_s"]),
               _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"])]
-             for r in others],
+             for r in by_section["envs"]],
         ))  # fmt: skip
     return "\n\n".join(p for p in parts if p) + "\n"
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from esrl.bench import Bench, Case, run_case, time_round_robin
+from esrl.bench import Bench, Case, FixedHorizon, run_case, time_round_robin
 from esrl.bench_report import ratios, tables, write
 
 TINY = Case(hidden=8, population=8, horizon=5)
@@ -13,8 +13,10 @@ TINY = Case(hidden=8, population=8, horizon=5)
 @pytest.fixture(scope="module")
 def rows():
     methods = (("plain", None), ("eggroll", 1), ("openai_es", None), ("nope", None))
+    logged = []
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        run_case(TINY, methods, repeats=1, log=lambda _: None)
+        run_case(TINY, methods, repeats=1, log=logged.append)
+    assert logged == []  # refused before anything was built or compiled
     return run_case(TINY, methods[:3], repeats=2, log=lambda _: None, min_sample_s=0)
 
 
@@ -44,8 +46,9 @@ def test_ratios_and_report(rows, tmp_path):
     write(path, "cpu", rows, {"command": "test"})
     doc = json.loads(path.read_text())
     assert doc["device"] == "cpu" and len(doc["results"]) == 3
-    text = tables([{**r, "population": 512, "horizon": 100} for r in rows])
+    text = tables([{**r, "section": "width"} for r in rows])
     assert "Width sweep" in text and "| mlp | 8 |" in text
+    assert "Ranks" not in tables(rows)  # rows without a section land in no table
 
 
 def test_autorange_repeats_short_calls_and_reports_the_mean():
@@ -79,3 +82,24 @@ def test_xla_aot_computes_what_jit_computes():
     assert jnp.allclose(compiled(*args), jax.jit(f)(*args), rtol=1e-5, atol=1e-6)
     static = xla.aot(lambda x, n: x * n, args[0], 3, static_argnums=1)
     assert jnp.allclose(static(args[0]), args[0] * 3)
+
+
+def test_fixed_horizon_never_ends_and_forwards_the_rest():
+    import jax
+    import jax.numpy as jnp
+
+    import esrl
+
+    env = esrl.make("gymnax/CartPole-v1")
+    fixed = FixedHorizon(env)
+    assert fixed.unwrapped is env.unwrapped and "CartPole" in fixed.name
+    assert fixed.action_space().n == env.action_space().n
+    key = jax.random.key(0)
+    _, state = fixed.reset(key)
+    inner_state, ended = state, False
+    for _ in range(30):  # pushing left the whole time topples the pole
+        _, state, _, term, trunc, _ = fixed.step(key, state, jnp.int32(0))
+        _, inner_state, _, t, _, _ = env.step(key, inner_state, jnp.int32(0))
+        assert not term and not trunc
+        ended |= bool(t)
+    assert ended
