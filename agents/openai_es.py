@@ -19,4 +19,6 @@ class OpenAIESConfig(AgentConfig):
 
     def noise(self) -> NoiseConfig:
         """Full-rank noise on every perturbed leaf."""
-        return NoiseConfig(full_rank=True, antithetic=self.antithetic, exclude=self.exclude)
+        return NoiseConfig(
+            full_rank=True, antithetic=self.antithetic, exclude=self.exclude
+        )
