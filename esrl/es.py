@@ -109,11 +109,15 @@ class ES:
             sigma=jnp.asarray(self.config.sigma, jnp.float32),
         )
 
-    def ask(self, state: ESState, first=0, count: int | None = None):
+    def ask(
+        self, state: ESState, first=0, count: int | None = None, compact: bool = False
+    ):
         """Perturbations of members ``first .. first + count - 1`` (leading axis = member).
 
         By default the whole population. A block of whole antithetic pairs (``first``
-        and ``count`` even, e.g. one device's shard) draws each pair's noise once.
+        and ``count`` even, e.g. one device's shard) draws each pair's noise once;
+        ``compact`` then returns it as `esrl.noise.PairNoise` (half the memory, expanded
+        by the rollout inside its loop).
         """
         c = self.config
         return noise.population_perturbation(
@@ -124,6 +128,7 @@ class ES:
             state.sigma,
             c.population if count is None else count,
             first,
+            compact,
         )
 
     def member(self, state: ESState, index):

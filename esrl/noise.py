@@ -180,6 +180,52 @@ def member_perturbation(
     return _scale(pair_noise(key, generation, pair, params, config), scale)
 
 
+class PairNoise(NamedTuple):
+    """Perturbations of a block of whole antithetic pairs, stored once per pair.
+
+    Member ``k`` of the block is ``scale[k] * unit[k // 2]`` (scale = sigma times the
+    pair's sign, applied to A and to vectors), so the block holds half the noise of its
+    members. `members` expands it; `esrl.rollout.evaluate_population` expands it inside
+    every step, where the expansion fuses into the layers' reads of the noise.
+    """
+
+    unit: dict
+    """Unit noise of each pair, as `pair_noise` gives it, stacked on a leading pair axis."""
+    scale: jax.Array
+    """Sigma times the sign of each member [N] (N = 2 x pairs)."""
+
+    def members(self) -> dict:
+        """The perturbation tree with a leading member axis (as `population_perturbation`)."""
+        unit = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), self.unit)
+        return _scale(unit, self.scale)
+
+
+def pair_block(
+    key: jax.Array,
+    generation,
+    params: Params,
+    config: NoiseConfig,
+    sigma,
+    population: int,
+    first=0,
+) -> PairNoise:
+    """The `PairNoise` of members ``first .. first + population - 1`` (whole pairs).
+
+    Needs antithetic noise, an even ``population`` and an even ``first``.
+    """
+    if not config.antithetic or population % 2:
+        raise ValueError(
+            "pair_block needs antithetic noise and an even population, "
+            f"got antithetic={config.antithetic}, population={population}"
+        )
+    if isinstance(first, int) and first % 2:
+        raise ValueError(f"first member {first} must be even (whole antithetic pairs)")
+    pairs = first // 2 + jnp.arange(population // 2)
+    unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
+    signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)
+    return PairNoise(unit, sigma * signs)
+
+
 def population_perturbation(
     key: jax.Array,
     generation,
@@ -188,25 +234,22 @@ def population_perturbation(
     sigma,
     population: int,
     first=0,
-) -> dict:
+    compact: bool = False,
+):
     """Perturbations of members ``first .. first + population - 1``, stacked on axis 0.
 
     Equal to stacking `member_perturbation` over those members; with antithetic pairs
     each pair's noise is drawn once and used with both signs, which needs an even
     ``population`` and an even ``first`` (a block of whole pairs, as a device's shard).
+    ``compact`` returns that block as `PairNoise` instead of expanding it.
     """
     if not config.antithetic or population % 2:
         members = first + jnp.arange(population)
         return jax.vmap(
             lambda i: member_perturbation(key, generation, i, params, config, sigma)
         )(members)
-    if isinstance(first, int) and first % 2:
-        raise ValueError(f"first member {first} must be even (whole antithetic pairs)")
-    pairs = first // 2 + jnp.arange(population // 2)
-    unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
-    unit = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), unit)
-    signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)
-    return _scale(unit, sigma * signs)
+    block = pair_block(key, generation, params, config, sigma, population, first)
+    return block if compact else block.members()
 
 
 def materialize(perturbation) -> jax.Array:

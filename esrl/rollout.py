@@ -26,9 +26,10 @@ Example (plain inference of 1024 members on CartPole)::
                                  RolloutConfig(horizon=500), num_members=1024)
     result.returns  # [1024]
 
-For a generation of ES, pass ``perturbations=ES.ask(state)`` (or build them per device
-from member ids, as `esrl.train.ESTrainer` does) and, with ``normalize_obs``, merge
-``result.moments`` with `esrl.normalize.update_obs_stats` afterwards.
+For a generation of ES, pass ``perturbations=ES.ask(state, compact=True)`` (or build
+them per device from member ids, as `esrl.train.ESTrainer` does) and, with
+``normalize_obs``, merge ``result.moments`` with `esrl.normalize.update_obs_stats`
+afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 
 from esrl import spaces
 from esrl.env import Environment
+from esrl.noise import PairNoise
 from esrl.normalize import (
     ObsMoments,
     ObsStats,
@@ -173,9 +175,15 @@ class _Runner:
             jax.vmap(self.act, in_axes=(None, None, 0, 0, 0)),
             in_axes=(None, 0, 0, 0, 0),
         )
-        pcarry, action = act(
-            batch.params, batch.perturbations, c.policy_carry, obs, act_keys
-        )
+        perturbations = batch.perturbations
+        if isinstance(perturbations, PairNoise):
+            # Expand pairs to members here, in the loop: XLA then fuses the expansion
+            # into the layers, which read each pair's noise once for both members.
+            # The barrier ties the noise to this step's observations, or XLA would
+            # hoist the (loop-invariant) expansion out and store every member's noise.
+            obs, perturbations = jax.lax.optimization_barrier((obs, perturbations))
+            perturbations = perturbations.members()
+        pcarry, action = act(batch.params, perturbations, c.policy_carry, obs, act_keys)
         step = _vmap2(self.env.step, (0, 0, 0, None))
         obs2, state2, reward, term, trunc, info = step(
             env_keys, c.env_state, action, batch.env_params
@@ -289,14 +297,17 @@ def evaluate_population(
       env_params: environment parameters (None for the defaults); traced.
       policy: a `esrl.policy.Policy` (``apply(vars, carry, obs) -> (carry, out)``).
       params: shared parameters.
-      perturbations: per-member perturbation tree with leading axis N, or None.
+      perturbations: per-member perturbation tree with leading axis N, an
+        `esrl.noise.PairNoise` of N members, or None.
       config: static `RolloutConfig`.
       obs_stats: statistics used to normalise observations (``config.normalize_obs``).
       member_ids: global member indices [N] addressing the keys (default arange(N)).
       num_members: N when ``perturbations`` is None and ``member_ids`` not given.
     """
     if member_ids is None:
-        if perturbations is not None:
+        if isinstance(perturbations, PairNoise):
+            n = perturbations.scale.shape[0]
+        elif perturbations is not None:
             n = jax.tree.leaves(perturbations)[0].shape[0]
         else:
             n = num_members or 1

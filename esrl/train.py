@@ -209,7 +209,8 @@ class ESTrainer:
 
     def _rollout_shard(self, ids: jax.Array, key: jax.Array, state: TrainState):
         """Perturb and roll out the members ``ids`` of this device."""
-        perts = jax.vmap(lambda i: self.strategy.member(state.es, i))(ids)
+        # a shard is a block of whole pairs (shard_members keeps multiples of 2)
+        perts = self.strategy.ask(state.es, ids[0], ids.shape[0], compact=True)
         return evaluate_population(
             key, self.env, self.env_params, self.policy, state.es.params, perts,
             self.config.rollout, state.obs_stats, member_ids=ids,

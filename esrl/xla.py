@@ -1,12 +1,21 @@
 """Ahead-of-time compilation with esrl's per-executable XLA options.
 
-On the CPU, XLA's YNNPACK fusion merges a matmul with the elementwise work around it
-into one subgraph. For EGGROLL's ``x @ W + (x @ a.T) @ b + bias`` that subgraph runs
-the shared matmul less efficiently than a stand-alone one; keeping YNNPACK to
-individual matmuls (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``) measured, side by side in
-one process, eggroll rollouts ~25% faster and plain ones a little faster too (MLP
-256x2, population 2048, 2-core CPU). The options apply per executable, never to the
-rest of the process, and a jaxlib that does not know them compiles without them.
+Two CPU options, both measured side by side in one process (MLP 256x2, population
+2048, 2-core CPU):
+
+- XLA's YNNPACK fusion merges a matmul with the elementwise work around it into one
+  subgraph. For EGGROLL's ``x @ W + (x @ a.T) @ b + bias`` that subgraph runs the
+  shared matmul less efficiently than a stand-alone one; keeping YNNPACK to individual
+  matmuls (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``) made eggroll rollouts ~25% faster
+  and plain ones a little faster too.
+- The tree-reduction rewriter splits every long row reduction into a stored product,
+  a windowed sum and a final sum. EGGROLL's per-member ``x @ a.T`` (a dot product per
+  member and layer) then costs three passes instead of one fused pass: ~100 against
+  ~45 ms per 500 steps and layer in the profile. Without it, sums are accumulated in
+  one pass (float32, in order); no code of ours sums enough terms for that to matter.
+
+The options apply per executable, never to the rest of the process, and a jaxlib that
+does not know them compiles without them.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from collections.abc import Callable
 import jax
 
 CPU_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
 }
 """Compiler options used on the CPU backend (see the module docstring)."""
 
@@ -27,7 +37,7 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
         try:
             return lowered.compile(CPU_OPTIONS)
         except jax.errors.JaxRuntimeError as err:
-            if "xla_cpu_experimental_ynn_fusion_type" not in str(err):
+            if not any(name in str(err) for name in CPU_OPTIONS):
                 raise
     return lowered.compile()
 

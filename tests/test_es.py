@@ -10,7 +10,7 @@ from esrl.agents.openai_es import OpenAIESConfig
 
 from esrl import noise
 from esrl.es import ES, ESConfig
-from esrl.noise import NoiseConfig
+from esrl.noise import NoiseConfig, PairNoise, pair_block
 
 KEY = jax.random.key(11)
 
@@ -252,6 +252,25 @@ def test_ask_of_a_block_equals_those_members():
         )
     with pytest.raises(ValueError, match="first member 3 must be even"):
         es.ask(state, first=3, count=4)
+
+
+def test_compact_ask_holds_each_pair_once_and_expands_to_the_members():
+    es = EggrollConfig(population=12, rank=2).strategy()
+    state = es.init(KEY, make_params())
+    compact = es.ask(state, first=4, count=6, compact=True)
+    assert isinstance(compact, PairNoise)
+    assert compact.scale.shape == (6,)
+    assert jax.tree.leaves(compact.unit)[0].shape[0] == 3  # pairs, not members
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(a, b),
+        compact.members(),
+        es.ask(state, first=4, count=6),
+    )
+    # not whole pairs: the member-by-member tree, as without compact
+    odd = es.ask(state, first=3, count=5, compact=True)
+    assert not isinstance(odd, PairNoise)
+    with pytest.raises(ValueError, match="antithetic noise and an even population"):
+        pair_block(KEY, 0, make_params(), NoiseConfig(antithetic=False), 0.1, 4)
 
 
 def test_noise_reuse_keeps_noise_across_generations():

@@ -113,6 +113,21 @@ def test_member_results_do_not_depend_on_the_batch(cartpole, setup):
     np.testing.assert_array_equal(part.returns, full.returns[ids])
 
 
+def test_pair_noise_rolls_out_exactly_as_its_members(cartpole):
+    policy, params, _ = _setup(cartpole)
+    es = EggrollConfig(population=6, sigma=0.5).strategy()
+    state = es.init(jax.random.PRNGKey(1), params)
+    compact = es.ask(state, compact=True)
+    key = jax.random.PRNGKey(5)
+    run = functools.partial(
+        evaluate_population, key, cartpole, None, policy, params, config=CONFIG
+    )
+    pairs, members = run(compact), run(compact.members())
+    np.testing.assert_array_equal(pairs.episode_returns, members.episode_returns)
+    np.testing.assert_array_equal(pairs.episode_lengths, members.episode_lengths)
+    assert len(set(np.asarray(pairs.returns).tolist())) > 1  # members differ
+
+
 def test_common_random_numbers(cartpole, setup):
     policy, params, _ = setup
     key = jax.random.PRNGKey(0)
