@@ -117,7 +117,8 @@ class ES:
         By default the whole population. A block of whole antithetic pairs (``first``
         and ``count`` even, e.g. one device's shard) draws each pair's noise once;
         ``compact`` then returns it as `esrl.noise.PairNoise` (half the memory, expanded
-        by the rollout inside its loop).
+        by the rollout inside its loop: a gain for low-rank noise, whose reads fuse with
+        the expansion; full-rank matrices are better expanded once, before the loop).
         """
         c = self.config
         return noise.population_perturbation(

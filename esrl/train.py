@@ -209,8 +209,11 @@ class ESTrainer:
 
     def _rollout_shard(self, ids: jax.Array, key: jax.Array, state: TrainState):
         """Perturb and roll out the members ``ids`` of this device."""
-        # a shard is a block of whole pairs (shard_members keeps multiples of 2)
-        perts = self.strategy.ask(state.es, ids[0], ids.shape[0], compact=True)
+        # Low-rank noise stays one copy per pair (esrl.noise.PairNoise): the layers'
+        # reads of it fuse with the expansion to members. Full-rank matrices feed
+        # batched matmuls, where an expansion in the loop would be a copy every step.
+        compact = not self.strategy.config.noise.full_rank
+        perts = self.strategy.ask(state.es, ids[0], ids.shape[0], compact=compact)
         return evaluate_population(
             key, self.env, self.env_params, self.policy, state.es.params, perts,
             self.config.rollout, state.obs_stats, member_ids=ids,
