@@ -26,8 +26,9 @@ Example (plain inference of 1024 members on CartPole)::
                                  RolloutConfig(horizon=500), num_members=1024)
     result.returns  # [1024]
 
-For a generation of ES, pass ``perturbations=ES.ask(state, compact=True)`` (or build
-them per device from member ids, as `esrl.train.ESTrainer` does) and, with
+For a generation of ES, pass ``perturbations=ES.ask(state, compact=True)`` for low-rank
+(EGGROLL) noise or ``ES.ask(state)`` for full-rank noise (or build them per device from
+member ids, as `esrl.train.ESTrainer` does) and, with
 ``normalize_obs``, merge ``result.moments`` with `esrl.normalize.update_obs_stats`
 afterwards.
 """

@@ -12,7 +12,8 @@ Two CPU options, both measured side by side in one process (MLP 256x2, populatio
   a windowed sum and a final sum. EGGROLL's per-member ``x @ a.T`` (a dot product per
   member and layer) then costs three passes instead of one fused pass: ~100 against
   ~45 ms per 500 steps and layer in the profile. Without it, sums are accumulated in
-  one pass (float32, in order); no code of ours sums enough terms for that to matter.
+  one pass (float32). The sums in these executables run over at most a population, a
+  PPO batch or a layer's width; the test suite's exact and tolerance checks pass with it.
 
 The options apply per executable, never to the rest of the process, and a jaxlib that
 does not know them compiles without them.
