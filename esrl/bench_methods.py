@@ -70,10 +70,13 @@ def build_es(case: Case, key: jax.Array, method: str, rank: int = 1) -> Bench | 
     config = TrainConfig(rollout=_rollout(case), policy=_spec(case), progress=False)
     trainer = ESTrainer(env_for(case), strategy, config)
     state = trainer.init(key)
+    if trainer.block < case.population:
+        blocks = f"rolled out in blocks of {trainer.block}"
+        note = f"{note}; {blocks}" if note else blocks
     if method == "openai_es":
-        # every member's full-rank noise is alive during the rollout
+        # every member of a block has its full-rank noise alive during the rollout
         size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.es.params))
-        need, have = 2 * size * case.population, free_memory_bytes()
+        need, have = 2 * size * trainer.block, free_memory_bytes()
         if need > have / 2:
             return Skipped(
                 "openai_es",

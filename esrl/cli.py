@@ -143,6 +143,8 @@ def _add_train(sub) -> None:
     a("--deterministic", action=argparse.BooleanOptionalAction,
       help="greedy actions; --no-deterministic samples them (training and eval)")  # fmt: skip
     a("--devices", type=int, metavar="D", help="split members over D devices (all)")
+    a("--block", type=int, metavar="B",
+      help="roll out B members of a device at a time (CPU: up to 2048; else all)")  # fmt: skip
     a("--distributed", action="store_true",
       help="multi-host: call jax.distributed.initialize() first")  # fmt: skip
     a("--tensorboard", action="store_true", help="also write TensorBoard scalars")
@@ -219,7 +221,7 @@ def spec_from_args(args: argparse.Namespace):
     train = TrainConfig(
         generations=v["generations"], eval_every=v["eval_every"],
         eval_episodes=v["eval_episodes"], checkpoint_every=v["checkpoint_every"],
-        seed=v["seed"], num_devices=args.devices, rollout=rollout,
+        seed=v["seed"], num_devices=args.devices, block=args.block, rollout=rollout,
         policy=PolicySpec(kind=v["policy"], hidden=v["hidden"]),
         progress=not args.no_progress, tensorboard=args.tensorboard,
     )  # fmt: skip
@@ -255,6 +257,7 @@ def resume_spec(args: argparse.Namespace, meta: dict):
         spec.train,
         generations=args.generations or spec.train.generations,
         num_devices=args.devices or spec.train.num_devices,
+        block=args.block or spec.train.block,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )

@@ -37,8 +37,11 @@ def perturbed_matmul(x: jax.Array, kernel: jax.Array, p) -> jax.Array:
     if p is None:
         return y
     if isinstance(p, LowRank):  # a: [r, in], b: [r, out], rank-major
-        s = jnp.einsum("...i,ri->...r", x, p.a)
-        return y + jnp.einsum("...r,ro->...o", s, p.b)
+        # Written as multiply-and-sum, not einsum: under vmap an einsum becomes a
+        # dot with a member batch axis, which XLA runs as P tiny matmuls for r > 1;
+        # multiply-and-sum fuses into one pass over x and into y's epilogue.
+        s = jnp.sum(x[..., None, :] * p.a, axis=-1)
+        return y + jnp.sum(s[..., :, None] * p.b, axis=-2)
     return y + x @ p
 
 

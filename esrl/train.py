@@ -68,6 +68,10 @@ class TrainConfig:
     """Seed of initial parameters, noise and environment keys."""
     num_devices: int | None = None
     """Devices the population is split over (None: all visible)."""
+    block: int | None = None
+    """Members a device rolls out at once: its share runs as sequential blocks of this
+    size (a divisor of the share), which keeps one block's noise and activations in
+    cache. None: blocks of up to `CPU_BLOCK` on a CPU, the whole share elsewhere."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """How members are evaluated (horizon, episodes, normalisation ...)."""
     policy: PolicySpec = field(default_factory=PolicySpec)
@@ -96,7 +100,27 @@ def _build(cls, values: dict):
 
 
 # settings a resumed run may change; everything else must match the checkpoint
-_RESUMABLE = ("generations", "progress", "tensorboard", "num_devices")
+_RESUMABLE = ("generations", "progress", "tensorboard", "num_devices", "block")
+
+CPU_BLOCK = 2048
+"""Default members per rollout block on a CPU: EGGROLL at population 16384 (MLP 256x2)
+measured 0.82 of plain inference's speed in one block and 0.97 in blocks of 2048."""
+
+
+def block_size(share: int, block: int | None, platform: str) -> int:
+    """Members per sequential rollout block of a device's ``share`` of the population."""
+    if block is None:
+        if platform != "cpu" or share <= CPU_BLOCK:
+            return share
+        whole_pairs = share % 2 == 0
+        divisors = [d for d in range(1, CPU_BLOCK + 1) if share % d == 0]
+        return max(d for d in divisors if d % 2 == 0 or not whole_pairs)
+    if block < 1 or share % block:
+        raise ValueError(
+            f"block {block} does not divide the {share} members of each device; "
+            f"use a divisor of {share} (e.g. {block_size(share, None, 'cpu')}) or None"
+        )
+    return block
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,10 @@ class ESTrainer:
         self.policy = make_policy(config.policy, env.action_space(self.env_params))
         self.population = strategy.config.population
         self.mesh = dist.population_mesh(self.population, config.num_devices)
+        platform = self.mesh.devices.flat[0].platform
+        self.block = block_size(
+            self.population // self.mesh.size, config.block, platform
+        )
         self.eval_rollout = config.eval_rollout()
         check_rank(self.param_shapes(), strategy.config.noise)
 
@@ -208,7 +236,15 @@ class ESTrainer:
         return dist.put_replicated(TrainState(es_state, stats, k_roll), self.mesh)
 
     def _rollout_shard(self, ids: jax.Array, key: jax.Array, state: TrainState):
-        """Perturb and roll out the members ``ids`` of this device."""
+        """Roll out the members ``ids`` of this device, one block after another."""
+        blocks = ids.reshape(-1, self.block)
+        if blocks.shape[0] == 1:
+            return self._rollout_block(ids, key, state)
+        results = jax.lax.map(lambda b: self._rollout_block(b, key, state), blocks)
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), results)
+
+    def _rollout_block(self, ids: jax.Array, key: jax.Array, state: TrainState):
+        """Perturb and roll out the members ``ids``."""
         # Low-rank noise stays one copy per pair (esrl.noise.PairNoise): the layers'
         # reads of it fuse with the expansion to members. Full-rank matrices feed
         # batched matmuls, where an expansion in the loop would be a copy every step.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from esrl.agents.eggroll import EggrollConfig
+from esrl.agents.openai_es import OpenAIESConfig
 from memory_env import MemoryEnv
 
 from esrl.checkpoint import checkpoint_path, read_meta
@@ -15,7 +16,7 @@ from esrl.cli import main
 from esrl.logger import RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
-from esrl.train import RunSpec, TrainConfig, train
+from esrl.train import ESTrainer, RunSpec, TrainConfig, block_size, train
 
 CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
 TIMING = ("wall_time_s", "env_steps_per_s")
@@ -140,3 +141,32 @@ def test_nan_members_are_reported_and_harmless(tmp_path, capsys):
 def test_train_config_rejects_nonpositive_counts(field):
     with pytest.raises(ValueError, match=f"{field} must be >= 1"):
         TrainConfig(**{field: 0})
+
+
+@pytest.mark.parametrize("agent", [EggrollConfig, OpenAIESConfig])
+def test_blocked_rollout_equals_one_block(agent):
+    def generation(block):
+        config = TrainConfig(
+            block=block, rollout=RolloutConfig(horizon=8, episodes=2, normalize_obs=True),
+            policy=PolicySpec(kind="gru", hidden=8),
+        )  # fmt: skip
+        trainer = ESTrainer(MemoryEnv(delay=2), agent(population=16).strategy(), config)
+        assert trainer.block == (block or 16)
+        state = trainer.init(jax.random.PRNGKey(3))
+        return trainer.rollout(state), jax.jit(trainer.generation)(state)
+
+    whole, blocked = generation(None), generation(4)
+    assert float(jnp.std(whole[0].returns)) > 0  # members differ: their order matters
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_block_size():
+    assert block_size(16384, None, "cpu") == 2048
+    assert block_size(3000, None, "cpu") == 1500
+    assert block_size(2049, None, "cpu") == 683  # odd share: any divisor
+    assert block_size(16384, None, "gpu") == 16384
+    assert block_size(100, None, "cpu") == 100
+    assert block_size(100, 20, "gpu") == 20
+    with pytest.raises(ValueError, match="does not divide the 100 members"):
+        block_size(100, 30, "cpu")
