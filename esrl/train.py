@@ -103,8 +103,9 @@ def _build(cls, values: dict):
 _RESUMABLE = ("generations", "progress", "tensorboard", "num_devices", "block")
 
 CPU_BLOCK = 2048
-"""Default members per rollout block on a CPU: EGGROLL at population 16384 (MLP 256x2)
-measured 0.82 of plain inference's speed in one block and 0.97 in blocks of 2048."""
+"""Default members per rollout block on a CPU: EGGROLL at population 16384 (MLP 256x2,
+benchmark population sweep) ran 0.76 of plain inference's speed in one block, 0.94 in
+blocks of 2048."""
 
 
 def block_size(share: int, block: int | None, platform: str) -> int:

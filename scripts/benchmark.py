@@ -3,6 +3,7 @@
     python scripts/benchmark.py --quick --out /tmp/quick.json             # ~3 min, CPU
     python scripts/benchmark.py --out docs/benchmark.json                 # all sweeps
     python scripts/benchmark.py --only width population --out FILE.json
+    python scripts/benchmark.py --only rank --update --out docs/benchmark.json  # rerun one
 
 Every method of a case is measured side by side in the same run (round-robin, warm-up
 excluded, median of repeats), so the ratios are comparable even on a shared machine.
@@ -15,6 +16,7 @@ on CPU, device memory on a GPU) and FILE.png next to it. Runs unmodified on a GP
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,7 +47,6 @@ SECTIONS: dict[str, list[tuple[Case, tuple]]] = {
         (Case(population=n, horizon=200), (P, E) + ((O,) if n <= 4096 else ()))
         for n in (256, 1024, 4096, 16384)
     ],
-    # higher ranks
     # higher ranks (matrices with a dimension below the rank are left unperturbed)
     "rank": [(Case(), (P, E) + tuple(("eggroll", r) for r in (2, 4, 8, 16)))],
     # the other environments (evosax's GymnaxProblem only serves gymnax ones)
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         "--only", nargs="+", choices=list(SECTIONS), help="run only these sections"
     )
     parser.add_argument("--repeats", type=int, help="timed calls per method")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other sections' rows of an existing --out file (rerun --only ones)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
 
     full = [name for name in SECTIONS if name != "quick"]
@@ -83,6 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     device, rows, start = device_description(), [], time.time()
     meta = {"command": " ".join(["python", *sys.argv]), "quick": args.quick,
             "repeats": repeats, "sections": sections}  # fmt: skip
+    if args.update and out.exists():
+        old = json.loads(out.read_text())
+        if old["device"] != device:
+            parser.error(f"--update: {out} was measured on {old['device']}, not here")
+        rows = [r for r in old["results"] if r["section"] not in sections]
+        kept = [s for s in old["sections"] if s not in sections]
+        meta |= {"command": f"{old['command']} && {meta['command']}",
+                 "sections": kept + sections}  # fmt: skip
     print(f"device: {device}", flush=True)
     for section in sections:
         for case, methods in SECTIONS[section]:

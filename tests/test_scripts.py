@@ -202,3 +202,30 @@ def test_plot_curves_from_two_runs(cartpole_run, breakout_run, tmp_path):
     assert plot.load(runs[1])[0] == "openai_es"
     with pytest.raises(SystemExit, match="no summary.json"):
         plot.main(["--out", str(png), str(tmp_path / "missing")])
+
+
+def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
+    from esrl.bench import Case
+
+    bench = load_script("benchmark")
+    tiny = Case(hidden=8, population=8, horizon=5)
+    monkeypatch.setattr(bench, "SECTIONS", {
+        "a": [(tiny, (("plain", None),))],
+        "b": [(tiny, (("plain", None), ("eggroll", 1)))],
+    })  # fmt: skip
+    out = tmp_path / "b.json"
+
+    def run(*args):
+        bench.main(["--repeats", "1", "--out", str(out), *args])
+        doc = json.loads(out.read_text())
+        return doc, [(r["section"], r["method"]) for r in doc["results"]]
+
+    first, _ = run("--only", "a")
+    doc, rows = run("--only", "b", "--update")
+    assert rows == [("a", "plain"), ("b", "plain"), ("b", "eggroll")]
+    assert doc["sections"] == ["a", "b"] and doc["results"][0] == first["results"][0]
+    doc, rows = run("--only", "a", "--update")
+    assert rows == [("b", "plain"), ("b", "eggroll"), ("a", "plain")]
+    assert doc["results"][2]["times_s"] != first["results"][0]["times_s"]  # remeasured
+    _, rows = run("--only", "b")  # without --update the file is replaced
+    assert rows == [("b", "plain"), ("b", "eggroll")]
