@@ -211,7 +211,7 @@ def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
     tiny = Case(hidden=8, population=8, horizon=5)
     monkeypatch.setattr(bench, "SECTIONS", {
         "a": [(tiny, (("plain", None),))],
-        "b": [(tiny, (("plain", None), ("eggroll", 1)))],
+        "b": [(tiny, (("plain", None),))],
     })  # fmt: skip
     out = tmp_path / "b.json"
 
@@ -222,10 +222,10 @@ def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
 
     first, _ = run("--only", "a")
     doc, rows = run("--only", "b", "--update")
-    assert rows == [("a", "plain"), ("b", "plain"), ("b", "eggroll")]
+    assert rows == [("a", "plain"), ("b", "plain")]
     assert doc["sections"] == ["a", "b"] and doc["results"][0] == first["results"][0]
     doc, rows = run("--only", "a", "--update")
-    assert rows == [("b", "plain"), ("b", "eggroll"), ("a", "plain")]
-    assert doc["results"][2]["times_s"] != first["results"][0]["times_s"]  # remeasured
+    assert rows == [("b", "plain"), ("a", "plain")]
+    assert doc["results"][1]["times_s"] != first["results"][0]["times_s"]  # remeasured
     _, rows = run("--only", "b")  # without --update the file is replaced
-    assert rows == [("b", "plain"), ("b", "eggroll")]
+    assert rows == [("b", "plain")]
