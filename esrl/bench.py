@@ -68,6 +68,8 @@ class Bench(NamedTuple):
     """XLA's estimate of the call's live memory (arguments, outputs, temporaries)."""
     note: str = ""
     """Anything a reader of the row should know."""
+    executable: Any = None
+    """The compiled call, where there is one (its HLO names the ops of a profile)."""
 
 
 class Skipped(NamedTuple):

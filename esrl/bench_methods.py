@@ -48,6 +48,7 @@ def build_plain(case: Case, key: jax.Array) -> Bench:
     return Bench(
         "plain", None, lambda: compiled(key, params),
         case.population * case.horizon, case.population, seconds, mb,
+        executable=compiled,
     )  # fmt: skip
 
 
@@ -87,6 +88,7 @@ def build_es(case: Case, key: jax.Array, method: str, rank: int = 1) -> Bench | 
     return Bench(
         method, rank if method == "eggroll" else None, lambda: compiled(state),
         case.population * case.horizon, case.population, seconds, mb, note,
+        compiled,
     )  # fmt: skip
 
 

@@ -139,13 +139,23 @@ class ES:
             state.key, state.generation, index, state.params, c.noise, state.sigma
         )
 
-    def tell(self, state: ESState, fitness: jax.Array, shaped: jax.Array | None = None):
-        """Update from raw ``fitness`` [N] (or pre-``shaped`` weights); returns metrics."""
+    def tell(
+        self,
+        state: ESState,
+        fitness: jax.Array,
+        shaped: jax.Array | None = None,
+        unit: dict | None = None,
+    ):
+        """Update from raw ``fitness`` [N] (or pre-``shaped`` weights); returns metrics.
+
+        ``unit``: the generation's unit noise, if its rollout kept it (the ``unit`` of
+        the whole population's `esrl.noise.PairNoise`); otherwise it is regenerated.
+        """
         c = self.config
         if shaped is None:
             shaped = SHAPERS[c.fitness_shaping](fitness)
         grad = noise.gradient_estimate(
-            state.key, state.generation, state.params, shaped, c.noise
+            state.key, state.generation, state.params, shaped, c.noise, unit
         )
         updates, opt_state = self.optimizer.update(
             jax.tree.map(jnp.negative, grad), state.opt_state, state.params

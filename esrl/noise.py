@@ -264,17 +264,66 @@ ESTIMATE_CHUNK_FLOATS = 1 << 25
 
 
 def gradient_estimate(
-    key: jax.Array, generation, params: Params, fitness: jax.Array, config: NoiseConfig
+    key: jax.Array,
+    generation,
+    params: Params,
+    fitness: jax.Array,
+    config: NoiseConfig,
+    unit: dict | None = None,
 ) -> Params:
     """(1/N) sum_i f_i eps_i for every leaf (zeros for unperturbed leaves).
 
-    Noise is regenerated from keys; each low-rank matrix estimate is one contraction
-    over (pair, rank), which is full rank once N * r >= min(m, n). Pairs are summed in
-    chunks of bounded memory, so full-rank (OpenAI-ES) estimates of wide networks never
-    hold the whole population's noise.
+    Noise is regenerated from keys, or taken from ``unit``: the unit noise of every pair
+    (member, if not antithetic) as `pair_noise` draws it, stacked on a leading axis (a
+    whole population's `PairNoise.unit`, kept from its rollout). Each low-rank matrix
+    estimate is one contraction over (pair, rank), which is full rank once
+    N * r >= min(m, n). Regenerated pairs are summed in chunks of bounded memory, so
+    full-rank (OpenAI-ES) estimates of wide networks never hold the whole population's
+    noise.
     """
     population = fitness.shape[0]
     weights = fitness[0::2] - fitness[1::2] if config.antithetic else fitness
+    flat = traverse_util.flatten_dict(_as_dict(params))
+    paths = perturbed_paths(params, config)
+    zeros = {path: jnp.zeros(flat[path].shape, weights.dtype) for path in paths}
+    if unit is not None:
+        sums = _contract(zeros, weights, unit)
+    else:
+        sums = _regenerate_and_contract(key, generation, params, weights, config, zeros)
+    grads = {path: jnp.zeros_like(leaf) for path, leaf in flat.items()}
+    for path, total in sums.items():
+        grads[path] = (total / population).astype(flat[path].dtype)
+    return traverse_util.unflatten_dict(grads)
+
+
+def keeps_noise(params: Params, config: NoiseConfig, population: int) -> bool:
+    """Whether a rollout keeps its unit noise for `gradient_estimate` (see its ``unit``).
+
+    Low-rank antithetic noise of at most `ESTIMATE_CHUNK_FLOATS` floats: keeping it
+    costs no more memory than one chunk of the regenerated estimate, and saves
+    drawing it twice.
+    """
+    if config.full_rank or not config.antithetic:
+        return False
+    flat = traverse_util.flatten_dict(_as_dict(params))
+    sizes = [
+        _draw_size(flat[path].shape, config) for path in perturbed_paths(params, config)
+    ]
+    return sum(sizes) * (population // 2) <= ESTIMATE_CHUNK_FLOATS
+
+
+def _contract(total: dict, weights: jax.Array, unit: dict) -> dict:
+    """total + sum over pairs p of weights[p] * unit noise of p, for every leaf."""
+    out = dict(total)
+    for path, n in unit.items():
+        if isinstance(n, LowRank):
+            out[path] = out[path] + jnp.einsum("p,prm,prn->mn", weights, n.a, n.b)
+        else:
+            out[path] = out[path] + jnp.tensordot(weights, n, axes=1)
+    return out
+
+
+def _regenerate_and_contract(key, generation, params, weights, config, zeros) -> dict:
     flat = traverse_util.flatten_dict(_as_dict(params))
     paths = perturbed_paths(params, config)
     per_pair = max(1, sum(_draw_size(flat[path].shape, config) for path in paths))
@@ -288,19 +337,8 @@ def gradient_estimate(
     def contract(total: dict, xs) -> tuple[dict, None]:
         ids, w = xs
         unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(ids)
-        for path, n in unit.items():
-            if isinstance(n, LowRank):
-                total[path] = total[path] + jnp.einsum("p,prm,prn->mn", w, n.a, n.b)
-            else:
-                total[path] = total[path] + jnp.tensordot(w, n, axes=1)
-        return total, None
+        return _contract(total, w, unit), None
 
-    zeros = {path: jnp.zeros(flat[path].shape, weights.dtype) for path in paths}
     if chunks == 1:
-        sums, _ = contract(zeros, (ids[0], weights[0]))
-    else:
-        sums, _ = jax.lax.scan(contract, zeros, (ids, weights))
-    grads = {path: jnp.zeros_like(leaf) for path, leaf in flat.items()}
-    for path, total in sums.items():
-        grads[path] = (total / population).astype(flat[path].dtype)
-    return traverse_util.unflatten_dict(grads)
+        return contract(zeros, (ids[0], weights[0]))[0]
+    return jax.lax.scan(contract, zeros, (ids, weights))[0]

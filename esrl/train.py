@@ -36,7 +36,7 @@ from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
 from esrl.logger import RunLogger, to_json
-from esrl.noise import check_rank
+from esrl.noise import check_rank, keeps_noise
 from esrl.normalize import ObsStats, init_obs_stats, update_obs_stats
 from esrl.policy import PolicySpec, make_policy
 from esrl.rollout import (
@@ -217,7 +217,10 @@ class ESTrainer:
             self.population // self.mesh.size, config.block, platform
         )
         self.eval_rollout = config.eval_rollout()
-        check_rank(self.param_shapes(), strategy.config.noise)
+        shapes = self.param_shapes()
+        check_rank(shapes, strategy.config.noise)
+        # whether a rollout hands its noise to the update instead of it being redrawn
+        self.keeps_noise = keeps_noise(shapes, strategy.config.noise, self.population)
 
     def param_shapes(self):
         """Abstract policy parameters (shapes and dtypes; nothing is compiled)."""
@@ -245,28 +248,35 @@ class ESTrainer:
         return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), results)
 
     def _rollout_block(self, ids: jax.Array, key: jax.Array, state: TrainState):
-        """Perturb and roll out the members ``ids``."""
+        """Perturb and roll out the members ``ids``; their unit noise, if it is kept."""
         # Low-rank noise stays one copy per pair (esrl.noise.PairNoise): the layers'
         # reads of it fuse with the expansion to members. Full-rank matrices feed
         # batched matmuls, where an expansion in the loop would be a copy every step.
         compact = not self.strategy.config.noise.full_rank
         perts = self.strategy.ask(state.es, ids[0], ids.shape[0], compact=compact)
-        return evaluate_population(
+        result = evaluate_population(
             key, self.env, self.env_params, self.policy, state.es.params, perts,
             self.config.rollout, state.obs_stats, member_ids=ids,
         )  # fmt: skip
+        return result, perts.unit if self.keeps_noise else None
 
-    def rollout(self, state: TrainState) -> RolloutResult:
-        """Roll out the whole population of this generation (gathered on every device)."""
+    def rollout(self, state: TrainState) -> tuple[RolloutResult, dict | None]:
+        """Roll out the whole population of this generation (gathered on every device).
+
+        Returns the result and, where `keeps_noise`, the population's unit noise (one
+        entry per antithetic pair, for `esrl.es.ES.tell`), else None.
+        """
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.es.generation)
         ids = jnp.arange(self.population)
         sharded = dist.shard_members(self._rollout_shard, self.mesh, 2)
-        return dist.gather(sharded(ids, key, state), self.mesh)
+        result, unit = sharded(ids, key, state)
+        unit = jax.lax.with_sharding_constraint(unit, dist.replicated(self.mesh))
+        return dist.gather(result, self.mesh), unit
 
     def generation(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """ask -> rollout -> shape -> tell; returns the new state and its metrics."""
-        result = self.rollout(state)
-        es_state, es_metrics = self.strategy.tell(state.es, result.returns)
+        result, unit = self.rollout(state)
+        es_state, es_metrics = self.strategy.tell(state.es, result.returns, unit=unit)
         stats, valid = state.obs_stats, jnp.isfinite(result.returns)
         if self.config.rollout.normalize_obs:
             stats = update_obs_stats(stats, result.moments, valid)

@@ -242,3 +242,28 @@ def test_chunked_estimate_equals_the_single_contraction(monkeypatch, full_rank):
     )
     assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12)
     jax.tree.map(assert_close, chunked, whole)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_estimate_from_the_rollouts_kept_noise_equals_the_explicit_sum(rank):
+    params, config = make_params(6, 5), NoiseConfig(rank=rank)
+    fitness = jax.random.normal(jax.random.key(5), (10,))
+    block = noise.population_perturbation(KEY, 4, params, config, 0.1, 10, compact=True)
+    got = flat(gradient_estimate(KEY, 4, params, fitness, config, block.unit))
+    want = naive_estimate(KEY, 4, params, fitness, config)
+    for path in want:
+        np.testing.assert_allclose(got[path], want[path], rtol=1e-10, atol=1e-12)
+    # the noise is taken, not regenerated: other noise gives another estimate
+    other = noise.population_perturbation(KEY, 5, params, config, 0.1, 10, compact=True)
+    moved = flat(gradient_estimate(KEY, 4, params, fitness, config, other.unit))
+    assert not np.allclose(moved[("layer", "kernel")], want[("layer", "kernel")])
+
+
+def test_only_small_low_rank_antithetic_noise_is_kept(monkeypatch):
+    params = make_params(6, 5)  # 11 + 8 + 5 + 1 = 25 floats per pair at rank 1
+    assert noise.keeps_noise(params, NoiseConfig(), 1000)
+    assert not noise.keeps_noise(params, NoiseConfig(full_rank=True), 10)
+    assert not noise.keeps_noise(params, NoiseConfig(antithetic=False), 10)
+    monkeypatch.setattr(noise, "ESTIMATE_CHUNK_FLOATS", 25 * 4)
+    assert noise.keeps_noise(params, NoiseConfig(), 8)
+    assert not noise.keeps_noise(params, NoiseConfig(), 10)

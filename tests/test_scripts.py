@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from esrl.bench import Case
 from esrl.checkpoint import has_checkpoint, read_meta
 from esrl.logger import read_metrics
 from esrl.preset import BASELINE, Preset, default_out, preset_argv
@@ -229,3 +230,26 @@ def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
     assert doc["results"][1]["times_s"] != first["results"][0]["times_s"]  # remeasured
     _, rows = run("--only", "b")  # without --update the file is replaced
     assert rows == [("b", "plain")]
+
+
+def test_profile_ops_attributes_ops_to_their_layers():
+    profile_ops = load_script("profile_ops")
+    policy = "jit(f)/while/body/closed_call/vmap(vmap(Policy))/"
+    assert profile_ops.group_of(policy + "actor_1/dot_general") == profile_ops.GROUPS[0]
+    assert profile_ops.group_of(policy + "head/reduce_sum") == profile_ops.GROUPS[1]
+    assert profile_ops.group_of(policy + "tanh") == profile_ops.GROUPS[2]
+    step = "jit(g)/jit(evaluate_population)/while/body/while/body/closed_call/select_n"
+    assert profile_ops.group_of(step) == profile_ops.GROUPS[3]
+    draw = "jit(g)/vmap(jit(_normal))/jit(_normal_real)/erf_inv"
+    assert profile_ops.group_of(draw) == profile_ops.GROUPS[4]
+
+    case = Case(hidden=8, population=8, horizon=4)
+    ms = profile_ops.profile(case, ["plain", "eggroll"], repeats=1)
+    matmuls, reductions = profile_ops.GROUPS[:2]
+    assert ms["plain"][matmuls] > 0 and ms["eggroll"][matmuls] > 0
+    assert ms["plain"][reductions] == 0 < ms["eggroll"][reductions]
+    assert ms["plain"][profile_ops.GROUPS[4]] < ms["eggroll"][profile_ops.GROUPS[4]]
+    text = profile_ops.table(ms)
+    assert (
+        text.count("\n| ") == len(profile_ops.GROUPS) + 1 and "eggroll - plain" in text
+    )

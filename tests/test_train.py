@@ -153,10 +153,29 @@ def test_blocked_rollout_equals_one_block():
         assert trainer.block == (block or 16)
         return jax.jit(trainer.rollout)(trainer.init(jax.random.PRNGKey(3)))
 
-    whole, blocked = rollout(None), rollout(4)
-    assert float(jnp.std(whole.returns)) > 0  # members differ: their order matters
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
+    whole, blocked = rollout(None), rollout(4)  # (result, kept noise) each
+    assert float(jnp.std(whole[0].returns)) > 0  # members differ: their order matters
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_update_from_the_kept_noise_equals_the_regenerated_one():
+    config = TrainConfig(
+        block=4, rollout=RolloutConfig(horizon=8), policy=PolicySpec(hidden=8)
+    )
+    strategy = EggrollConfig(population=16).strategy()
+    kept = ESTrainer(MemoryEnv(delay=2), strategy, config)
+    redrawn = ESTrainer(MemoryEnv(delay=2), strategy, config)
+    redrawn.keeps_noise = False
+    assert kept.keeps_noise
+    state = kept.init(jax.random.PRNGKey(4))
+    (a, _), (b, _) = (jax.jit(t.generation)(state) for t in (kept, redrawn))
+    moved = jax.tree.map(
+        lambda x, y: float(jnp.abs(x - y).max()), a.es.params, state.es.params
+    )
+    assert max(jax.tree.leaves(moved)) > 0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_block_size():
