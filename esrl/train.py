@@ -269,9 +269,7 @@ class ESTrainer:
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.es.generation)
         ids = jnp.arange(self.population)
         sharded = dist.shard_members(self._rollout_shard, self.mesh, 2)
-        result, unit = sharded(ids, key, state)
-        unit = jax.lax.with_sharding_constraint(unit, dist.replicated(self.mesh))
-        return dist.gather(result, self.mesh), unit
+        return dist.gather(sharded(ids, key, state), self.mesh)
 
     def generation(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """ask -> rollout -> shape -> tell; returns the new state and its metrics."""
