@@ -305,11 +305,14 @@ def keeps_noise(params: Params, config: NoiseConfig, population: int) -> bool:
     """
     if config.full_rank or not config.antithetic:
         return False
+    return _per_pair(params, config) * (population // 2) <= ESTIMATE_CHUNK_FLOATS
+
+
+def _per_pair(params: Params, config: NoiseConfig) -> int:
+    """Floats of one pair's draw (`pair_noise`)."""
     flat = traverse_util.flatten_dict(_as_dict(params))
-    sizes = [
-        _draw_size(flat[path].shape, config) for path in perturbed_paths(params, config)
-    ]
-    return sum(sizes) * (population // 2) <= ESTIMATE_CHUNK_FLOATS
+    paths = perturbed_paths(params, config)
+    return sum(_draw_size(flat[path].shape, config) for path in paths)
 
 
 def _contract(total: dict, weights: jax.Array, unit: dict) -> dict:
@@ -324,9 +327,7 @@ def _contract(total: dict, weights: jax.Array, unit: dict) -> dict:
 
 
 def _regenerate_and_contract(key, generation, params, weights, config, zeros) -> dict:
-    flat = traverse_util.flatten_dict(_as_dict(params))
-    paths = perturbed_paths(params, config)
-    per_pair = max(1, sum(_draw_size(flat[path].shape, config) for path in paths))
+    per_pair = max(1, _per_pair(params, config))
     pairs = weights.shape[0]
     chunk = max(1, min(pairs, ESTIMATE_CHUNK_FLOATS // per_pair))
     chunks = -(-pairs // chunk)
