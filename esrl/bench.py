@@ -196,6 +196,7 @@ def time_round_robin(
     slow_s: float = float("inf"),
     slow_repeats: int = 1,
     min_sample_s: float = 0.0,
+    heavy_ratio: float = float("inf"),
 ) -> list[Timing]:
     """Time every bench ``repeats`` times after ``warmup`` calls, one sample each per round.
 
@@ -204,31 +205,52 @@ def time_round_robin(
     mean call: bursts of load from other processes then average out instead of landing
     on single short calls. A bench whose warm-up call took over ``slow_s`` seconds is
     timed only ``slow_repeats`` times (one-time costs are negligible in such calls).
+    Benches whose warm-up call took over ``heavy_ratio`` times the fastest one's are
+    timed after the others have done all their rounds (which first get one more dropped
+    round): a long all-core call changes the machine's speed for the calls right after
+    it, and would tilt the ratios among the short benches by their order.
     """
     out = [Timing([], [], [], 0.0, "") for _ in benches]
-    for round_ in range(warmup + repeats):
-        for i, bench in enumerate(benches):
-            t = out[i]
-            slow = t.warmup_s and t.warmup_s[-1] > slow_s
-            if round_ >= warmup and slow and len(t.times_s) >= slow_repeats:
-                continue
-            calls = 1
-            if round_ >= warmup and min_sample_s > 0:
-                calls = max(1, round(min_sample_s / max(min(t.warmup_s), 1e-6)))
-            with MemorySampler() as mem:
-                cpu, start = time.process_time(), time.perf_counter()
-                for _ in range(calls):
-                    jax.block_until_ready(bench.call())
-                seconds = (time.perf_counter() - start) / calls
-                cpu = (time.process_time() - cpu) / calls
-            if round_ >= warmup:
-                t.times_s.append(seconds)
-                t.cpu_s.append(cpu)
-            else:
-                t.warmup_s.append(seconds)
-            out[i] = t._replace(
-                peak_mb=max(t.peak_mb, mem.peak / 2**20), memory_kind=mem.kind
-            )
+
+    def sample(i: int, keep: bool) -> None:
+        t = out[i]
+        calls = 1
+        if keep and min_sample_s > 0:
+            calls = max(1, round(min_sample_s / max(min(t.warmup_s), 1e-6)))
+        with MemorySampler() as mem:
+            cpu, start = time.process_time(), time.perf_counter()
+            for _ in range(calls):
+                jax.block_until_ready(benches[i].call())
+            seconds = (time.perf_counter() - start) / calls
+            cpu = (time.process_time() - cpu) / calls
+        if keep:
+            t.times_s.append(seconds)
+            t.cpu_s.append(cpu)
+        else:
+            t.warmup_s.append(seconds)
+        out[i] = t._replace(
+            peak_mb=max(t.peak_mb, mem.peak / 2**20), memory_kind=mem.kind
+        )
+
+    everyone = range(len(benches))
+    for _ in range(warmup):
+        for i in everyone:
+            sample(i, keep=False)
+    heavy = []
+    if warmup:
+        fastest = min(out[i].warmup_s[0] for i in everyone) if benches else 0.0
+        heavy = [i for i in everyone if out[i].warmup_s[0] > heavy_ratio * fastest]
+    light = [i for i in everyone if i not in heavy]
+    if heavy and light:  # let the machine recover from the heavy warm-up calls
+        for i in light:
+            sample(i, keep=False)
+    for group in (light, heavy):
+        for _ in range(repeats):
+            for i in group:
+                t = out[i]
+                if t.warmup_s[-1] > slow_s and len(t.times_s) >= slow_repeats:
+                    continue
+                sample(i, keep=True)
     return out
 
 
@@ -273,6 +295,7 @@ def run_case(
     log: Callable[[str], None] = print,
     slow_s: float = float("inf"),
     min_sample_s: float = 1.0,
+    heavy_ratio: float = float("inf"),
 ) -> list[dict]:
     """Build, compile and time ``methods`` (name, rank) side by side on ``case``.
 
@@ -297,7 +320,9 @@ def run_case(
             log(f"  compiled {name}{'' if rank is None else f' r{rank}'} "
                 f"in {built.compile_s:.1f}s")  # fmt: skip
             benches.append(built)
-    timings = time_round_robin(benches, repeats, warmup, slow_s, 1, min_sample_s)
+    timings = time_round_robin(
+        benches, repeats, warmup, slow_s, 1, min_sample_s, heavy_ratio
+    )
     rows = rows_for(case, benches, timings, skipped)
     for r in rows:
         if r.get("skipped"):

@@ -1,6 +1,7 @@
 """The benchmark machinery on a tiny case: rows, ratios, autorange and the report."""
 
 import json
+import time
 
 import pytest
 
@@ -103,3 +104,30 @@ def test_fixed_horizon_never_ends_and_forwards_the_rest():
         assert not term and not trunc
         ended |= bool(t)
     assert ended
+
+
+def test_heavy_benches_are_timed_after_the_others():
+    order = []
+
+    def bench(name: str, seconds: float) -> Bench:
+        def call():
+            order.append(name)
+            time.sleep(seconds)
+            return 0
+
+        return Bench(name, None, call, 1, 1, 0.0, None)
+
+    benches = [bench("plain", 0.001), bench("openai_es", 0.05), bench("eggroll", 0.001)]
+    timings = time_round_robin(benches, repeats=2, heavy_ratio=5.0)
+    # warm-up round, one dropped round of the light ones, their rounds, then the heavy one
+    assert (
+        order
+        == ["plain", "openai_es", "eggroll"]
+        + ["plain", "eggroll"] * 3
+        + ["openai_es"] * 2
+    )
+    assert [len(t.times_s) for t in timings] == [2, 2, 2]
+    assert [len(t.warmup_s) for t in timings] == [2, 1, 2]
+    order.clear()
+    time_round_robin(benches, repeats=1)  # no heavy_ratio: one round-robin
+    assert order == ["plain", "openai_es", "eggroll"] * 2
