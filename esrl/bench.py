@@ -310,7 +310,7 @@ def run_case(
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {METHODS}")
     for name, rank in methods:
         try:
-            built = _build(name, rank, case, key)
+            built = build(name, rank, case, key)
         except Exception as err:  # noqa: BLE001 - reported in the row, run goes on
             built = Skipped(name, f"failed: {type(err).__name__}: {err}"[:500])
         if isinstance(built, Skipped):
@@ -333,7 +333,8 @@ def run_case(
     return rows
 
 
-def _build(name: str, rank: int | None, case: Case, key: jax.Array) -> Bench | Skipped:
+def build(name: str, rank: int | None, case: Case, key: jax.Array) -> Bench | Skipped:
+    """The compiled `Bench` of method ``name`` (and EGGROLL ``rank``) on ``case``."""
     from esrl import bench_methods as bm
 
     if name == "plain":

@@ -25,7 +25,7 @@ from collections import Counter
 import jax
 
 from esrl import xla
-from esrl.bench import Case, Skipped
+from esrl.bench import Case, Skipped, build
 
 GROUPS = (
     "policy matmuls x @ W",
@@ -87,17 +87,12 @@ def profile(
     case: Case, methods: list[str], repeats: int
 ) -> dict[str, dict[str, float]]:
     """Median milliseconds per group and generation of each method on ``case``."""
-    from esrl import bench_methods as bm
-
     key = jax.random.PRNGKey(0)
     built = {}
     xla.CPU_OPTIONS[TRACE_OPTION] = True  # per-op trace events, for these compiles only
     try:
         for method in methods:
-            if method == "plain":
-                b = bm.build_plain(case, key)
-            else:
-                b = bm.build_es(case, key, method)
+            b = build(method, None, case, key)
             if isinstance(b, Skipped):
                 raise SystemExit(f"{method} skipped: {b.note}")
             built[method] = (b.call, op_groups(b.executable.as_text()))
@@ -120,12 +115,12 @@ def table(ms: dict[str, dict[str, float]]) -> str:
     head = ["op group"] + [f"{m} ms" for m in methods]
     head += [f"{m} - {base}" for m in methods[1:]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    totals = {m: sum(ms[m].values()) for m in methods}
     for g in (*GROUPS, "total"):
-        vals = {m: sum(ms[m].values()) if g == "total" else ms[m][g] for m in methods}
+        vals = totals if g == "total" else {m: ms[m][g] for m in methods}
         cells = [g] + [f"{vals[m]:.1f}" for m in methods]
         cells += [f"{vals[m] - vals[base]:+.1f}" for m in methods[1:]]
         rows.append("| " + " | ".join(cells) + " |")
-    totals = {m: sum(ms[m].values()) for m in methods}
     ratios = ", ".join(f"{m} {totals[base] / totals[m]:.3f}" for m in methods[1:])
     return "\n".join(rows) + f"\n\nop time of {base} / op time of: {ratios}"
 
