@@ -187,6 +187,8 @@ class Timing(NamedTuple):
     """Peak memory while the bench ran (see `MemorySampler`)."""
     memory_kind: str
     """``host_rss`` or ``device``."""
+    heavy: bool = False
+    """Timed after the other benches' rounds (see `time_round_robin`), not beside them."""
 
 
 def time_round_robin(
@@ -208,7 +210,8 @@ def time_round_robin(
     Benches whose warm-up call took over ``heavy_ratio`` times the fastest one's are
     timed after the others have done all their rounds (which first get one more dropped
     round): a long all-core call changes the machine's speed for the calls right after
-    it, and would tilt the ratios among the short benches by their order.
+    it, and would tilt the ratios among the short benches by their order. Every other
+    round runs in reverse order, so no bench always follows the same one.
     """
     out = [Timing([], [], [], 0.0, "") for _ in benches]
 
@@ -244,14 +247,29 @@ def time_round_robin(
     if heavy and light:  # let the machine recover from the heavy warm-up calls
         for i in light:
             sample(i, keep=False)
+    for i in heavy:
+        out[i] = out[i]._replace(heavy=True)
     for group in (light, heavy):
-        for _ in range(repeats):
-            for i in group:
+        for k in range(repeats):
+            for i in group if k % 2 == 0 else group[::-1]:
                 t = out[i]
                 if t.warmup_s[-1] > slow_s and len(t.times_s) >= slow_repeats:
                     continue
                 sample(i, keep=True)
     return out
+
+
+def paired_ratio(base: Timing, t: Timing) -> dict | None:
+    """Quartiles over rounds of base's time / t's time, if both were timed in the same rounds.
+
+    Each round's two calls ran back to back, so their ratio sees the same machine
+    state; the spread of these ratios shows how far the machine's load moved them.
+    """
+    if base.heavy or t.heavy or len(base.times_s) != len(t.times_s):
+        return None
+    r = [b / s for b, s in zip(base.times_s, t.times_s)]
+    q1, median, q3 = statistics.quantiles(r, method="inclusive") if r[1:] else r * 3
+    return {"median": median, "q1": q1, "q3": q3, "rounds": len(r)}
 
 
 def rows_for(
@@ -274,13 +292,17 @@ def rows_for(
             "xla_memory_mb": b.xla_memory_mb, "env_steps_per_call": b.env_steps,
             "note": b.note,
         })  # fmt: skip
-    plain = [r["env_steps_per_s"] for r in rows if r["method"] == "plain"]
-    for r in rows:
-        r["ratio_to_plain"] = r["env_steps_per_s"] / plain[0] if plain else None
+    plain = next((i for i, b in enumerate(benches) if b.method == "plain"), None)
+    for r, t in zip(rows, timings):
+        r["ratio_to_plain"] = r["paired_ratio_to_plain"] = None
+        if plain is not None:
+            r["ratio_to_plain"] = r["env_steps_per_s"] / rows[plain]["env_steps_per_s"]
+            r["paired_ratio_to_plain"] = paired_ratio(timings[plain], t)
     for s in skipped:
         rows.append({
             **common, "method": s.method, "population": case.population, "rank": None,
-            "env_steps_per_s": None, "ratio_to_plain": None, "skipped": True,
+            "env_steps_per_s": None, "ratio_to_plain": None,
+            "paired_ratio_to_plain": None, "skipped": True,
             "note": s.note,
         })  # fmt: skip
     return rows
@@ -327,9 +349,12 @@ def run_case(
     for r in rows:
         if r.get("skipped"):
             continue
+        paired = r["paired_ratio_to_plain"]
         log(f"  {r['method']:>15} r={r['rank']!s:>4}: "
             f"{r['env_steps_per_s']:>12,.0f} steps/s  "
-            f"{r['time_per_generation_s']:.3f} s/gen  ratio {r['ratio_to_plain']:.3f}")  # fmt: skip
+            f"{r['time_per_generation_s']:.3f} s/gen  ratio {r['ratio_to_plain']:.3f}"
+            + (f"  paired {paired['median']:.3f} ({paired['q1']:.3f}-{paired['q3']:.3f})"
+               if paired else ""))  # fmt: skip
     return rows
 
 

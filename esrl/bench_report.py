@@ -14,21 +14,29 @@ def _case(row: dict) -> tuple:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Per case: eggroll (each rank) / openai_es, / evosax_open_es and / plain."""
+    """Per case: eggroll (each rank) / openai_es, / evosax_open_es and / plain.
+
+    ``eggroll_to_plain_paired``: the quartiles of the per-round ratios (see
+    `esrl.bench.paired_ratio`), where the run has them.
+    """
     by_case: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if not r.get("skipped"):
             by_case[_case(r) + (r["population"], r.get("section"))].append(r)
     out = []
     for key, group in by_case.items():
+        case = dict(zip(CASE_KEYS + ("population", "section"), key))
         speed = {(r["method"], r["rank"]): r["env_steps_per_s"] for r in group}
-        for (method, rank), eggroll in speed.items():
-            if method != "eggroll":
+        for r in group:
+            if r["method"] != "eggroll":
                 continue
-            entry = dict(zip(CASE_KEYS + ("population", "section"), key), rank=rank)
+            entry = {**case, "rank": r["rank"]}
             for peer in ("plain", "openai_es", "evosax_open_es"):
                 if (peer, None) in speed:
-                    entry[f"eggroll_to_{peer}"] = eggroll / speed[(peer, None)]
+                    peer_speed = speed[(peer, None)]
+                    entry[f"eggroll_to_{peer}"] = r["env_steps_per_s"] / peer_speed
+            if r.get("paired_ratio_to_plain"):
+                entry["eggroll_to_plain_paired"] = r["paired_ratio_to_plain"]
             out.append(entry)
     return out
 
@@ -122,6 +130,11 @@ def _label(r: dict) -> str:
     return r["method"] + ("" if r["rank"] is None else f" r{r['rank']}")
 
 
+def _paired(r: dict) -> str:
+    p = r.get("paired_ratio_to_plain")
+    return f"{p['median']:.2f} ({p['q1']:.2f}-{p['q3']:.2f})" if p else "-"
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines])
@@ -139,10 +152,11 @@ def tables(rows: list[dict]) -> str:
     if main:
         parts.append("CartPole, population 2048, hidden 256, 500 steps:\n\n" + _table(
             ["policy", "method", "env steps/s", "s / gen", "ratio to plain",
-             "compile s", "peak MB"],
+             "paired ratio (IQR)", "compile s", "peak MB"],
             [[_policy(r), _label(r), _fmt(r["env_steps_per_s"]),
               _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"]),
-              _fmt(r["compile_s"], 1), f"{r['peak_memory_mb']:.0f}"] for r in main],
+              _paired(r), _fmt(r["compile_s"], 1), f"{r['peak_memory_mb']:.0f}"]
+             for r in main],
         ))  # fmt: skip
     parts.append(_peer_table(
         "Width sweep (CartPole, population 512, 100 steps)", "hidden", by_section["width"]

@@ -5,7 +5,15 @@ import time
 
 import pytest
 
-from esrl.bench import Bench, Case, FixedHorizon, run_case, time_round_robin
+from esrl.bench import (
+    Bench,
+    Case,
+    FixedHorizon,
+    Timing,
+    paired_ratio,
+    run_case,
+    time_round_robin,
+)
 from esrl.bench_report import ratios, tables, write
 
 TINY = Case(hidden=8, population=8, horizon=5)
@@ -35,6 +43,11 @@ def test_rows_follow_the_contract(rows):
             r["env_steps_per_s"] / rows[0]["env_steps_per_s"]
         )
         assert r["peak_memory_mb"] > 0 and r["compile_s"] > 0
+        paired = r["paired_ratio_to_plain"]
+        assert (
+            paired["rounds"] == 2 and paired["q1"] <= paired["median"] <= paired["q3"]
+        )
+    assert rows[0]["paired_ratio_to_plain"]["median"] == 1.0
 
 
 def test_ratios_and_report(rows, tmp_path):
@@ -43,6 +56,7 @@ def test_ratios_and_report(rows, tmp_path):
     assert entry["eggroll_to_openai_es"] == pytest.approx(
         speed["eggroll"] / speed["openai_es"]
     )
+    assert entry["eggroll_to_plain_paired"] == rows[1]["paired_ratio_to_plain"]
     path = tmp_path / "b.json"
     write(path, "cpu", rows, {"command": "test"})
     doc = json.loads(path.read_text())
@@ -50,6 +64,8 @@ def test_ratios_and_report(rows, tmp_path):
     text = tables([{**r, "section": "width"} for r in rows])
     assert "Width sweep" in text and "| mlp | 8 |" in text
     assert "Ranks" not in tables(rows)  # rows without a section land in no table
+    headline = tables([{**r, "section": "headline"} for r in rows])
+    assert "paired ratio (IQR)" in headline and "| 1.00 (1.00-1.00) |" in headline
 
 
 def test_autorange_repeats_short_calls_and_reports_the_mean():
@@ -119,15 +135,35 @@ def test_heavy_benches_are_timed_after_the_others():
 
     benches = [bench("plain", 0.001), bench("openai_es", 0.05), bench("eggroll", 0.001)]
     timings = time_round_robin(benches, repeats=2, heavy_ratio=5.0)
-    # warm-up round, one dropped round of the light ones, their rounds, then the heavy one
-    assert (
-        order
-        == ["plain", "openai_es", "eggroll"]
-        + ["plain", "eggroll"] * 3
+    # warm-up round, one dropped round of the light ones, their rounds (every other one
+    # reversed), then the heavy one
+    assert order == (
+        ["plain", "openai_es", "eggroll"]
+        + ["plain", "eggroll"] * 2
+        + ["eggroll", "plain"]
         + ["openai_es"] * 2
     )
     assert [len(t.times_s) for t in timings] == [2, 2, 2]
+    assert [t.heavy for t in timings] == [False, True, False]
     assert [len(t.warmup_s) for t in timings] == [2, 1, 2]
     order.clear()
     time_round_robin(benches, repeats=1)  # no heavy_ratio: one round-robin
     assert order == ["plain", "openai_es", "eggroll"] * 2
+
+
+def test_paired_ratio_is_taken_round_by_round():
+    def timing(times, heavy=False):
+        return Timing(times, times, [1.0], 1.0, "host_rss", heavy)
+
+    plain = timing([1.0, 3.0, 2.0])
+    # the machine slowed down in round 2; round by round the bench is 10% slower,
+    # which the ratio of medians (2.0 / 1.8 = 1.11) does not show
+    paired = paired_ratio(plain, timing([1.1, 3.3, 1.8]))
+    assert paired["rounds"] == 3
+    assert paired["median"] == pytest.approx(1 / 1.1)
+    assert paired["q1"] == pytest.approx(1 / 1.1)
+    assert paired["q3"] == pytest.approx((1 / 1.1 + 2 / 1.8) / 2)
+    assert paired_ratio(plain, timing([1.0, 3.0, 2.0], heavy=True)) is None
+    assert paired_ratio(plain, timing([1.0, 3.0])) is None  # not the same rounds
+    one = paired_ratio(timing([2.0]), timing([4.0]))
+    assert (one["q1"], one["median"], one["q3"]) == (0.5, 0.5, 0.5)
