@@ -259,15 +259,16 @@ def time_round_robin(
     return out
 
 
-def paired_ratio(base: Timing, t: Timing) -> dict | None:
-    """Quartiles over rounds of base's time / t's time, if both were timed in the same rounds.
+def paired_ratio(base: Timing, t: Timing, work: float = 1.0) -> dict | None:
+    """Quartiles over rounds of t's speed / base's, if both were timed in the same rounds.
 
-    Each round's two calls ran back to back, so their ratio sees the same machine
-    state; the spread of these ratios shows how far the machine's load moved them.
+    ``work``: t's env steps per call / base's. Each round's two calls ran back to back,
+    so their ratio sees the same machine state; the spread of these ratios shows how
+    far the machine's load moved them.
     """
     if base.heavy or t.heavy or len(base.times_s) != len(t.times_s):
         return None
-    r = [b / s for b, s in zip(base.times_s, t.times_s)]
+    r = [work * b / s for b, s in zip(base.times_s, t.times_s)]
     q1, median, q3 = statistics.quantiles(r, method="inclusive") if r[1:] else r * 3
     return {"median": median, "q1": q1, "q3": q3, "rounds": len(r)}
 
@@ -297,7 +298,8 @@ def rows_for(
         r["ratio_to_plain"] = r["paired_ratio_to_plain"] = None
         if plain is not None:
             r["ratio_to_plain"] = r["env_steps_per_s"] / rows[plain]["env_steps_per_s"]
-            r["paired_ratio_to_plain"] = paired_ratio(timings[plain], t)
+            work = r["env_steps_per_call"] / rows[plain]["env_steps_per_call"]
+            r["paired_ratio_to_plain"] = paired_ratio(timings[plain], t, work)
     for s in skipped:
         rows.append({
             **common, "method": s.method, "population": case.population, "rank": None,

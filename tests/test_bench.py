@@ -167,3 +167,5 @@ def test_paired_ratio_is_taken_round_by_round():
     assert paired_ratio(plain, timing([1.0, 3.0])) is None  # not the same rounds
     one = paired_ratio(timing([2.0]), timing([4.0]))
     assert (one["q1"], one["median"], one["q3"]) == (0.5, 0.5, 0.5)
+    # a bench doing 3x the env steps per call in twice the time is 1.5x as fast
+    assert paired_ratio(timing([2.0]), timing([4.0]), work=3.0)["median"] == 1.5
