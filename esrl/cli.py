@@ -48,8 +48,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "lr": 0.02, "horizon": 1000, "generations": 500,
     },
     "brax/inverted_double_pendulum": {
-        "population": 128, "sigma": 0.05, "lr": 0.1, "generations": 300,
-        "eval_every": 20, "eval_episodes": 8, "checkpoint_every": 20,
+        "population": 256, "sigma": 0.05, "lr": 0.02, "generations": 150,
+        "eval_every": 25, "eval_episodes": 8, "checkpoint_every": 25,
     },
     "craftax/": {
         "policy": "gru", "hidden": 64, "population": 64, "horizon": 300,
