@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "eval_every": 25, "eval_episodes": 8, "checkpoint_every": 25,
     },
     "craftax/": {
-        "policy": "gru", "hidden": 64, "population": 64, "horizon": 300,
+        "policy": "gru", "hidden": 64, "population": 64, "lr": 0.02, "horizon": 300,
         "generations": 40, "eval_every": 10, "eval_episodes": 32,
         "checkpoint_every": 10, "deterministic": False,
     },

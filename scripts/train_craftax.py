@@ -5,15 +5,15 @@
 
 A thin preset over ``esrl train --env craftax/Craftax-Classic-Symbolic-v1 --policy
 gru``: Craftax is partially observable (a local view; day/night, sleep), so the
-policy is recurrent. ES takes the Craftax defaults of ``esrl train`` (64 members,
-300-step episodes, 40 generations: about 6 minutes on a 2-core CPU, a third of it
-compiling). After training, a uniformly random policy is evaluated exactly like the
-trained one (same episodes, horizon and seed) and both are printed side by side:
-mean return and per-achievement success rates (DIR/random_baseline.json).
-``--env craftax/Craftax-Symbolic-v1`` trains full Craftax. PPO works through
-``--agent ppo`` but pays a Craftax reset per environment step (its auto-reset), so on
-a CPU it is impractically slow. Writes DIR/metrics.jsonl, summary.json, curve.png and
-a checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
+policy is recurrent. ES takes the Craftax defaults of ``esrl train`` (64 members, lr
+0.02, 300-step episodes, 40 generations: about 6 minutes on a 2-core CPU, a third of
+it compiling). After training, a uniformly random policy is evaluated exactly like
+the trained one (same episodes, horizon and seed) and both are printed side by side:
+mean return and per-achievement success rates (DIR/random_baseline.json). ``--env
+craftax/Craftax-Symbolic-v1`` trains full Craftax. PPO works through ``--agent ppo``
+but pays a Craftax reset per environment step (its auto-reset), so on a CPU it is
+impractically slow. Writes DIR/metrics.jsonl, summary.json, curve.png and a
+checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
 runs/craftax_<agent>, replacing an earlier run there.
 """
 
