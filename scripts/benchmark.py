@@ -91,15 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     device, rows, start = device_description(), [], time.time()
     meta = {"command": " ".join(["python", *sys.argv]), "quick": args.quick,
-            "repeats": repeats, "sections": sections}  # fmt: skip
+            "repeats": dict.fromkeys(sections, repeats), "sections": sections}  # fmt: skip
     if args.update and out.exists():
         old = json.loads(out.read_text())
         if old["device"] != device:
             parser.error(f"--update: {out} was measured on {old['device']}, not here")
         rows = [r for r in old["results"] if r["section"] not in sections]
         kept = [s for s in old["sections"] if s not in sections]
+        old_repeats = old["repeats"]  # one count for every section in older files
+        if not isinstance(old_repeats, dict):
+            old_repeats = dict.fromkeys(old["sections"], old_repeats)
         meta |= {"command": f"{old['command']} && {meta['command']}",
-                 "sections": kept + sections}  # fmt: skip
+                 "sections": kept + sections,
+                 "repeats": {s: old_repeats[s] for s in kept} | meta["repeats"]}  # fmt: skip
     print(f"device: {device}", flush=True)
     for section in sections:
         for case, methods in SECTIONS[section]:

@@ -216,15 +216,16 @@ def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
     })  # fmt: skip
     out = tmp_path / "b.json"
 
-    def run(*args):
-        bench.main(["--repeats", "1", "--out", str(out), *args])
+    def run(*args, repeats="1"):
+        bench.main(["--repeats", repeats, "--out", str(out), *args])
         doc = json.loads(out.read_text())
         return doc, [(r["section"], r["method"]) for r in doc["results"]]
 
     first, _ = run("--only", "a")
-    doc, rows = run("--only", "b", "--update")
+    doc, rows = run("--only", "b", "--update", repeats="2")
     assert rows == [("a", "plain"), ("b", "plain")]
     assert doc["sections"] == ["a", "b"] and doc["results"][0] == first["results"][0]
+    assert doc["repeats"] == {"a": 1, "b": 2}  # each section keeps its own count
     doc, rows = run("--only", "a", "--update")
     assert rows == [("b", "plain"), ("a", "plain")]
     assert doc["results"][1]["times_s"] != first["results"][0]["times_s"]  # remeasured
