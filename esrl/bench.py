@@ -188,7 +188,7 @@ class Timing(NamedTuple):
     memory_kind: str
     """``host_rss`` or ``device``."""
     heavy: bool = False
-    """Timed after the other benches' rounds (see `time_round_robin`), not beside them."""
+    """Timed after the other benches' rounds (`time_round_robin`), not beside them."""
 
 
 def time_round_robin(
@@ -240,8 +240,8 @@ def time_round_robin(
         for i in everyone:
             sample(i, keep=False)
     heavy = []
-    if warmup:
-        fastest = min(out[i].warmup_s[0] for i in everyone) if benches else 0.0
+    if warmup and benches:
+        fastest = min(out[i].warmup_s[0] for i in everyone)
         heavy = [i for i in everyone if out[i].warmup_s[0] > heavy_ratio * fastest]
     light = [i for i in everyone if i not in heavy]
     if heavy and light:  # let the machine recover from the heavy warm-up calls
@@ -260,7 +260,7 @@ def time_round_robin(
 
 
 def paired_ratio(base: Timing, t: Timing, work: float = 1.0) -> dict | None:
-    """Quartiles over rounds of t's speed / base's, if both were timed in the same rounds.
+    """Quartiles over rounds of t's speed / base's, if both ran in the same rounds.
 
     ``work``: t's env steps per call / base's. Each round's two calls ran back to back,
     so their ratio sees the same machine state; the spread of these ratios shows how

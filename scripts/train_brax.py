@@ -8,14 +8,14 @@ A thin preset over ``esrl train --env brax/<name>`` (``--env`` takes the short n
 ES takes the Brax defaults of ``esrl train`` (normalised observations, 1000-step
 episodes; inverted_double_pendulum: 256 members, 150 generations); PPO the settings
 below (PureJaxRL's Brax recipe scaled to a CPU). Measured numbers and costs are in
-docs/results.md: on a 2-core CPU compiling a Brax rollout takes 0.5-2 minutes and
-ES solves inverted_double_pendulum (~9340) in about 3.5 minutes. ``--env ant`` works with the
-``brax/`` defaults (512 members x 1000 steps = 512k env steps per generation; ant
+docs/results.md: on a 2-core CPU compiling a Brax rollout takes 0.5-2 minutes and ES
+solves inverted_double_pendulum (~9340) in about 3.5 minutes. ``--env ant`` works with
+the ``brax/`` defaults (512 members x 1000 steps = 512k env steps per generation; ant
 stepped at ~6k env steps/s on the loaded 2-core CPU, so ~1.5 minutes a generation and
-about 12 hours for the default 500: a GPU job). Writes
-DIR/metrics.jsonl, summary.json, curve.png and a checkpoint that ``--resume DIR``
-continues from; without ``--out`` the run goes to runs/brax_<agent> (runs/brax_<env>_
-<agent> for another --env), replacing an earlier run there.
+about 12 hours for the default 500: a GPU job). Writes DIR/metrics.jsonl,
+summary.json, curve.png and a checkpoint that ``--resume DIR`` continues from; without
+``--out`` the run goes to runs/brax_<agent> (runs/brax_<env>_<agent> for another
+--env), replacing an earlier run there.
 """
 
 from __future__ import annotations
