@@ -6,9 +6,10 @@
 A thin preset over ``esrl train --env gymnax/Breakout-MinAtar``. PPO runs 3M steps of
 32 envs x 64 steps with an entropy bonus of 0.05: with the usual 0.01 its policy
 collapses onto a 7-brick rally and stays there (so does ES: every member of a
-generation scores at most 7, which leaves no ranking signal). ES takes the Breakout
-defaults of ``esrl train`` (256 members x 2 episodes, 300 generations). Measured
-numbers are in docs/results.md. Writes DIR/metrics.jsonl, summary.json, curve.png and
+generation scores at most 7, which leaves no ranking signal). EGGROLL gets past
+that plateau with rank-3 perturbations and sigma 0.1 over 1000 generations of 256
+members x 2 episodes (about a minute here); OpenAI-ES takes the Breakout defaults of
+``esrl train`` (300 generations). Measured numbers are in docs/results.md. Writes DIR/metrics.jsonl, summary.json, curve.png and
 a checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
 runs/breakout_<agent>, replacing an earlier run there.
 """
@@ -29,6 +30,7 @@ PRESET = Preset(
             "update_epochs": 4, "num_minibatches": 4, "lr": 2.5e-3, "ent_coef": 0.05,
             "eval_every": 50, "eval_episodes": 32,
         },
+        "eggroll": {"rank": 3, "sigma": 0.1, "generations": 1000, "eval_every": 100},
     },
 )  # fmt: skip
 
