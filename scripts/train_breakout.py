@@ -5,12 +5,13 @@
 
 A thin preset over ``esrl train --env gymnax/Breakout-MinAtar``. PPO runs 3M steps of
 32 envs x 64 steps with an entropy bonus of 0.05: with the usual 0.01 its policy
-collapses onto a 7-brick rally and stays there (so does ES: every member of a
-generation scores at most 7, which leaves no ranking signal). EGGROLL gets past
-that plateau with rank-3 perturbations and sigma 0.1 over 1000 generations of 256
-members x 2 episodes (about a minute here); OpenAI-ES takes the Breakout defaults of
-``esrl train`` (300 generations). Measured numbers are in docs/results.md. Writes DIR/metrics.jsonl, summary.json, curve.png and
-a checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
+collapses onto a 7-brick rally and stays there (so does rank-1 ES: every member of a
+generation scores at most 7, which leaves no ranking signal). EGGROLL runs rank-3
+perturbations with sigma 0.1 for 1000 generations of 256 members x 2 episodes (about a
+minute here), which got past that plateau on 3 of the 5 seeds tried; OpenAI-ES takes
+the Breakout defaults of ``esrl train`` (300 generations). Measured numbers are in
+docs/results.md. Writes DIR/metrics.jsonl, summary.json, curve.png and a checkpoint
+that ``--resume DIR`` continues from; without ``--out`` the run goes to
 runs/breakout_<agent>, replacing an earlier run there.
 """
 
