@@ -41,7 +41,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "episodes": 8, "generations": 200, "eval_every": 10, "eval_episodes": 64,
     },
     "gymnax/Breakout-MinAtar": {
-        "episodes": 2, "generations": 300, "eval_every": 25, "eval_episodes": 32,
+        "rank": 3, "sigma": 0.1, "episodes": 2, "generations": 1000, "eval_every": 100,
+        "eval_episodes": 32,
     },
     "brax/": {
         "normalize_obs": True, "hidden": 64, "population": 512, "sigma": 0.02,
@@ -117,7 +118,7 @@ def _add_train(sub) -> None:
     a("--policy", choices=POLICIES, help="policy torso (default mlp)")
     a("--hidden", type=int, metavar="H", help="hidden width")
     a("--population", type=int, metavar="N", help="members per generation (even)")
-    a("--rank", type=int, metavar="R", help="EGGROLL perturbation rank (default 1)")
+    a("--rank", type=int, metavar="R", help="EGGROLL perturbation rank")
     a("--sigma", type=float, metavar="S", help="perturbation scale")
     a("--lr", type=float, metavar="LR", help="learning rate (Adam)")
     a("--generations", type=int, metavar="G", help="total generations (resumes too)")

@@ -6,13 +6,13 @@
 A thin preset over ``esrl train --env gymnax/Breakout-MinAtar``. PPO runs 3M steps of
 32 envs x 64 steps with an entropy bonus of 0.05: with the usual 0.01 its policy
 collapses onto a 7-brick rally and stays there (so does rank-1 ES: every member of a
-generation scores at most 7, which leaves no ranking signal). EGGROLL runs rank-3
-perturbations with sigma 0.1 for 1000 generations of 256 members x 2 episodes (about a
-minute here), which got past that plateau on 3 of the 5 seeds tried; OpenAI-ES takes
-the Breakout defaults of ``esrl train`` (300 generations). Measured numbers are in
-docs/results.md. Writes DIR/metrics.jsonl, summary.json, curve.png and a checkpoint
-that ``--resume DIR`` continues from; without ``--out`` the run goes to
-runs/breakout_<agent>, replacing an earlier run there.
+generation scores at most 7, which leaves no ranking signal). EGGROLL and OpenAI-ES
+take the Breakout defaults of ``esrl train``: 1000 generations of 256 members x 2
+episodes with sigma 0.1, EGGROLL with rank-3 perturbations (about a minute here),
+which got past that plateau on 3 of the 5 seeds tried; OpenAI-ES (about 7 minutes)
+did not. Measured numbers are in docs/results.md. Writes DIR/metrics.jsonl,
+summary.json, curve.png and a checkpoint that ``--resume DIR`` continues from; without
+``--out`` the run goes to runs/breakout_<agent>, replacing an earlier run there.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ PRESET = Preset(
             "update_epochs": 4, "num_minibatches": 4, "lr": 2.5e-3, "ent_coef": 0.05,
             "eval_every": 50, "eval_episodes": 32,
         },
-        "eggroll": {"rank": 3, "sigma": 0.1, "generations": 1000, "eval_every": 100},
     },
 )  # fmt: skip
 
