@@ -98,6 +98,8 @@ class PPOConfig:
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
         what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
         if self.num_minibatches < 1 or units % self.num_minibatches:

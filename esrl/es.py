@@ -66,6 +66,8 @@ class ESConfig:
             )
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 @struct.dataclass

@@ -91,6 +91,12 @@ class PolicySpec:
     activation: str = "tanh"
     """Activation: tanh, relu or gelu."""
 
+    def __post_init__(self):
+        if self.hidden < 1:
+            raise ValueError(f"hidden width must be >= 1, got {self.hidden}")
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+
 
 def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:
     """A `Policy` for ``action_space``; raises a clear error for spaces it cannot serve."""

@@ -45,6 +45,8 @@ def no_compile(monkeypatch):
         (["--devices", "64"], "--devices 64 is not available"),
         (["--sigma", "-1"], "sigma must be > 0"),
         (["--horizon", "0"], "horizon must be >= 1"),
+        (["--hidden", "0"], "hidden width must be >= 1"),
+        (["--lr", "-1"], "lr must be > 0"),
         (["--plugin", "no_such_module_xyz"], "--plugin 'no_such_module_xyz' could not"),
     ],
 )

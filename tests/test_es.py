@@ -212,6 +212,7 @@ def test_rank_too_large_is_a_clear_error():
         ({"optimizer": "rmsprop"}, "optimizer must be one of"),
         ({"fitness_shaping": "ranks"}, "fitness_shaping must be one of"),
         ({"sigma": 0.0}, "sigma must be > 0"),
+        ({"lr": -0.01}, "lr must be > 0"),
         ({"population": 1}, "population must be >= 2"),
     ],
 )

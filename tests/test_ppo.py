@@ -271,5 +271,9 @@ def test_bad_configurations_say_what_to_do():
         PPOConfig(num_envs=16, num_minibatches=3, policy=GRU)
     with pytest.raises(ValueError, match="raise total_steps"):
         PPOConfig(total_steps=100)
+    with pytest.raises(ValueError, match="lr must be > 0, got -0.001"):
+        PPOConfig(lr=-1e-3)
+    with pytest.raises(ValueError, match="hidden width must be >= 1, got 0"):
+        PPOConfig(policy=PolicySpec(hidden=0))
     with pytest.raises(TypeError, match="without autoreset"):
         PPO(PPOConfig(), esrl.make("gymnax/CartPole-v1", autoreset=True))
