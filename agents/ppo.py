@@ -95,11 +95,21 @@ class PPOConfig:
     """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
 
     def __post_init__(self):
-        for name in ("total_steps", "num_envs", "num_steps", "update_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        rules = {
+            ">= 1": (
+                lambda v: v >= 1,
+                ("total_steps", "num_envs", "num_steps", "update_epochs"),
+            ),
+            "> 0": (lambda v: v > 0, ("lr", "clip_eps", "max_grad_norm")),
+            "in [0, 1]": (lambda v: 0 <= v <= 1, ("gamma", "gae_lambda")),
+            ">= 0": (lambda v: v >= 0, ("vf_coef", "ent_coef")),
+        }
+        for rule, (ok, names) in rules.items():
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(
+                        f"{name} must be {rule}, got {getattr(self, name)}"
+                    )
         units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
         what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
         if self.num_minibatches < 1 or units % self.num_minibatches:

@@ -273,6 +273,10 @@ def test_bad_configurations_say_what_to_do():
         PPOConfig(total_steps=100)
     with pytest.raises(ValueError, match="lr must be > 0, got -0.001"):
         PPOConfig(lr=-1e-3)
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\], got 1.5"):
+        PPOConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="ent_coef must be >= 0, got -0.1"):
+        PPOConfig(ent_coef=-0.1)
     with pytest.raises(ValueError, match="hidden width must be >= 1, got 0"):
         PPOConfig(policy=PolicySpec(hidden=0))
     with pytest.raises(TypeError, match="without autoreset"):
