@@ -213,6 +213,8 @@ def test_rank_too_large_is_a_clear_error():
         ({"fitness_shaping": "ranks"}, "fitness_shaping must be one of"),
         ({"sigma": 0.0}, "sigma must be > 0"),
         ({"lr": -0.01}, "lr must be > 0"),
+        ({"sigma_decay": 0.0}, "sigma_decay must be > 0"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"population": 1}, "population must be >= 2"),
     ],
 )
