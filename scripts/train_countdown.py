@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from esrl.agents.eggroll import EggrollConfig
@@ -21,7 +22,7 @@ from esrl.agents.openai_es import OpenAIESConfig
 from esrl.envs.llm.finetune import FinetuneConfig
 from esrl.envs.llm.model import DEFAULT_EXCLUDE
 from esrl.envs.llm.tasks import countdown_task
-from esrl.envs.llm.train import RunConfig, run_finetune
+from esrl.envs.llm.train import RunConfig, prepare_finetune, train_prepared
 
 from esrl.checkpoint import read_meta
 
@@ -94,32 +95,32 @@ def build(args: argparse.Namespace) -> RunConfig:
     return RunConfig(env, args.agent, agent_config, finetune, args.model)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse, run, print the summary."""
+def resumed(path: Path, generations: int) -> RunConfig:
+    """The configuration saved in ``path``, run up to ``generations`` if one is given."""
+    meta = read_meta(path)
+    saved = {**meta["agent_config"], "exclude": tuple(meta["agent_config"]["exclude"])}
+    config_cls = EggrollConfig if meta["agent"] == "eggroll" else OpenAIESConfig
+    finetune = meta["finetune"]
+    if generations != FinetuneConfig().generations:
+        finetune = {**finetune, "generations": generations}
+    return RunConfig(meta["env"], meta["agent"], config_cls(**saved),
+                     FinetuneConfig(**finetune), meta["model_dir"])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, validate (bad input: one ``error:`` line, exit 2), run, print the summary."""
     args = parse_args(argv)
-    if args.resume is not None:
-        meta = read_meta(args.resume)
-        saved = {
-            **meta["agent_config"],
-            "exclude": tuple(meta["agent_config"]["exclude"]),
-        }
-        config_cls = EggrollConfig if meta["agent"] == "eggroll" else OpenAIESConfig
-        finetune = FinetuneConfig(**meta["finetune"])
-        if args.generations != FinetuneConfig().generations:
-            finetune = FinetuneConfig(
-                **{**meta["finetune"], "generations": args.generations}
-            )
-        run = RunConfig(meta["env"], meta["agent"], config_cls(**saved), finetune,
-                        meta["model_dir"])  # fmt: skip
-        out = args.resume
-    else:
-        run, out = build(args), args.out
-    numbers = int(run.env.rsplit("-", 1)[1])
-    summary = run_finetune(
-        run, countdown_task(numbers), out, resume=args.resume is not None
-    )
-    print(json.dumps(summary, indent=2))
+    resume = args.resume is not None
+    try:
+        run = resumed(args.resume, args.generations) if resume else build(args)
+        task = countdown_task(int(run.env.rsplit("-", 1)[1]))
+        prepared = prepare_finetune(run, task, args.resume or args.out, resume)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"train_countdown.py: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(train_prepared(prepared), indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -88,7 +88,7 @@ def _script():
     return module
 
 
-def test_train_countdown_script_outputs_and_resume(tmp_path):
+def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
     script, out = _script(), tmp_path / "run"
     common = ["--model", str(tmp_path / "model"), "--population", "4",
@@ -106,11 +106,13 @@ def test_train_countdown_script_outputs_and_resume(tmp_path):
     ]
     train = [r for r in records if "train_return_mean" in r]
     assert [r["iteration"] for r in train] == [1, 2]
+    # throughput after compilation: generation 1 compiled, so generation 2's alone
+    assert summary["env_steps_per_s"] == pytest.approx(train[1]["env_steps_per_s"])
     assert all(r["env_steps"] > 0 and "wall_time_s" in r for r in train)
     assert records[0]["eval_return"] == summary["eval_accuracy_initial"]
     assert (out / "curve.png").is_file() and (out / "checkpoint.safetensors").is_file()
-    with pytest.raises(ValueError, match="--resume"):
-        script.main([*common, "--out", str(out), "--generations", "2"])
+    assert script.main([*common, "--out", str(out), "--generations", "2"]) == 2
+    assert "error:" in capsys.readouterr().err  # the run is kept: resume it instead
     script.main(["--resume", str(out), "--generations", "3"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["generations"] == 3

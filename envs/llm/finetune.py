@@ -59,8 +59,17 @@ class FinetuneConfig:
     """Call the checkpoint hook every this many generations (and after evaluations)."""
 
     def __post_init__(self):
-        if self.prompts_per_generation < 1 or self.generations < 0:
-            raise ValueError("prompts_per_generation must be >= 1 and generations >= 0")
+        if self.generations < 0:
+            raise ValueError(f"generations must be >= 0, got {self.generations}")
+        if self.prompts_per_generation < 1:
+            raise ValueError(
+                f"prompts_per_generation must be >= 1, got {self.prompts_per_generation}"
+            )
+        if self.train_size < self.prompts_per_generation:
+            raise ValueError(
+                f"train_size {self.train_size} must be at least the "
+                f"{self.prompts_per_generation} prompts of one generation"
+            )
         if self.eval_size < 1:
             raise ValueError(f"eval_size must be >= 1, got {self.eval_size}")
 

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from esrl.envs.llm.finetune import FinetuneConfig, Finetuner, finetune
@@ -89,6 +89,7 @@ class _Recorder:
             counters,
             initial,
         )
+        counters.setdefault("train_tokens", counters["env_steps"])  # older checkpoints
         self.wall0 = counters["wall_time_s"] - time.perf_counter()
         self.first: int | None = None
         self.logger: RunLogger | None = None
@@ -117,8 +118,11 @@ class _Recorder:
     def log(self, record: dict) -> None:
         """Log one generation (the first of a session includes compilation)."""
         c = self.counters
-        key = "compile_s" if record["iteration"] == self.first else "train_s"
-        c[key] += record["generation_s"]
+        if record["iteration"] == self.first:  # includes compilation
+            c["compile_s"] += record["generation_s"]
+        else:
+            c["train_s"] += record["generation_s"]
+            c["train_tokens"] += record["tokens"]
         c["env_steps"] += record["tokens"]
         rate = record["tokens"] / record["generation_s"]
         record.update(env_steps=c["env_steps"], wall_time_s=self.wall(),
@@ -138,7 +142,9 @@ class _Recorder:
             "env_steps": c["env_steps"],
             "wall_time_s": c["wall_time_s"],
             "compile_s": c["compile_s"],
-            "env_steps_per_s": c["env_steps"] / max(c["train_s"], 1e-9),
+            "env_steps_per_s": (  # None: no generation ran after the compiling one
+                c["train_tokens"] / c["train_s"] if c["train_s"] > 0 else None
+            ),
             "device": describe_device(),
             "eval_accuracy_initial": self.initial,
             "final_eval_accuracy": final.accuracy,
@@ -151,10 +157,23 @@ class _Recorder:
         return summary
 
 
-def run_finetune(
+class Prepared(NamedTuple):
+    """A validated run, ready to fine-tune (`prepare_finetune`)."""
+
+    finetuner: Finetuner
+    state: Any
+    recorder: _Recorder
+    fresh: bool
+    """A new run (its initial held-out accuracy is still to be measured)."""
+
+
+def prepare_finetune(
     run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False
-) -> dict:
-    """Fine-tune, evaluate before and after on the held-out set; returns the summary."""
+) -> Prepared:
+    """Check the run directory, model and configuration; restore a resumed state.
+
+    Bad input raises here (ValueError, FileNotFoundError), before any generation.
+    """
     out_dir = Path(out_dir)
     if not resume and has_checkpoint(out_dir):
         raise ValueError(
@@ -166,21 +185,28 @@ def run_finetune(
         RecurrentLM(model_config), task, run.agent_config.strategy(), run.finetune
     )
     state = finetuner.init(jax.random.key(run.finetune.seed), params)
-    if resume:
-        _check_resumable(out_dir, run)
-        state, meta = load_checkpoint(out_dir, template=state)
-        recorder = _Recorder(
-            run, out_dir, meta["counters"], meta["eval_accuracy_initial"]
-        )
-    else:
-        counters = {
-            "env_steps": 0,
-            "wall_time_s": 0.0,
-            "compile_s": 0.0,
-            "train_s": 0.0,
-        }
-        recorder = _Recorder(run, out_dir, counters, 0.0)
-        recorder.initial = finetuner.evaluate(params).accuracy
+    if not resume:
+        counters = {"env_steps": 0, "wall_time_s": 0.0, "compile_s": 0.0,
+                    "train_s": 0.0, "train_tokens": 0}  # fmt: skip
+        return Prepared(finetuner, state, _Recorder(run, out_dir, counters, 0.0), True)
+    _check_resumable(out_dir, run)
+    state, meta = load_checkpoint(out_dir, template=state)
+    recorder = _Recorder(run, out_dir, meta["counters"], meta["eval_accuracy_initial"])
+    return Prepared(finetuner, state, recorder, False)
+
+
+def run_finetune(
+    run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False
+) -> dict:
+    """Fine-tune, evaluate before and after on the held-out set; returns the summary."""
+    return train_prepared(prepare_finetune(run, task, out_dir, resume))
+
+
+def train_prepared(prepared: Prepared) -> dict:
+    """Run a `prepare_finetune` result to its last generation; returns the summary."""
+    finetuner, state, recorder, fresh = prepared
+    if fresh:
+        recorder.initial = finetuner.evaluate(state.params).accuracy
     recorder.open(int(state.generation))
     try:
         state, _ = finetune(finetuner, state, int(state.generation), log=recorder.log,
