@@ -12,6 +12,7 @@ population x horizon environment steps. PPO rows are training steps per second.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -115,6 +116,17 @@ def aot(fn: Callable, *args) -> tuple[Callable, float, float | None]:
     except Exception:  # noqa: BLE001 - not every backend reports it
         mb = None
     return compiled, seconds, mb
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1, or a clear usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def chunk_for(horizon: int, most: int = 32) -> int:

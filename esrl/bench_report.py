@@ -219,8 +219,9 @@ def _peer_table(title: str, x: str, rows: list[dict]) -> str:
 if __name__ == "__main__":
     import sys
 
-    doc = json.loads(
-        Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json").read_text()
-    )
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json")
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file; write one with scripts/benchmark.py")
+    doc = json.loads(path.read_text())
     print(f"{doc['device']}; `{doc.get('command', '')}`\n")
     print(tables(doc["results"]))

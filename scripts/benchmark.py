@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from esrl.bench import Case, device_description, run_case
+from esrl.bench import Case, device_description, positive_int, run_case
 from esrl.bench_report import plot, write
 
 P, E, O = ("plain", None), ("eggroll", 1), ("openai_es", None)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", nargs="+", choices=list(SECTIONS), help="run only these sections"
     )
-    parser.add_argument("--repeats", type=int, help="timed calls per method")
+    parser.add_argument("--repeats", type=positive_int, help="timed calls per method")
     parser.add_argument(
         "--update",
         action="store_true",

@@ -6,9 +6,9 @@ Run on the lent H100 (jax 0.11.2, CUDA) with a 120 s budget: ES methods time the
 generation step (ask, rollout, tell), ``plain`` the same rollout with shared weights.
 """
 
+import argparse
 import json
 import os
-import sys
 import time
 
 from esrl.bench import Case, device_description, run_case
@@ -26,7 +26,10 @@ CASES = [
 
 def main() -> None:
     """Run the cases until the time budget (first argument, seconds) is spent."""
-    budget = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("seconds", type=float, nargs="?", default=120.0,
+                        help="time budget: no new case starts after it")  # fmt: skip
+    budget = parser.parse_args().seconds
     out = os.environ.get("OUT", ".")
     rows, start = [], time.time()
     for case, methods in CASES:

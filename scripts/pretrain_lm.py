@@ -54,17 +54,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Train, evaluate on held-out Countdown, save."""
     args = parse_args(argv)
-    config = PretrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        seed=args.seed,
-        time_limit_s=args.time_limit,
-    )
-    model_config = LMConfig(
-        width=args.width, layers=args.layers, mlp_hidden=args.mlp_hidden
-    )
+    try:
+        config = PretrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=args.warmup,
+            seed=args.seed,
+            time_limit_s=args.time_limit,
+        )
+        model_config = LMConfig(
+            width=args.width, layers=args.layers, mlp_hidden=args.mlp_hidden
+        )
+    except ValueError as e:
+        print(f"pretrain_lm.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     start = time.perf_counter()
     params, history = pretrain(
         config, model_config, log=lambda r: print(json.dumps(r), flush=True)

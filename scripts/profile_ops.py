@@ -25,7 +25,7 @@ from collections import Counter
 import jax
 
 from esrl import xla
-from esrl.bench import Case, Skipped, build
+from esrl.bench import Case, Skipped, build, positive_int
 
 GROUPS = (
     "policy matmuls x @ W",
@@ -132,15 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--kind", default=Case.kind, choices=("mlp", "gru", "mingru", "lstm")
     )
-    parser.add_argument("--hidden", type=int, default=Case.hidden)
-    parser.add_argument("--population", type=int, default=Case.population)
-    parser.add_argument("--horizon", type=int, default=Case.horizon)
+    parser.add_argument("--hidden", type=positive_int, default=Case.hidden)
+    parser.add_argument("--population", type=positive_int, default=Case.population)
+    parser.add_argument("--horizon", type=positive_int, default=Case.horizon)
     parser.add_argument(
         "--methods", nargs="+", default=["plain", "eggroll"],
         choices=("plain", "eggroll", "openai_es"),
         help="the first is the baseline of the differences",
     )  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=3, help="profiled generations")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="profiled generations"
+    )
     args = parser.parse_args(argv)
     if jax.default_backend() != "cpu":
         raise SystemExit("per-op profiles read XLA:CPU trace events; run on the CPU")

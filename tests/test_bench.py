@@ -1,5 +1,6 @@
 """The benchmark machinery on a tiny case: rows, ratios, autorange and the report."""
 
+import argparse
 import json
 import time
 
@@ -11,6 +12,7 @@ from esrl.bench import (
     FixedHorizon,
     Timing,
     paired_ratio,
+    positive_int,
     run_case,
     time_round_robin,
 )
@@ -169,3 +171,10 @@ def test_paired_ratio_is_taken_round_by_round():
     assert (one["q1"], one["median"], one["q3"]) == (0.5, 0.5, 0.5)
     # a bench doing 3x the env steps per call in twice the time is 1.5x as fast
     assert paired_ratio(timing([2.0]), timing([4.0]), work=3.0)["median"] == 1.5
+
+
+def test_positive_int_rejects_what_is_not_a_count():
+    assert positive_int("3") == 3
+    for text in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
+            positive_int(text)

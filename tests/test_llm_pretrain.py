@@ -68,3 +68,16 @@ def test_pretraining_lowers_the_loss():
     assert jax.tree.structure(params) == jax.tree.structure(
         init_params(jax.random.key(0), TINY)
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be >= 1, got 0"),
+        ({"lr": 0.0}, "need lr > 0"),
+        ({"equation_fraction": 1.5}, r"equation_fraction must be in \[0, 1\]"),
+    ],
+)
+def test_bad_pretrain_config_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainConfig(**kwargs)

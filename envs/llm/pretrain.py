@@ -62,6 +62,20 @@ class PretrainConfig:
     time_limit_s: float | None = None
     """Stop early (and keep the weights) after this many seconds of training."""
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"need lr > 0, warmup >= 0 and weight_decay >= 0, got {self.lr}, "
+                f"{self.warmup} and {self.weight_decay}"
+            )
+        if not 0 <= self.equation_fraction <= 1:
+            raise ValueError(
+                f"equation_fraction must be in [0, 1], got {self.equation_fraction}"
+            )
+
 
 def chain_sum_task() -> Task:
     """reasoning-gym ``chain_sum`` (2-4 terms, 1-2 digits), worked left to right."""
