@@ -158,9 +158,18 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+def _version() -> str:
+    import jax
+
+    from esrl import __version__
+
+    return f"esrl {__version__} (jax {jax.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog="esrl", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.add_argument("filter", nargs="?", default="", help="only ids containing this")

@@ -95,6 +95,12 @@ def test_help_documents_every_option_and_the_env_defaults(capsys):
     assert env_defaults("gymnax/CartPole-v1")["hidden"] == 32
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.startswith(f"esrl {esrl.__version__} (jax ")
+
+
 def test_resume_errors(tmp_path, capsys, no_compile):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
