@@ -311,9 +311,10 @@ def run_command(
     """Build the spec (fresh or resumed), validate, train and print the outcome.
 
     Shared by ES and PPO: bad input prints one ``error:`` line and returns 2 before
-    anything compiles; Ctrl-C returns 130 after the run saved its checkpoint.
+    anything compiles; Ctrl-C or SIGTERM returns 130 after the run saved its checkpoint.
     """
     from esrl.checkpoint import read_meta
+    from esrl.runs import sigterm_as_interrupt
 
     try:
         import_plugins(tuple(args.plugin))
@@ -332,7 +333,8 @@ def run_command(
         print(f"esrl train: error: {msg}", file=sys.stderr)
         return 2
     try:
-        summary = fit(prepared).summary
+        with sigterm_as_interrupt():
+            summary = fit(prepared).summary
     except KeyboardInterrupt:
         return 130
     print(

@@ -6,6 +6,10 @@ A run directory holds one checkpoint whose metadata is ``{"spec": ..., "counters
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +50,26 @@ def report_interrupt(logger: RunLogger, out_dir: Path | None, done: str) -> None
             f"interrupted after {done}; checkpoint saved, "
             f"continue with: esrl train --resume {out_dir}"
         )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within this block SIGTERM (``kill``, a scheduler's preemption) acts as Ctrl-C.
+
+    The training loops then checkpoint the generations done and stop, as on Ctrl-C,
+    so a killed run resumes where it stopped. The signal is handled between Python
+    bytecodes, that is once the running generation (a compiled call) has returned.
+    Outside the main thread (where signals cannot be handled) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -25,6 +25,7 @@ from esrl.envs.llm.tasks import countdown_task
 from esrl.envs.llm.train import RunConfig, prepare_finetune, train_prepared
 
 from esrl.checkpoint import read_meta
+from esrl.runs import sigterm_as_interrupt
 
 DEFAULTS = {"population": 32, "sigma": 0.005, "lr": 3e-4, "rank": 1}
 """ES defaults for the shipped model (see the README for the measured run)."""
@@ -118,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"train_countdown.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(train_prepared(prepared), indent=2))
+    try:
+        with sigterm_as_interrupt():  # a killed run checkpoints, as on Ctrl-C
+            summary = train_prepared(prepared)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with --resume {args.resume or args.out}")
+        return 130
+    print(json.dumps(summary, indent=2))
     return 0
 
 

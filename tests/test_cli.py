@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import jax.numpy as jnp
 import pytest
 from memory_env import MemoryEnv
 
 import esrl
 from esrl import spaces
+from esrl.checkpoint import read_meta
 from esrl.cli import build_parser, env_defaults, main
 from esrl.distributed import check_population
 from esrl.logger import read_metrics
@@ -133,3 +139,25 @@ def test_plugin_environment_trains_with_a_gru_and_resumes(
         main(["train", "--resume", "run", "--generations", "3", "--no-progress"]) == 0
     )
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_sigterm_checkpoints_the_generations_done(tmp_path):
+    """A killed run (SIGTERM, as a scheduler's preemption) stops like Ctrl-C."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "esrl.cli", "train", "--env", "gymnax/CartPole-v1",
+           "--population", "8", "--hidden", "8", "--generations", "100000",
+           "--eval-every", "100000", "--checkpoint-every", "100000", "--no-progress",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err.decode() and "--resume" in err.decode()
+    done = read_meta(out)["counters"]["generation"]
+    assert done >= 3 and [r["iteration"] for r in read_metrics(out)] == list(
+        range(1, done + 1)
+    )
