@@ -35,6 +35,7 @@ class EnvSpec:
 _REGISTRY: dict[str, EnvSpec] = {}
 _builtins_loaded = False
 _plugins_loaded = False
+_loading = False
 
 
 def register(
@@ -47,6 +48,9 @@ def register(
     """Register ``id``; `make` calls ``entry_point(**defaults, **kwargs)``."""
     if not isinstance(id, str) or "/" not in id:
         raise ValueError(f"environment id {id!r} must look like 'family/Name-v0'")
+    # Built-ins and plug-ins first: registered later, they would clash with (and
+    # undo) a user's registration of the same id.
+    _load_all()
     if id in _REGISTRY and not override:
         raise ValueError(
             f"{id!r} is already registered; pass override=True to replace it"
@@ -71,10 +75,22 @@ def _load_plugins() -> None:
         ep.load()()
 
 
+def _load_all() -> None:
+    """Built-ins, then plug-ins; the `register` calls they make skip this."""
+    global _loading
+    if _loading:
+        return
+    _loading = True
+    try:
+        _load_builtins()
+        _load_plugins()
+    finally:
+        _loading = False
+
+
 def list_envs() -> list[str]:
     """All registered ids, sorted."""
-    _load_builtins()
-    _load_plugins()
+    _load_all()
     return sorted(_REGISTRY)
 
 

@@ -170,3 +170,23 @@ def test_listing_ids_imports_neither_brax_nor_craftax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_registering_before_first_make_keeps_builtins_and_catches_duplicates():
+    # A fresh process: nothing is loaded until the first register/make/list_envs.
+    code = (
+        "import esrl\n"
+        "from esrl.envs.gymnax import make_gymnax\n"
+        "esrl.register('gymnax/CartPole-v1', make_gymnax, name='Acrobot-v1', "
+        "override=True)\n"
+        "assert 'Acrobot' in esrl.make('gymnax/CartPole-v1').name\n"
+        "assert 'gymnax/Pendulum-v1' in esrl.list_envs()\n"
+        "try:\n"
+        "    esrl.register('brax/ant', make_gymnax, name='Acrobot-v1')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "'brax/ant' is already registered" in out.stdout
