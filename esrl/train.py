@@ -219,8 +219,11 @@ class ESTrainer:
         self.eval_rollout = config.eval_rollout()
         shapes = self.param_shapes()
         check_rank(shapes, strategy.config.noise)
-        # whether a rollout hands its noise to the update instead of it being redrawn
-        self.keeps_noise = keeps_noise(shapes, strategy.config.noise, self.population)
+        # whether a rollout hands its noise to the update instead of it being redrawn;
+        # only blocks of whole antithetic pairs draw it per pair (`PairNoise`)
+        self.keeps_noise = self.block % 2 == 0 and keeps_noise(
+            shapes, strategy.config.noise, self.population
+        )
 
     def param_shapes(self):
         """Abstract policy parameters (shapes and dtypes; nothing is compiled)."""

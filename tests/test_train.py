@@ -159,6 +159,22 @@ def test_blocked_rollout_equals_one_block():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_odd_blocks_of_antithetic_pairs_equal_one_block():
+    # a block (or a device's share) of 3 splits a pair: its noise is not kept per pair
+    def generation(block):
+        config = TrainConfig(
+            block=block, rollout=RolloutConfig(horizon=8), policy=PolicySpec(hidden=8)
+        )
+        strategy = EggrollConfig(population=6).strategy()
+        trainer = ESTrainer(MemoryEnv(delay=2), strategy, config)
+        return jax.jit(trainer.generation)(trainer.init(jax.random.PRNGKey(3)))
+
+    whole = generation(None)
+    for block in (3, 1):
+        for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(generation(block))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_update_from_the_kept_noise_equals_the_regenerated_one():
     config = TrainConfig(
         block=4, rollout=RolloutConfig(horizon=8), policy=PolicySpec(hidden=8)
