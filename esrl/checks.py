@@ -180,14 +180,18 @@ def _structure(tree: Any) -> tuple:
 def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
     """Structural checks on abstract values (tracing only, nothing compiled)."""
     name = env.name
-    obs, state = _call(name, "reset", jax.eval_shape, env.reset, key, params)
+    out = _call(name, "reset", jax.eval_shape, env.reset, key, params)
+    if not isinstance(out, tuple) or len(out) != 2:
+        size = f"{len(out)} values" if isinstance(out, tuple) else _kind(out)
+        return [f"{name}.reset returned {size}; it must return (obs, state)"]
+    obs, state = out
     problems = _obs_shape_problems(f"{name}.reset", obs, obs_space)
     action = _call(name, "action_space.sample", jax.eval_shape, act_space.sample, key)
     out = _call(name, "step", jax.eval_shape, env.step, key, state, action, params)
     if not isinstance(out, tuple) or len(out) != 6:
-        size = len(out) if isinstance(out, tuple) else type(out).__name__
+        size = f"{len(out)} values" if isinstance(out, tuple) else _kind(out)
         message = (
-            f"{name}.step returned {size} values; it must return (obs, state, reward, "
+            f"{name}.step returned {size}; it must return (obs, state, reward, "
             "terminated, truncated, info). For the older (obs, state, reward, done, "
             "info) API wrap the environment with esrl.envs.legacy.LegacyEnv"
         )
@@ -216,6 +220,13 @@ def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
             f"{where}: info changes structure between steps; keep its keys, shapes and dtypes fixed"
         )
     return problems
+
+
+def _kind(out: Any) -> str:
+    """``out`` described for a message: a list of n values, or a single value."""
+    if isinstance(out, list):
+        return f"a list of {len(out)} values (return a tuple)"
+    return "a single array" if hasattr(out, "shape") else f"a {type(out).__name__}"
 
 
 def _value_problems(env, params, key, obs_space, act_space, num_steps) -> list[str]:

@@ -23,6 +23,10 @@ class Walk(Environment):
 
     def reset(self, key, params=None):
         x = jax.random.uniform(key, (self.size,), minval=-1.0, maxval=1.0)
+        if self.breaks.get("reset_obs_only"):
+            return self._obs(x)
+        if self.breaks.get("reset_three"):
+            return self._obs(x), x, {}
         return self._obs(x), x
 
     def step(self, key, state, action, params=None):
@@ -99,6 +103,8 @@ def test_valid_custom_env_passes_and_raw_gymnax_object_is_accepted():
         ("int_terminated", "Walk.step: terminated has dtype int32, but must be bool"),
         ("grow_state", "Walk.step: the state it returns differs in structure"),
         ("five_tuple", "Walk.step returned 5 values"),
+        ("reset_obs_only", "Walk.reset returned a single array; it must return (obs"),
+        ("reset_three", "Walk.reset returned 3 values; it must return (obs, state)"),
         ("raises", "Walk.reset failed under jax.jit/vmap: RuntimeError: boom in _obs"),
         (
             "nondeterministic",
