@@ -131,3 +131,20 @@ def test_user_task_and_disjoint_splits():
         make_task_env(object())
     with pytest.raises(ValueError, match="split"):
         LLMEnv(task, split="test")
+
+
+def test_eval_split_larger_than_eval_pool_is_refused():
+    def generate(seed, count):  # 1000 distinct prompts: splits easily collide
+        rng = np.random.default_rng(seed)
+        return [Problem(f"say {rng.integers(1000)}\n", "", None) for _ in range(count)]
+
+    task = Task("small", generate, lambda completion, problem: 0.0, max_new_tokens=4)
+    train = LLMEnv(task, size=300, eval_pool=32)
+    # Only the first eval_pool held-out problems are kept out of the train split.
+    with pytest.raises(ValueError, match="needs eval_pool >= 200"):
+        LLMEnv(task, split="eval", size=200, eval_pool=32)
+    heldout = LLMEnv(task, split="eval", size=32, eval_pool=32)
+    assert not {p.prompt for p in train.problems} & {p.prompt for p in heldout.problems}
+    train = LLMEnv(task, size=300, eval_pool=200)
+    heldout = LLMEnv(task, split="eval", size=200, eval_pool=200)
+    assert not {p.prompt for p in train.problems} & {p.prompt for p in heldout.problems}

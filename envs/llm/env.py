@@ -58,8 +58,14 @@ class LLMEnv(Environment):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        eval_size = max(size, eval_pool) if split == "eval" else eval_pool
-        splits = make_splits(task, seed, size if split == "train" else 0, eval_size)
+        if split == "eval" and size > eval_pool:
+            # The train split excludes only the first eval_pool held-out problems;
+            # more of them would overlap it.
+            raise ValueError(
+                f"split='eval' with size={size} needs eval_pool >= {size}; pass the "
+                "same eval_pool to the train environment so the splits stay disjoint"
+            )
+        splits = make_splits(task, seed, size if split == "train" else 0, eval_pool)
         self.task, self.split = task, split
         self.problems = (splits.train if split == "train" else splits.eval)[:size]
         self.max_new_tokens = max_new_tokens or task.max_new_tokens
