@@ -70,9 +70,9 @@ def where_done(done: jax.Array, reset, current):
     """Pick ``reset`` where ``done`` (shape [], or [B] over leading batch axes)."""
 
     def select(new, old):
-        return jnp.where(
-            done.reshape(done.shape + (1,) * (old.ndim - done.ndim)), new, old
-        )
+        # jnp.ndim: un-jitted, gymnax states hold Python ints (``time=0``).
+        extra = (1,) * (jnp.ndim(old) - done.ndim)
+        return jnp.where(done.reshape(done.shape + extra), new, old)
 
     return jax.tree.map(select, reset, current)
 

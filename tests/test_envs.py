@@ -308,6 +308,15 @@ def test_autoreset_wrapper_resets_and_keeps_final_obs():
     np.testing.assert_array_equal(info["final_obs"], [obs0[0], 2.0])
 
 
+def test_autoreset_steps_without_jit_on_a_gymnax_env():
+    # gymnax states hold Python ints (time=0) until traced; the selection copes.
+    env = esrl.make("gymnax/CartPole-v1", autoreset=True)
+    _, state = env.reset(jax.random.key(0))
+    obs, state, _, terminated, truncated, info = env.step(jax.random.key(1), state, 1)
+    np.testing.assert_array_equal(obs, info["final_obs"])
+    assert not terminated and not truncated and int(state.time) == 1
+
+
 def test_vecenv_rejects_bad_sizes():
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         VecEnv(Counter(), 0)
