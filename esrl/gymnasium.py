@@ -52,6 +52,8 @@ def _to_numpy(x: Any, space: gymnasium.spaces.Space) -> Any:
         return {k: _to_numpy(x[k], s) for k, s in space.spaces.items()}
     if isinstance(space, gymnasium.spaces.Tuple):
         return tuple(_to_numpy(v, s) for v, s in zip(x, space.spaces))
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return space.dtype.type(x)  # an np.int64, as gymnasium's checker expects
     return np.asarray(x, dtype=space.dtype)
 
 

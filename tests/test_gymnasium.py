@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import gymnasium
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -106,3 +107,32 @@ def test_space_conversion():
     with pytest.raises(TypeError, match="cannot convert"):
         to_gymnasium_space("box")
     assert isinstance(esrl.to_gymnasium("gymnax/Pendulum-v1"), GymnasiumEnv)
+
+
+class Ring(esrl.Environment):
+    """A position on a ring of 5 cells (a Discrete observation); never ends."""
+
+    def reset(self, key, params=None):
+        pos = jax.random.randint(key, (), 0, 5)
+        return pos, pos
+
+    def step(self, key, state, action, params=None):
+        pos = (state + action) % 5
+        false = jnp.zeros((), bool)
+        return pos, pos, jnp.float32(pos == 0), false, false, {}
+
+    def observation_space(self, params=None):
+        return spaces.Discrete(5)
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+
+def test_discrete_observations_are_numpy_ints_for_the_checker():
+    env = to_gymnasium(Ring())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gymnasium_check_env(env, skip_render_check=True)
+    assert not caught, [str(w.message) for w in caught]
+    obs, _ = env.reset(seed=0)
+    assert type(obs) is np.int64 and env.observation_space.contains(obs)
