@@ -30,8 +30,11 @@ def centered_ranks(fitness: jax.Array) -> jax.Array:
 
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """(f - mean) / std after `sanitize`."""
+    """(f - mean) / std after `sanitize`; all-equal fitness gives exact zeros."""
     f = sanitize(fitness)
+    # Shifting by the minimum first makes equal values exactly 0: otherwise the mean's
+    # rounding error (1 ulp) over a std of the same size scaled every weight to ~1.
+    f = f - f.min()
     return (f - f.mean()) / (f.std() + eps)
 
 
@@ -42,6 +45,7 @@ def group_normalize(rewards: jax.Array, eps: float = 1e-8) -> jax.Array:
     groups are averaged, so easy and hard prompts weigh the same.
     """
     r = jax.vmap(sanitize, in_axes=1, out_axes=1)(rewards)
+    r = r - r.min(axis=0)  # a group of equal rewards gives exact zeros (see z_score)
     r = (r - r.mean(axis=0)) / (r.std(axis=0) + eps)
     return r.mean(axis=1)
 

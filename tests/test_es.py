@@ -188,6 +188,19 @@ def test_all_nonfinite_fitness_leaves_parameters_unchanged():
             np.testing.assert_array_equal(new.params[k], state.params[k])
 
 
+@pytest.mark.parametrize("shaping", ["centered_ranks", "z_score"])
+def test_equal_fitness_leaves_parameters_unchanged_without_pairs(shaping):
+    # without antithetic pairs only the shaped weights cancel the noise
+    es = EggrollConfig(
+        population=7, antithetic=False, fitness_shaping=shaping, optimizer="sgd"
+    ).strategy()
+    state = es.init(KEY, make_params())
+    new, metrics = es.tell(state, jnp.full(7, 0.1))
+    assert float(metrics["grad_norm"]) == 0.0
+    for k in state.params:
+        np.testing.assert_array_equal(new.params[k], state.params[k])
+
+
 def test_odd_population_with_antithetic_sampling_is_a_clear_error():
     with pytest.raises(
         ValueError, match="population 7 must be even for antithetic pairs; use 8"

@@ -60,6 +60,18 @@ def test_z_score_is_standardised_and_sanitized():
     np.testing.assert_array_equal(z_score(jnp.full(5, 4.0)), np.zeros(5))
 
 
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 123.456, -7.7])
+def test_equal_fitness_gets_zero_weight_under_z_scores(value):
+    # 0.1 * n is inexact in float32: the mean is off by an ulp, and dividing that
+    # rounding error by a std of the same size used to give weights of ~1
+    f = jnp.full(7, value, jnp.float32)
+    np.testing.assert_array_equal(z_score(f), np.zeros(7))
+    groups = jnp.stack([f, jnp.arange(7.0)], axis=1)  # one flat group, one ranked
+    np.testing.assert_allclose(
+        group_normalize(groups), z_score(jnp.arange(7.0)) / 2, rtol=1e-6
+    )
+
+
 def test_group_normalize_matches_naive_reference():
     rng = np.random.default_rng(1)
     rewards = rng.normal(size=(16, 3)) * np.array([1.0, 10.0, 0.1]) + [0.0, 5.0, -2.0]
