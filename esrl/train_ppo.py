@@ -26,7 +26,7 @@ from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
 from esrl.cli import import_plugins
 from esrl.env import Environment
-from esrl.logger import RunLogger
+from esrl.logger import RunLogger, to_json
 from esrl.policy import PolicySpec
 from esrl.runs import check_run_dir, report_interrupt, save_run
 from esrl.train import TrainResult
@@ -251,7 +251,8 @@ def fit(prepared: Prepared) -> TrainResult:
             metrics = jax.tree.map(partial(_head, n=n), jax.device_get(metrics))
             records = _records(metrics, c, batch, dt, wall0 + time.perf_counter())
             key = jax.random.fold_in(eval_key, c.update + n)
-            records[-1]["eval_return"] = float(agent.evaluate(key, new_state))
+            # NaN becomes None, as in ES: the checkpoint's metadata is strict JSON
+            records[-1]["eval_return"] = to_json(agent.evaluate(key, new_state))
             for record in records:
                 logger.log(record)
             state, c = new_state, c._replace(

@@ -262,6 +262,28 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     assert meta["counters"]["env_steps"] == whole.summary["env_steps"] == 7 * 640
 
 
+class NaNRewardMemoryEnv(MemoryEnv):
+    """Every reward is NaN (a diverging simulator)."""
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, term, trunc, info = super().step(key, state, action, params)
+        return obs, state, reward * jnp.nan, term, trunc, info
+
+
+def test_a_nan_evaluation_is_logged_and_checkpointed_not_a_crash(tmp_path):
+    spec = PPORunSpec(
+        env="test/Memory-v0",
+        ppo=PPOConfig(total_steps=2 * 64, num_envs=4, num_steps=16,
+                      num_minibatches=2, policy=PolicySpec(hidden=8)),
+        eval_every=1, eval_episodes=4, eval_horizon=5, progress=False,
+    )  # fmt: skip
+    result = train_ppo(spec, tmp_path, env=NaNRewardMemoryEnv(delay=2))
+    assert result.summary["final_eval_return"] is None
+    assert [r["eval_return"] for r in read_metrics(tmp_path)] == [None, None]
+    _, meta = load_checkpoint(tmp_path, template=result.state)
+    assert meta["counters"]["update"] == 2 and meta["counters"]["eval_return"] is None
+
+
 def steps(updates: int) -> PPOConfig:
     return dataclasses.replace(MEMORY.ppo, total_steps=updates * 640)
 
