@@ -131,6 +131,8 @@ def test_user_task_and_disjoint_splits():
         make_task_env(object())
     with pytest.raises(ValueError, match="split"):
         LLMEnv(task, split="test")
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+        LLMEnv(task, max_new_tokens=0)  # was: silently the task's budget
 
 
 def test_eval_split_larger_than_eval_pool_is_refused():

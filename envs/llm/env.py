@@ -58,6 +58,8 @@ class LLMEnv(Environment):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if split == "eval" and size > eval_pool:
             # The train split excludes only the first eval_pool held-out problems;
             # more of them would overlap it.
