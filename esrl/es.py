@@ -204,7 +204,9 @@ class AgentConfig:
     antithetic: bool = True
     """Mirrored sampling."""
     sigma_decay: float = 1.0
-    """Per-generation sigma multiplier."""
+    """Per-generation sigma multiplier ..."""
+    sigma_min: float = 0.0
+    """... down to this floor."""
     lr_decay: float = 1.0
     """Per-generation learning-rate multiplier."""
     exclude: tuple[str, ...] = ()
@@ -225,6 +227,7 @@ class AgentConfig:
                 weight_decay=self.weight_decay,
                 fitness_shaping=self.fitness_shaping,
                 sigma_decay=self.sigma_decay,
+                sigma_min=self.sigma_min,
                 lr_decay=self.lr_decay,
                 noise=self.noise(),
             )

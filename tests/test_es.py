@@ -310,9 +310,8 @@ def test_excluded_parameters_are_never_perturbed_nor_updated():
 
 
 def test_sigma_and_learning_rate_schedules():
-    es = EggrollConfig(population=8, sigma=0.1, sigma_decay=0.5, optimizer="sgd",
-                       lr=1.0, lr_decay=0.5).strategy()  # fmt: skip
-    es = ES(dataclass_replace(es.config, sigma_min=0.03))
+    es = EggrollConfig(population=8, sigma=0.1, sigma_decay=0.5, sigma_min=0.03,
+                       optimizer="sgd", lr=1.0, lr_decay=0.5).strategy()  # fmt: skip
     state = es.init(KEY, make_params())
     sigmas, steps = [], []
     fitness = jnp.arange(8.0)
@@ -332,12 +331,6 @@ def test_sigma_and_learning_rate_schedules():
         state = new
     np.testing.assert_allclose(sigmas, [0.1, 0.05, 0.03, 0.03], rtol=1e-6)
     np.testing.assert_allclose(steps, [1.0, 0.5, 0.25, 0.125], rtol=1e-6)
-
-
-def dataclass_replace(config, **changes):
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def test_weight_decay_shrinks_parameters_when_fitness_is_flat():

@@ -60,6 +60,9 @@ def _meta(run: RunConfig, extra: dict) -> dict:
 def _check_resumable(out_dir: Path, run: RunConfig) -> dict:
     meta = read_meta(out_dir)
     saved = {k: meta.get(k) for k in ("env", "agent", "agent_config", "model_dir")}
+    # fields added since the checkpoint was written take their defaults
+    defaults = dataclasses.asdict(type(run.agent_config)())
+    saved["agent_config"] = {**defaults, **(saved["agent_config"] or {})}
     now = _meta(run, {})
     current = {k: now[k] for k in saved}
     if to_plain(saved) != to_plain(current):
