@@ -342,7 +342,8 @@ def population_metrics(
         "train_return_max": jnp.nanmax(returns),
         "train_return_min": jnp.nanmin(returns),
         "episode_length_mean": result.lengths.mean(),
-        "generation_env_steps": result.episode_lengths.sum(),
+        # per member: summed on the host, as a whole generation can pass int32's 2^31
+        "generation_env_steps": result.episode_lengths.sum(axis=-1),
         "nonfinite_members": jnp.sum(~finite),
     }
     for k in ("grad_norm", "sigma"):

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from esrl import distributed as dist
@@ -346,7 +347,7 @@ def prepare(
 
 
 def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:
-    steps = int(m.pop("generation_env_steps"))
+    steps = int(np.sum(m.pop("generation_env_steps"), dtype=np.int64))
     return to_json({
         "iteration": g,
         "env_steps": counters.env_steps + steps,

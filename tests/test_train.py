@@ -15,7 +15,15 @@ from esrl.cli import main
 from esrl.logger import RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
-from esrl.train import ESTrainer, RunSpec, TrainConfig, block_size, train
+from esrl.train import (
+    Counters,
+    ESTrainer,
+    RunSpec,
+    TrainConfig,
+    _record,
+    block_size,
+    train,
+)
 
 CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
 TIMING = ("wall_time_s", "env_steps_per_s")
@@ -203,3 +211,11 @@ def test_block_size():
     assert block_size(100, 20, "gpu") == 20
     with pytest.raises(ValueError, match="does not divide the 100 members"):
         block_size(100, 30, "cpu")
+
+
+def test_env_steps_of_a_generation_past_int32_are_counted_exactly():
+    # the rollout reports int32 steps per member; a hyperscale generation
+    # (e.g. 262144 members x 10 episodes x 1000 steps) passes 2^31 in total
+    per_member = np.full(4, 2**30, np.int32)
+    record = _record(1, {"generation_env_steps": per_member}, Counters(), 1.0)
+    assert record["env_steps"] == 2**32
