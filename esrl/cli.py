@@ -17,6 +17,8 @@ import sys
 import textwrap
 from collections.abc import Callable
 
+from esrl.es import OPTIMIZERS
+from esrl.fitness import SHAPERS
 from esrl.nn import CELLS
 
 POLICIES = ("mlp", *CELLS)
@@ -29,6 +31,8 @@ DEFAULTS: dict[str, object] = {
     "lr": 0.05, "generations": 100, "seed": 0, "horizon": None, "episodes": 1,
     "eval_every": 10, "eval_episodes": 16, "checkpoint_every": 50,
     "normalize_obs": False, "common_random_numbers": False, "deterministic": True,
+    "optimizer": "adam", "fitness_shaping": "centered_ranks", "weight_decay": 0.0,
+    "sigma_decay": 1.0, "sigma_min": 0.0, "lr_decay": 1.0,
 }  # fmt: skip
 """Defaults of every environment; ``horizon`` None means the env's own time limit."""
 
@@ -120,7 +124,14 @@ def _add_train(sub) -> None:
     a("--population", type=int, metavar="N", help="members per generation (even)")
     a("--rank", type=int, metavar="R", help="EGGROLL perturbation rank")
     a("--sigma", type=float, metavar="S", help="perturbation scale")
-    a("--lr", type=float, metavar="LR", help="learning rate (Adam)")
+    a("--lr", type=float, metavar="LR", help="learning rate")
+    a("--optimizer", choices=OPTIMIZERS, help="optax optimizer (default adam)")
+    a("--weight-decay", type=float, metavar="W", help="weight decay (default 0)")
+    a("--fitness-shaping", choices=tuple(SHAPERS),
+      help="how returns become weights (default centered_ranks)")  # fmt: skip
+    a("--sigma-decay", type=float, metavar="D", help="sigma *= D every generation ...")
+    a("--sigma-min", type=float, metavar="S", help="... but never below S (default 0)")
+    a("--lr-decay", type=float, metavar="D", help="learning rate *= D every generation")
     a("--generations", type=int, metavar="G", help="total generations (resumes too)")
     a("--seed", type=int, metavar="S", help="random seed (default 0)")
     a("--out", metavar="DIR", help="run directory (default runs/<env>/<agent>-s<seed>)")
@@ -184,6 +195,9 @@ _SPEC_FIELDS = {
     "hidden": ("train", "policy", "hidden"),
     "population": ("agent_config", "population"), "rank": ("agent_config", "rank"),
     "sigma": ("agent_config", "sigma"), "lr": ("agent_config", "lr"),
+    **{name: ("agent_config", name) for name in (
+        "optimizer", "weight_decay", "fitness_shaping", "sigma_decay", "sigma_min",
+        "lr_decay")},
     "seed": ("train", "seed"), "horizon": ("train", "rollout", "horizon"),
     "episodes": ("train", "rollout", "episodes"),
     "eval_every": ("train", "eval_every"),
@@ -214,7 +228,20 @@ def spec_from_args(args: argparse.Namespace):
     agent = args.agent or "eggroll"
     v = env_defaults(args.env)
     v.update({k: x for k, x in vars(args).items() if k in v and x is not None})
-    es = {"population": v["population"], "sigma": v["sigma"], "lr": v["lr"]}
+    es = {
+        k: v[k]
+        for k in (
+            "population",
+            "sigma",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "fitness_shaping",
+            "sigma_decay",
+            "sigma_min",
+            "lr_decay",
+        )
+    }
     if agent == "eggroll":
         agent_config = EggrollConfig(rank=v["rank"], **es)
     elif args.rank is not None:

@@ -14,7 +14,7 @@ from memory_env import MemoryEnv
 import esrl
 from esrl import spaces
 from esrl.checkpoint import read_meta
-from esrl.cli import build_parser, env_defaults, main
+from esrl.cli import build_parser, env_defaults, main, resume_spec, spec_from_args
 from esrl.distributed import check_population
 from esrl.logger import read_metrics
 from esrl.train import ESTrainer, RunSpec
@@ -53,6 +53,7 @@ def no_compile(monkeypatch):
         (["--horizon", "0"], "horizon must be >= 1"),
         (["--hidden", "0"], "hidden width must be >= 1"),
         (["--lr", "-1"], "lr must be > 0"),
+        (["--sigma-decay", "0"], "sigma_decay must be > 0"),
         (["--plugin", "no_such_module_xyz"], "--plugin 'no_such_module_xyz' could not"),
     ],
 )
@@ -99,6 +100,25 @@ def test_help_documents_every_option_and_the_env_defaults(capsys):
         assert option in out
     assert env_defaults("brax/ant")["normalize_obs"] is True
     assert env_defaults("gymnax/CartPole-v1")["hidden"] == 32
+
+
+def test_optimizer_and_schedule_options_reach_the_strategy(tmp_path):
+    args = build_parser().parse_args([
+        *CARTPOLE, "--optimizer", "sgd", "--weight-decay", "0.001", "--fitness-shaping",
+        "z_score", "--sigma-decay", "0.9", "--sigma-min", "0.01", "--lr-decay", "0.99",
+    ])  # fmt: skip
+    spec = spec_from_args(args)
+    config = spec.agent_config.strategy().config
+    assert (config.optimizer, config.weight_decay, config.fitness_shaping) == (
+        "sgd", 0.001, "z_score",
+    )  # fmt: skip
+    assert (config.sigma_decay, config.sigma_min, config.lr_decay) == (0.9, 0.01, 0.99)
+    saved = {"spec": spec.to_dict()}  # a resume may repeat them, not change them
+    args = build_parser().parse_args(
+        ["train", "--resume", str(tmp_path), "--sigma-min", "0.02"]
+    )
+    with pytest.raises(ValueError, match="--sigma-min 0.02 differs"):
+        resume_spec(args, saved)
 
 
 def test_version(capsys):
