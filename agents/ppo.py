@@ -24,6 +24,7 @@ import optax
 from flax import struct
 
 from esrl import spaces
+from esrl.checks import require
 from esrl.env import AutoReset, Environment
 from esrl.gae import (
     Batch,
@@ -95,21 +96,10 @@ class PPOConfig:
     """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
 
     def __post_init__(self):
-        rules = {
-            ">= 1": (
-                lambda v: v >= 1,
-                ("total_steps", "num_envs", "num_steps", "update_epochs"),
-            ),
-            "> 0": (lambda v: v > 0, ("lr", "clip_eps", "max_grad_norm")),
-            "in [0, 1]": (lambda v: 0 <= v <= 1, ("gamma", "gae_lambda")),
-            ">= 0": (lambda v: v >= 0, ("vf_coef", "ent_coef")),
-        }
-        for rule, (ok, names) in rules.items():
-            for name in names:
-                if not ok(getattr(self, name)):
-                    raise ValueError(
-                        f"{name} must be {rule}, got {getattr(self, name)}"
-                    )
+        require(self, ">= 1", "total_steps", "num_envs", "num_steps", "update_epochs")
+        require(self, "> 0", "lr", "clip_eps", "max_grad_norm")
+        require(self, "in [0, 1]", "gamma", "gae_lambda")
+        require(self, ">= 0", "vf_coef", "ent_coef")
         units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
         what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
         if self.num_minibatches < 1 or units % self.num_minibatches:

@@ -6,6 +6,8 @@ against ``observation_space``, scalar float reward, scalar bool flags, a state a
 once each under ``jit(vmap(...))`` on a batch whose first two members share their key
 and action (so determinism is checked in the same call): observations inside their
 space, sampled actions accepted, identical transitions for identical keys.
+
+`require` is the one-line range check that every config's ``__post_init__`` uses.
 """
 
 from __future__ import annotations
@@ -19,6 +21,23 @@ import numpy as np
 
 from esrl import spaces
 from esrl.env import Environment
+
+RULES = {
+    ">= 1": lambda v: v >= 1,
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+}
+"""The ranges `require` checks, by the words its error message uses."""
+
+
+def require(config: Any, rule: str, *names: str) -> None:
+    """Raise "<name> must be <rule>, got <value>" for the first of ``names`` to break it."""
+    for name in names:
+        value = getattr(config, name)
+        if not RULES[rule](value):
+            raise ValueError(f"{name} must be {rule}, got {value}")
+
 
 _BATCH = 3  # members 0 and 1 share key and action, member 2 differs
 # check_env runs a handful of steps, so compile time is all that matters: XLA's backend

@@ -189,15 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ES_OPTIONS = ("population", "sigma", "lr", "optimizer", "weight_decay",
+               "fitness_shaping", "sigma_decay", "sigma_min", "lr_decay")  # fmt: skip
+"""Options both ES agents take (fields of `esrl.es.AgentConfig`)."""
+
 # option name -> where it lives in a RunSpec (for --resume consistency checks)
 _SPEC_FIELDS = {
     "env": ("env",), "agent": ("agent",), "policy": ("train", "policy", "kind"),
     "hidden": ("train", "policy", "hidden"),
     "population": ("agent_config", "population"), "rank": ("agent_config", "rank"),
-    "sigma": ("agent_config", "sigma"), "lr": ("agent_config", "lr"),
-    **{name: ("agent_config", name) for name in (
-        "optimizer", "weight_decay", "fitness_shaping", "sigma_decay", "sigma_min",
-        "lr_decay")},
+    **{name: ("agent_config", name) for name in _ES_OPTIONS},
     "seed": ("train", "seed"), "horizon": ("train", "rollout", "horizon"),
     "episodes": ("train", "rollout", "episodes"),
     "eval_every": ("train", "eval_every"),
@@ -228,20 +229,7 @@ def spec_from_args(args: argparse.Namespace):
     agent = args.agent or "eggroll"
     v = env_defaults(args.env)
     v.update({k: x for k, x in vars(args).items() if k in v and x is not None})
-    es = {
-        k: v[k]
-        for k in (
-            "population",
-            "sigma",
-            "lr",
-            "optimizer",
-            "weight_decay",
-            "fitness_shaping",
-            "sigma_decay",
-            "sigma_min",
-            "lr_decay",
-        )
-    }
+    es = {k: v[k] for k in _ES_OPTIONS}
     if agent == "eggroll":
         agent_config = EggrollConfig(rank=v["rank"], **es)
     elif args.rank is not None:

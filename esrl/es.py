@@ -17,6 +17,7 @@ import optax
 from flax import struct
 
 from esrl import noise
+from esrl.checks import require
 from esrl.fitness import SHAPERS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -64,14 +65,8 @@ class ESConfig:
                 f"fitness_shaping must be one of {tuple(SHAPERS)}, "
                 f"got {self.fitness_shaping!r}"
             )
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        for name in ("lr", "sigma_decay", "lr_decay"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "sigma_min"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require(self, "> 0", "sigma", "lr", "sigma_decay", "lr_decay")
+        require(self, ">= 0", "weight_decay", "sigma_min")
 
 
 @struct.dataclass

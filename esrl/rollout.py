@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from esrl import spaces
+from esrl.checks import require
 from esrl.env import Environment
 from esrl.noise import PairNoise
 from esrl.normalize import (
@@ -78,9 +79,7 @@ class RolloutConfig:
     """``info`` entries reported at each episode's last step (absent ones are skipped)."""
 
     def __post_init__(self):
-        for name in ("horizon", "episodes", "chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self, ">= 1", "horizon", "episodes", "chunk")
 
 
 class RolloutResult(NamedTuple):

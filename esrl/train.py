@@ -33,6 +33,7 @@ from esrl import xla
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
 from esrl.checkpoint import load_checkpoint
+from esrl.checks import require
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
@@ -83,9 +84,8 @@ class TrainConfig:
     """Also write TensorBoard scalars to DIR/tb."""
 
     def __post_init__(self):
-        for name in ("generations", "eval_every", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self, ">= 1", "generations", "eval_every", "eval_episodes",
+                "checkpoint_every")  # fmt: skip
 
     def eval_rollout(self) -> RolloutConfig:
         """The rollout configuration of evaluations (M independent episodes)."""

@@ -24,6 +24,7 @@ import numpy as np
 from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
+from esrl.checks import require
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
@@ -56,9 +57,7 @@ class PPORunSpec:
     """Also write TensorBoard scalars to DIR/tb."""
 
     def __post_init__(self):
-        for name in ("eval_every", "eval_episodes", "eval_horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self, ">= 1", "eval_every", "eval_episodes", "eval_horizon")
 
     def to_dict(self) -> dict:
         """JSON-able description (``agent`` is always ``"ppo"``)."""

@@ -74,7 +74,7 @@ def test_pretraining_lowers_the_loss():
     ("kwargs", "message"),
     [
         ({"steps": 0}, "steps must be >= 1, got 0"),
-        ({"lr": 0.0}, "need lr > 0"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
         ({"equation_fraction": 1.5}, r"equation_fraction must be in \[0, 1\]"),
     ],
 )

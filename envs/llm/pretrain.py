@@ -28,6 +28,8 @@ from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
 from esrl.envs.llm.tasks import Problem, Task, countdown_task, make_splits
 from esrl.envs.llm.tokenizer import encode, pad_batch
 
+from esrl.checks import require
+
 EVAL_POOL = 1000
 """Held-out prompts excluded from pretraining: eval splits up to this size are clean."""
 MAX_CORPUS = 50_000
@@ -63,18 +65,10 @@ class PretrainConfig:
     """Stop early (and keep the weights) after this many seconds of training."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"need lr > 0, warmup >= 0 and weight_decay >= 0, got {self.lr}, "
-                f"{self.warmup} and {self.weight_decay}"
-            )
-        if not 0 <= self.equation_fraction <= 1:
-            raise ValueError(
-                f"equation_fraction must be in [0, 1], got {self.equation_fraction}"
-            )
+        require(self, ">= 1", "steps", "batch_size")
+        require(self, "> 0", "lr")
+        require(self, ">= 0", "warmup", "weight_decay")
+        require(self, "in [0, 1]", "equation_fraction")
 
 
 def chain_sum_task() -> Task:
