@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from esrl.envs.llm import Problem, Task, make_splits
 from esrl.envs.llm.env import LLMEnv, make_task_env
-from esrl.envs.llm.tasks import countdown_task
+from esrl.envs.llm.tasks import countdown_task, reasoning_gym_task
 from esrl.envs.llm.tokenizer import BOS, EOS, encode
 
 import esrl
@@ -150,3 +150,14 @@ def test_eval_split_larger_than_eval_pool_is_refused():
     train = LLMEnv(task, size=300, eval_pool=200)
     heldout = LLMEnv(task, split="eval", size=200, eval_pool=200)
     assert not {p.prompt for p in train.problems} & {p.prompt for p in heldout.problems}
+
+
+@pytest.mark.parametrize("name", ["basic_arithmetic", "chain_sum"])
+def test_reasoning_gym_answer_whitespace_is_ignored(name):
+    task = reasoning_gym_task(name)
+    problem = task.generate(0, 1)[0]
+    oracle = problem.data[1]["answer"]
+    for answer in (oracle, f" {oracle} ", f"\n{oracle}\n"):
+        completion = f"<think></think>\n<answer>{answer}</answer>"
+        # was: basic_arithmetic gave " 42 " partial credit (len ratio), not correct
+        assert task.score(completion, problem) == pytest.approx(1.1), answer

@@ -197,6 +197,8 @@ def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
     def score(completion: str, problem: Problem) -> float:
         dataset, entry = problem.data
         answer = extract_answer(completion)
+        # reasoning-gym's own extract_answer strips: " 42 " must score as "42"
+        answer = None if answer is None else answer.strip()
         try:
             correct = (
                 0.0 if answer is None else float(dataset.score_answer(answer, entry))
