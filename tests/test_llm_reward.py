@@ -99,6 +99,15 @@ def test_last_answer_block_counts():
     assert extract_answer("</answer><answer>") is None
 
 
+def test_stray_closing_tag_keeps_the_last_complete_block():
+    # was: the text from the last <answer> to the last </answer>, "(3+5)*2</answer>"
+    assert extract_answer("<answer>(3+5)*2</answer></answer>") == "(3+5)*2"
+    text = wrap("3+5+2") + "<answer>(3+5)*2</answer>\n</answer>"
+    assert extract_answer(text) == "(3+5)*2"
+    assert countdown_reward(text, NUMS, TARGET) == pytest.approx(1.1)
+    assert extract_answer("<answer>a</answer><answer>b") == "a"  # b is not closed
+
+
 def test_evaluator_exact_values():
     assert evaluate_expression("1+2*3") == (Fraction(7), [1, 2, 3])
     assert evaluate_expression("(1+2)*3") == (Fraction(9), [1, 2, 3])

@@ -61,14 +61,20 @@ def format_score(completion: str) -> float:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The text inside the last complete ``<answer>...</answer>`` block, or None."""
-    close = completion.rfind(_ANSWER_CLOSE)
-    if close < 0:
-        return None
-    start = completion.rfind(_ANSWER_OPEN, 0, close)
-    if start < 0:
-        return None
-    return completion[start + len(_ANSWER_OPEN) : close]
+    """The text inside the last complete ``<answer>...</answer>`` block, or None.
+
+    A block closes at the first ``</answer>`` after its ``<answer>`` (innermost
+    opening tag), so a stray closing tag after it does not leak into the answer.
+    """
+    answer, pos = None, 0
+    while (start := completion.find(_ANSWER_OPEN, pos)) >= 0:
+        close = completion.find(_ANSWER_CLOSE, start + len(_ANSWER_OPEN))
+        if close < 0:
+            break
+        start = completion.rfind(_ANSWER_OPEN, start, close)
+        answer = completion[start + len(_ANSWER_OPEN) : close]
+        pos = close + len(_ANSWER_CLOSE)
+    return answer
 
 
 def _tokenize(expr: str) -> list[str | int]:
