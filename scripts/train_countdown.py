@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default=None, help="checkpoint dir (default: shipped)"
     )
-    parser.add_argument("--generations", type=int, default=f.generations)
+    parser.add_argument("--generations", type=int, default=None,
+                        help=f"default {f.generations}; with --resume, the saved "
+                        "run's")  # fmt: skip
     parser.add_argument("--population", type=int, default=DEFAULTS["population"])
     parser.add_argument("--prompts", type=int, default=f.prompts_per_generation)
     parser.add_argument("--sigma", type=float, default=DEFAULTS["sigma"])
@@ -82,8 +84,9 @@ def build(args: argparse.Namespace) -> RunConfig:
         agent_config = EggrollConfig(rank=args.rank, **common)
     else:
         agent_config = OpenAIESConfig(**common)
+    gens = args.generations
     finetune = FinetuneConfig(
-        generations=args.generations,
+        generations=FinetuneConfig().generations if gens is None else gens,
         prompts_per_generation=args.prompts,
         eval_size=args.eval_size,
         eval_every=args.eval_every,
@@ -96,13 +99,13 @@ def build(args: argparse.Namespace) -> RunConfig:
     return RunConfig(env, args.agent, agent_config, finetune, args.model)
 
 
-def resumed(path: Path, generations: int) -> RunConfig:
+def resumed(path: Path, generations: int | None) -> RunConfig:
     """The configuration saved in ``path``, run up to ``generations`` if one is given."""
     meta = read_meta(path)
     saved = {**meta["agent_config"], "exclude": tuple(meta["agent_config"]["exclude"])}
     config_cls = EggrollConfig if meta["agent"] == "eggroll" else OpenAIESConfig
     finetune = meta["finetune"]
-    if generations != FinetuneConfig().generations:
+    if generations is not None:
         finetune = {**finetune, "generations": generations}
     return RunConfig(meta["env"], meta["agent"], config_cls(**saved),
                      FinetuneConfig(**finetune), meta["model_dir"])  # fmt: skip

@@ -118,3 +118,8 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert summary["generations"] == 3
     iterations = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").open()]
     assert 3 in iterations and iterations.count(1) == 1
+    # was: --generations equal to the default (300) was taken as "not given"
+    args = script.parse_args(["--resume", str(out), "--generations", "300"])
+    assert script.resumed(out, args.generations).finetune.generations == 300
+    args = script.parse_args(["--resume", str(out)])
+    assert script.resumed(out, args.generations).finetune.generations == 3
