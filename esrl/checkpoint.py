@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 import safetensors.numpy
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 FILENAME = "checkpoint.safetensors"
 FORMAT = "esrl-checkpoint-v1"
@@ -112,8 +112,14 @@ def read_meta(directory: str | os.PathLike) -> dict:
             f"no checkpoint in {str(directory)!r} (expected {FILENAME}); "
             "pass the --out directory of an earlier run"
         )
-    with safe_open(str(path), framework="np") as f:
-        header = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            header = f.metadata() or {}
+    except SafetensorError as e:  # cut short (a full disk) or overwritten by hand
+        raise ValueError(
+            f"{path} is damaged and cannot be read ({e}); restore it from a copy, "
+            "or start afresh with --overwrite"
+        ) from e
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} is not an esrl checkpoint ({FORMAT})")
     return json.loads(header["meta"])

@@ -114,3 +114,15 @@ def test_run_logger_writes_the_contract_files_and_trims_on_resume(tmp_path):
     assert records[3]["env_steps"] == 104
     assert json.loads((tmp_path / "summary.json").read_text())["env"] == "x"
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
+    save_checkpoint(tmp_path, _tree(1), {"generation": 1})
+    path = checkpoint_path(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100] if damage == "truncate" else b"not a checkpoint")
+    with pytest.raises(ValueError, match="is damaged and cannot be read"):
+        read_meta(tmp_path)
+    with pytest.raises(ValueError, match="is damaged and cannot be read"):
+        load_checkpoint(tmp_path, template=_tree(0))

@@ -130,6 +130,9 @@ def test_version(capsys):
 def test_resume_errors(tmp_path, capsys, no_compile):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"cut off by a full disk")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "is damaged and cannot be read" in capsys.readouterr().err
 
 
 PLUGIN = """
