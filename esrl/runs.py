@@ -23,6 +23,10 @@ def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict |
 
     A fresh run refuses a directory that already holds one unless ``overwrite``.
     """
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(
+            f"{str(out_dir)!r} is a file, not a directory; choose another --out"
+        )
     if resume:
         if out_dir is None:
             raise ValueError("resuming needs the run directory (--resume DIR)")

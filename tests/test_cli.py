@@ -135,6 +135,13 @@ def test_resume_errors(tmp_path, capsys, no_compile):
     assert "is damaged and cannot be read" in capsys.readouterr().err
 
 
+def test_out_that_is_a_file_fails_before_compiling(tmp_path, capsys, no_compile):
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main([*CARTPOLE, "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 PLUGIN = """
 import esrl
 from memory_env import MemoryEnv
