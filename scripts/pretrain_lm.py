@@ -27,7 +27,7 @@ from esrl.envs.llm.model import (
     count_params,
     save_model,
 )
-from esrl.envs.llm.pretrain import PretrainConfig, pretrain
+from esrl.envs.llm.pretrain import EVAL_POOL, PretrainConfig, pretrain
 from esrl.envs.llm.tasks import countdown_task, make_splits
 
 
@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=m.width)
     parser.add_argument("--layers", type=int, default=m.layers)
     parser.add_argument("--mlp-hidden", type=int, default=m.mlp_hidden)
-    parser.add_argument("--eval-size", type=int, default=200, help="held-out problems")
+    parser.add_argument("--eval-size", type=int, default=200,
+                        help=f"held-out problems (at most {EVAL_POOL}, the ones "
+                        "pretraining excludes)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -55,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     """Train, evaluate on held-out Countdown, save."""
     args = parse_args(argv)
     try:
+        if not 1 <= args.eval_size <= EVAL_POOL:
+            # larger held-out sets would include problems the corpus trained on
+            raise ValueError(
+                f"--eval-size must be in [1, {EVAL_POOL}], got {args.eval_size}"
+            )
         config = PretrainConfig(
             steps=args.steps,
             batch_size=args.batch_size,

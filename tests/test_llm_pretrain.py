@@ -1,10 +1,14 @@
 """Backprop pretraining: the corpus format, the loss mask, and that the loss falls."""
 
+import importlib.util
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
 from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
 from esrl.envs.llm.pretrain import (
+    EVAL_POOL,
     PretrainConfig,
     as_equation,
     build_corpus,
@@ -81,3 +85,22 @@ def test_pretraining_lowers_the_loss():
 def test_bad_pretrain_config_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PretrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("eval_size", ["0", "-1", str(EVAL_POOL + 1)])
+def test_pretrain_script_refuses_bad_eval_size_before_training(
+    eval_size, tmp_path, capsys
+):
+    # was: found only after training (a traceback), or a held-out set larger than
+    # EVAL_POOL that overlapped the corpus
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_lm.py"
+    spec = importlib.util.spec_from_file_location("pretrain_lm", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tiny = ["--steps", "1", "--batch-size", "2", "--width", "8", "--layers", "1",
+            "--mlp-hidden", "8", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([*tiny, "--eval-size", eval_size])
+    assert exit_info.value.code == 2
+    assert "--eval-size must be in [1, 1000]" in capsys.readouterr().err
+    assert not (tmp_path / "model.safetensors").exists()
