@@ -278,11 +278,21 @@ def resume_spec(args: argparse.Namespace, meta: dict):
                 f"{args.resume} ({stored}); drop it when resuming"
             )
     spec = RunSpec.from_dict(saved)
+    done = meta.get("counters", {}).get("generation", 0)
+    if args.generations is not None and args.generations < done:
+        raise ValueError(
+            f"--generations {args.generations} is fewer than the {done} generations "
+            f"the run in {args.resume} has done; --generations is the total"
+        )
+
+    def given(value, stored):  # 0 is an option given (and checked), not a default
+        return stored if value is None else value
+
     train = dataclasses.replace(
         spec.train,
-        generations=args.generations or spec.train.generations,
-        num_devices=args.devices or spec.train.num_devices,
-        block=args.block or spec.train.block,
+        generations=given(args.generations, spec.train.generations),
+        num_devices=given(args.devices, spec.train.num_devices),
+        block=given(args.block, spec.train.block),
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )

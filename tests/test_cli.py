@@ -13,7 +13,7 @@ from memory_env import MemoryEnv
 
 import esrl
 from esrl import spaces
-from esrl.checkpoint import read_meta
+from esrl.checkpoint import read_meta, save_checkpoint
 from esrl.cli import build_parser, env_defaults, main, resume_spec, spec_from_args
 from esrl.distributed import check_population
 from esrl.logger import read_metrics
@@ -140,6 +140,25 @@ def test_out_that_is_a_file_fails_before_compiling(tmp_path, capsys, no_compile)
     assert main([*CARTPOLE, "--out", str(tmp_path / "notes.txt")]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--generations", "2"], "--generations 2 is fewer than the 3 generations"),
+        (["--generations", "0"], "--generations 0 is fewer than the 3 generations"),
+        (["--block", "0"], "block 0 does not divide the 16 members"),
+        (["--devices", "0"], "--devices 0 is not available"),
+    ],
+)
+def test_resume_checks_the_options_it_may_change(
+    option, message, tmp_path, capsys, no_compile
+):
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
+    meta = {"spec": spec_from_args(args).to_dict(), "counters": {"generation": 3}}
+    save_checkpoint(tmp_path, {"x": jnp.zeros(1)}, meta)
+    assert main(["train", "--resume", str(tmp_path), *option]) == 2
+    assert message in capsys.readouterr().err
 
 
 PLUGIN = """
