@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume is None and args.out is None:
         parser.error("pass --out DIR for a new run or --resume DIR to continue one")
+    if args.resume is not None:  # the saved configuration is used as it is
+        given = [k for k, v in vars(args).items() if v != parser.get_default(k)]
+        ignored = [k for k in given if k not in ("resume", "generations")]
+        if ignored:
+            parser.error(
+                f"--{ignored[0].replace('_', '-')} cannot be used with --resume (the "
+                "saved run's settings are kept; only --generations may change)"
+            )
     return args
 
 

@@ -123,3 +123,14 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert script.resumed(out, args.generations).finetune.generations == 300
     args = script.parse_args(["--resume", str(out)])
     assert script.resumed(out, args.generations).finetune.generations == 3
+
+
+@pytest.mark.parametrize(
+    "option", [["--population", "64"], ["--time-limit", "60"], ["--out", "x"]]
+)
+def test_train_countdown_resume_refuses_options_it_would_ignore(option, capsys):
+    # was: silently ignored (the saved run's value was used)
+    with pytest.raises(SystemExit) as exit_info:
+        _script().parse_args(["--resume", "run", *option])
+    assert exit_info.value.code == 2
+    assert f"{option[0]} cannot be used with --resume" in capsys.readouterr().err
