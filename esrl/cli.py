@@ -78,9 +78,20 @@ def import_plugins(modules: tuple[str, ...]) -> None:
     if modules and "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     for name in modules:
+        if name.endswith(".py") or "/" in name:
+            stem = name.rsplit("/", 1)[-1].removesuffix(".py")
+            raise ValueError(
+                f"--plugin {name!r} is a path; pass a module name (--plugin {stem} "
+                f"imports {stem}.py from the working directory)"
+            )
         try:
             importlib.import_module(name)
         except ImportError as e:
+            inner = e.name not in (None, name) and not name.startswith(f"{e.name}.")
+            if isinstance(e, ModuleNotFoundError) and inner:
+                raise ValueError(  # the plugin was found; a module it imports was not
+                    f"--plugin {name!r} imports {e.name!r}, which is not installed"
+                ) from e
             raise ValueError(
                 f"--plugin {name!r} could not be imported ({e}); pass an importable "
                 "module name (a file my_envs.py in the working directory is my_envs)"

@@ -161,6 +161,26 @@ def test_resume_checks_the_options_it_may_change(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        ("./envs_a.py", "--plugin './envs_a.py' is a path; pass a module name"),
+        ("envs_b.py", "--plugin 'envs_b.py' is a path; pass a module name"),
+        ("envs_c", "'envs_c' imports 'no_such_dep_xyz', which is not installed"),
+    ],
+)
+def test_plugin_errors_say_what_is_wrong(
+    plugin, message, tmp_path, monkeypatch, capsys, no_compile
+):
+    for name in ("envs_a", "envs_b", "envs_c"):
+        (tmp_path / f"{name}.py").write_text("import no_such_dep_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(tmp_path)
+    assert main([*CARTPOLE, "--plugin", plugin, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
 PLUGIN = """
 import esrl
 from memory_env import MemoryEnv
