@@ -134,3 +134,20 @@ def test_train_countdown_resume_refuses_options_it_would_ignore(option, capsys):
         _script().parse_args(["--resume", "run", *option])
     assert exit_info.value.code == 2
     assert f"{option[0]} cannot be used with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
+        ({"skip_train": -5}, "skip_train must be >= 0, got -5"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be >= 1, got 0"),
+        ({"time_limit_s": 0.0}, "time_limit_s must be > 0, got 0.0"),
+    ],
+)
+def test_bad_finetune_config_is_a_clear_error(kwargs, message):
+    # was: accepted; -5 trained on the last 5 problems, seed -1 and checkpoint_every 0
+    # crashed after the initial evaluation, eval_every -1 acted as 1
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(**kwargs)
