@@ -96,13 +96,16 @@ class PPOConfig:
     """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
 
     def __post_init__(self):
-        require(self, ">= 1", "total_steps", "num_envs", "num_steps", "update_epochs")
+        require(
+            self, ">= 1", "total_steps", "num_envs", "num_steps", "update_epochs",
+            "num_minibatches",
+        )  # fmt: skip
         require(self, "> 0", "lr", "clip_eps", "max_grad_norm")
         require(self, "in [0, 1]", "gamma", "gae_lambda")
         require(self, ">= 0", "vf_coef", "ent_coef")
         units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
         what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
-        if self.num_minibatches < 1 or units % self.num_minibatches:
+        if units % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide {what}={units}"
             )

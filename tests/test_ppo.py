@@ -291,6 +291,8 @@ def steps(updates: int) -> PPOConfig:
 def test_bad_configurations_say_what_to_do():
     with pytest.raises(ValueError, match="num_minibatches=3 must divide num_envs"):
         PPOConfig(num_envs=16, num_minibatches=3, policy=GRU)
+    with pytest.raises(ValueError, match="num_minibatches must be >= 1, got 0"):
+        PPOConfig(num_minibatches=0)  # not "0 must divide 2048"
     with pytest.raises(ValueError, match="raise total_steps"):
         PPOConfig(total_steps=100)
     with pytest.raises(ValueError, match="lr must be > 0, got -0.001"):
