@@ -62,21 +62,35 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _parse(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:  # a run killed while writing its last record
+            lines.pop()
+    return [json.loads(line) for line in lines]
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """All records of a metrics.jsonl file (a directory means its metrics.jsonl)."""
+    """All records of a metrics.jsonl file (a directory means its metrics.jsonl).
+
+    An unfinished last line (a run killed while writing it) is left out.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse(path.read_text())
 
 
 def _keep_until(path: Path, iteration: int) -> None:
     """Drop records after ``iteration`` (left by a run killed after its checkpoint)."""
-    records = read_metrics(path)
+    text = path.read_text()
+    records = _parse(text)
     kept = [r for r in records if r.get("iteration", 0) <= iteration]
-    if len(kept) != len(records):
+    if len(kept) != len(records) or (text and not text.endswith("\n")):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, path)

@@ -126,3 +126,17 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
         read_meta(tmp_path)
     with pytest.raises(ValueError, match="is damaged and cannot be read"):
         load_checkpoint(tmp_path, template=_tree(0))
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    logger = RunLogger(tmp_path, total=3, progress=False)
+    for i in (1, 2):
+        logger.log({"iteration": i, "env_steps": 10 * i})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "env_st')  # killed mid-write, after checkpoint 2
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
+    logger = RunLogger(tmp_path, total=3, start=2, progress=False)
+    logger.log({"iteration": 3, "env_steps": 30})
+    logger.close()
+    assert [r["env_steps"] for r in read_metrics(tmp_path)] == [10, 20, 30]
