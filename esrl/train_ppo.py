@@ -76,7 +76,8 @@ class PPORunSpec:
         """Raise unless this spec continues ``saved``."""
         mine, theirs = self.to_dict(), saved.to_dict()
         for d in (mine, theirs):
-            d.pop("progress"), d.pop("tensorboard")
+            # plugins only register environments: a resume may add some (`--plugin`)
+            d.pop("progress"), d.pop("tensorboard"), d.pop("plugins")
             if not self.ppo.anneal_lr:  # the schedule depends on the run's length
                 d["ppo"].pop("total_steps")
         if mine != theirs:

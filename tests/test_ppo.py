@@ -17,6 +17,7 @@ from flax import struct
 import esrl
 from esrl import cli, spaces
 from esrl.checkpoint import load_checkpoint
+from esrl.cli_ppo import build_parser, resume_spec
 from esrl.env import Environment
 from esrl.gae import gae
 from esrl.logger import read_metrics
@@ -260,6 +261,16 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     ]
     assert len(lines[0]) == 7 and lines[0] == lines[1]
     assert meta["counters"]["env_steps"] == whole.summary["env_steps"] == 7 * 640
+
+
+def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
+    saved = dataclasses.replace(MEMORY, plugins=("memory_env",))
+    args = build_parser().parse_args(["--resume", "DIR", "--plugin", "json"])
+    spec = resume_spec(args, {"spec": saved.to_dict()})
+    assert spec.plugins == ("memory_env", "json")
+    spec.check_resumable(saved)
+    with pytest.raises(ValueError, match=r"\(seed differ\)"):
+        dataclasses.replace(spec, seed=1).check_resumable(saved)
 
 
 class NaNRewardMemoryEnv(MemoryEnv):
