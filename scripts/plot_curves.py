@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(run: str) -> tuple[str, list[dict], dict]:
     """(label, evaluated records, summary) of ``[LABEL=]DIR``."""
-    label, _, path = run.rpartition("=") if "=" in run else ("", "", run)
+    is_dir = Path(run).is_dir()  # a directory may have "=" in its name (lr=0.1)
+    label, _, path = ("", "", run) if is_dir or "=" not in run else run.partition("=")
     directory = Path(path)
     summary_path = directory / "summary.json"
     if not summary_path.is_file():

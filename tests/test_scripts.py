@@ -205,6 +205,19 @@ def test_plot_curves_from_two_runs(cartpole_run, breakout_run, tmp_path):
         plot.main(["--out", str(png), str(tmp_path / "missing")])
 
 
+def test_plot_curves_takes_run_directories_with_an_equals_sign(tmp_path):
+    plot = load_script("plot_curves")
+    run = tmp_path / "sweep" / "lr=0.1"  # as sweep tools name their runs
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"env": "gymnax/CartPole-v1", "agent": "ppo"}')
+    (run / "metrics.jsonl").write_text(
+        '{"iteration": 1, "env_steps": 8, "wall_time_s": 1.0, "eval_return": 3.0}\n'
+    )
+    label, records, _ = plot.load(str(run))
+    assert (label, records[0]["eval_return"]) == ("ppo", 3.0)
+    assert plot.load(f"best={run}")[0] == "best"
+
+
 def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
     from esrl.bench import Case
 
