@@ -151,3 +151,11 @@ def test_bad_finetune_config_is_a_clear_error(kwargs, message):
     # crashed after the initial evaluation, eval_every -1 acted as 1
     with pytest.raises(ValueError, match=message):
         FinetuneConfig(**kwargs)
+
+
+def test_held_out_set_larger_than_the_pretraining_exclusion_is_refused():
+    # was: accepted; with eval_size 2000, 606 of the held-out problems past the first
+    # EVAL_POOL were in the pretraining corpus
+    with pytest.raises(ValueError, match=f"eval_size must be <= {EVAL_POOL}"):
+        FinetuneConfig(eval_size=EVAL_POOL + 1)
+    assert FinetuneConfig(eval_size=EVAL_POOL).eval_size == EVAL_POOL

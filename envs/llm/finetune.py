@@ -42,7 +42,8 @@ class FinetuneConfig:
     train_size: int = 20_000
     """Distinct training problems (never overlapping the held-out set)."""
     eval_size: int = 200
-    """Fixed held-out problems scored before, during and after training."""
+    """Fixed held-out problems scored before, during and after training (at most
+    `EVAL_POOL`, the ones pretraining excludes)."""
     eval_every: int = 0
     """Evaluate every this many generations (0: only before and after)."""
     max_new_tokens: int | None = None
@@ -73,6 +74,12 @@ class FinetuneConfig:
             )
         if self.eval_size < 1:
             raise ValueError(f"eval_size must be >= 1, got {self.eval_size}")
+        if self.eval_size > EVAL_POOL:
+            # pretraining excludes only the first EVAL_POOL held-out problems
+            raise ValueError(
+                f"eval_size must be <= {EVAL_POOL} (the held-out problems pretraining "
+                f"excludes), got {self.eval_size}"
+            )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self, ">= 0", "eval_every", "skip_train", "seed")
@@ -96,8 +103,7 @@ def _finetune_splits(task: Task, config: FinetuneConfig) -> Splits:
     so its first ``skip_train`` problems are exactly the pretraining corpus.
     """
     size = config.skip_train + config.train_size
-    pool = max(EVAL_POOL, config.eval_size)
-    splits = make_splits(task, config.split_seed, size, pool, strict=False)
+    splits = make_splits(task, config.split_seed, size, EVAL_POOL, strict=False)
     train = splits.train[config.skip_train :]
     if len(train) < config.prompts_per_generation:
         train = splits.train[-config.train_size :]  # a small task: reuse what exists
