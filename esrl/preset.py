@@ -89,9 +89,6 @@ def default_out(preset: Preset, env: str, agent: str) -> str:
 def preset_argv(preset: Preset, argv: list[str]) -> list[str]:
     """The ``esrl train`` argument list (after ``train``) a script's ``argv`` means."""
     known = _pre_parse(argv)
-    if known.resume:
-        return list(argv)
-    agent = known.agent or preset.agent
     env = env_id(preset, known.env)
     rest = list(argv)
     if known.env is not None:  # replace the short name by the full id
@@ -99,6 +96,9 @@ def preset_argv(preset: Preset, argv: list[str]) -> list[str]:
             i for i, t in enumerate(rest) if t == "--env" or t.startswith("--env=")
         )
         rest[i : i + (1 if "=" in rest[i] else 2)] = []
+    if known.resume:  # the run's own settings; a repeated --env must match them
+        return (["--env", env] if known.env is not None else []) + rest
+    agent = known.agent or preset.agent
     extra = ["--env", env, "--agent", agent] if known.agent is None else ["--env", env]
     if known.out is None:
         extra += ["--out", default_out(preset, env, agent), "--overwrite"]

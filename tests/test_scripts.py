@@ -103,6 +103,10 @@ def test_preset_resume_passes_through_untouched():
     assert preset_argv(PRESET, ["--resume", "d", "--total-steps", "9"]) == [
         "--resume", "d", "--total-steps", "9",
     ]  # fmt: skip
+    # the training command repeated with --resume: the same env, not a changed one
+    assert preset_argv(PRESET, ["--env=ant", "--resume", "d"]) == [
+        "--env", "brax/ant", "--resume", "d",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("agent", ["eggroll", "ppo"])
