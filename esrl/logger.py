@@ -203,8 +203,8 @@ class RunLogger:
 
     def message(self, text: str) -> None:
         """Print a line (a warning, a note) above the progress bar."""
-        if self.enabled:
-            self.console.print(text)
+        if self.enabled:  # verbatim: paths in it may hold "[...]" and be long
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         """Stop the progress bar and close the files."""

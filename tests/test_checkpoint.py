@@ -140,3 +140,10 @@ def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     logger.log({"iteration": 3, "env_steps": 30})
     logger.close()
     assert [r["env_steps"] for r in read_metrics(tmp_path)] == [10, 20, 30]
+
+
+@pytest.mark.parametrize("out", ["runs/[sweep]/a", "runs/[/x]", "/scratch/" + "a" * 90])
+def test_run_logger_messages_print_paths_verbatim(out, capsys):
+    logger = RunLogger(None, total=1, progress=False)
+    logger.message(f"continue with: esrl train --resume {out}")  # as copied by users
+    assert f"continue with: esrl train --resume {out}\n" in capsys.readouterr().err
