@@ -16,6 +16,7 @@ import importlib
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 from esrl.es import OPTIMIZERS
 from esrl.fitness import SHAPERS
@@ -355,8 +356,13 @@ def run_command(
     try:
         import_plugins(tuple(args.plugin))
         if args.resume:
-            if args.out and args.out != args.resume:
+            if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
                 raise ValueError("--resume DIR continues in DIR; drop --out")
+            if args.overwrite:
+                raise ValueError(
+                    "--resume continues the run and --overwrite replaces it; "
+                    "pass one of them"
+                )
             spec = resume_spec(args, read_meta(args.resume))
         else:
             spec = spec_from_args(args)

@@ -101,6 +101,7 @@ def _build(cls, values: dict):
 
 
 # settings a resumed run may change; everything else must match the checkpoint
+# (plugins too: they only register environments, and a resume may add one)
 _RESUMABLE = ("generations", "progress", "tensorboard", "num_devices", "block")
 
 CPU_BLOCK = 2048
@@ -175,6 +176,7 @@ class RunSpec:
         mine, theirs = self.to_dict(), saved.to_dict()
         for k in _RESUMABLE:
             mine["train"].pop(k), theirs["train"].pop(k)
+        mine.pop("plugins"), theirs.pop("plugins")
         if mine != theirs:
             diff = [k for k in mine if mine[k] != theirs[k]]
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -230,3 +231,29 @@ def test_sigterm_checkpoints_the_generations_done(tmp_path):
     assert done >= 3 and [r["iteration"] for r in read_metrics(out)] == list(
         range(1, done + 1)
     )
+
+
+def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
+    saved = dataclasses.replace(spec_from_args(args), plugins=("memory_env",))
+    meta = {"spec": saved.to_dict(), "counters": {"generation": 3}}
+    args = build_parser().parse_args(["train", "--resume", "DIR", "--plugin", "json"])
+    spec = resume_spec(args, meta)
+    assert spec.plugins == ("memory_env", "json")
+    spec.check_resumable(saved)  # was "a different run (plugins differ)"
+    changed = dataclasses.replace(spec.train, seed=1)
+    with pytest.raises(ValueError, match=r"\(train differ\)"):
+        dataclasses.replace(spec, train=changed).check_resumable(saved)
+
+
+def test_resume_with_out_or_overwrite(tmp_path, capsys, no_compile):
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
+    meta = {"spec": spec_from_args(args).to_dict(), "counters": {"generation": 3}}
+    save_checkpoint(tmp_path, {"x": jnp.zeros(1)}, meta)
+    resume = ["train", "--resume", str(tmp_path), "--no-progress"]
+    assert main([*resume, "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert main([*resume, "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "--resume DIR continues in DIR; drop --out" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="before any compilation"):
+        main([*resume, "--out", f"{tmp_path}/"])  # the same directory: accepted
