@@ -25,7 +25,7 @@ from flax import struct
 
 from esrl import spaces
 from esrl.checks import require
-from esrl.env import AutoReset, Environment
+from esrl.env import AutoReset, Environment, wraps
 from esrl.gae import (
     Batch,
     Losses,
@@ -195,7 +195,7 @@ class PPO:
     def __init__(self, config: PPOConfig, env: Environment | str, env_params=None):
         if isinstance(env, str):
             env = make(env)
-        if isinstance(env, AutoReset):
+        if wraps(env, AutoReset):
             raise TypeError(
                 "PPO resets finished episodes itself (keeping the final observation); "
                 "pass the environment without autoreset (esrl.make(id))"

@@ -108,6 +108,17 @@ class Wrapper(Environment):
         return self.env.unwrapped
 
 
+def wraps(env: Environment, cls: type) -> bool:
+    """Whether ``env`` or any environment it wraps (via ``.env``) is a ``cls``."""
+    seen = set()
+    while env is not None and id(env) not in seen:
+        if isinstance(env, cls):
+            return True
+        seen.add(id(env))
+        env = getattr(env, "env", None)
+    return False
+
+
 class AutoReset(Wrapper):
     """Resets the wrapped environment whenever an episode ends, keeping the final obs.
 

@@ -316,3 +316,13 @@ def test_bad_configurations_say_what_to_do():
         PPOConfig(policy=PolicySpec(hidden=0))
     with pytest.raises(TypeError, match="without autoreset"):
         PPO(PPOConfig(), esrl.make("gymnax/CartPole-v1", autoreset=True))
+
+
+def test_autoreset_under_another_wrapper_is_rejected():
+    class Scaled(esrl.Wrapper):
+        pass
+
+    inner = esrl.make("gymnax/CartPole-v1", autoreset=True)
+    with pytest.raises(TypeError, match="without autoreset"):
+        PPO(PPOConfig(), Scaled(inner))
+    PPO(PPOConfig(), Scaled(esrl.make("gymnax/CartPole-v1")))  # no AutoReset: fine
