@@ -127,11 +127,9 @@ def test_script_help_lists_preset_values_and_every_option(agent, capsys):
 @pytest.fixture(scope="module")
 def cartpole_run(tmp_path_factory) -> Path:
     """A finished 2-generation EGGROLL run of scripts/train_cartpole.py."""
-    from esrl.cli import main
-
     out = tmp_path_factory.mktemp("runs") / "cp"
     cartpole = load_script("train_cartpole")
-    assert main(cartpole.build_argv(["--out", str(out), *ES_TINY])) == 0
+    assert cartpole.run_preset(cartpole.PRESET, ["--out", str(out), *ES_TINY]) == 0
     return out
 
 
