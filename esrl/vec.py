@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from esrl.env import AutoReset, Environment, where_done
+from esrl.env import AutoReset, Environment, where_done, wraps
 
 
 class VecEnv:
@@ -32,6 +32,12 @@ class VecEnv:
         if autoreset and isinstance(env, AutoReset):
             # Reset here only: after the inner reset, "final_obs" would be a reset obs.
             env = env.env
+        elif autoreset and wraps(env, AutoReset):
+            raise ValueError(
+                f"{env.name} has an esrl.AutoReset under another wrapper: resetting "
+                "again here would lose final observations; build the wrapper over the "
+                "environment without autoreset, or pass autoreset=False"
+            )
         self.env = env
         self.num_envs = num_envs
         self.autoreset = autoreset

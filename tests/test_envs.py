@@ -316,6 +316,19 @@ def test_vecenv_over_an_autoreset_env_keeps_the_true_final_obs():
     np.testing.assert_array_equal(info["final_obs"][0], [obs0[0, 0], 1.0])
 
 
+def test_vecenv_over_an_autoreset_buried_under_a_wrapper_is_refused():
+    # The inner AutoReset already reset env 0: a second reset would replace the
+    # episode's first observation and report it as the final one.
+    wrapped = esrl.Wrapper(AutoReset(Counter()))
+    with pytest.raises(ValueError, match="AutoReset under another wrapper"):
+        VecEnv(wrapped, 2)
+    vec = VecEnv(wrapped, 2, autoreset=False)  # the inner AutoReset does the work
+    obs0, state = vec.reset(jax.random.key(0))
+    _, _, _, terminated, _, info = vec.step(jax.random.key(1), state, jnp.array([1, 0]))
+    assert terminated.tolist() == [True, False]
+    np.testing.assert_array_equal(info["final_obs"][0], [obs0[0, 0], 1.0])
+
+
 def test_autoreset_steps_without_jit_on_a_gymnax_env():
     # gymnax states hold Python ints (time=0) until traced; the selection copes.
     env = esrl.make("gymnax/CartPole-v1", autoreset=True)
