@@ -363,10 +363,11 @@ def run_case(
     for r in rows:
         if r.get("skipped"):
             continue
-        paired = r["paired_ratio_to_plain"]
+        paired, ratio = r["paired_ratio_to_plain"], r["ratio_to_plain"]
         log(f"  {r['method']:>15} r={r['rank']!s:>4}: "
             f"{r['env_steps_per_s']:>12,.0f} steps/s  "
-            f"{r['time_per_generation_s']:.3f} s/gen  ratio {r['ratio_to_plain']:.3f}"
+            f"{r['time_per_generation_s']:.3f} s/gen  "
+            f"ratio {'-' if ratio is None else f'{ratio:.3f}'}"
             + (f"  paired {paired['median']:.3f} ({paired['q1']:.3f}-{paired['q3']:.3f})"
                if paired else ""))  # fmt: skip
     return rows

@@ -178,3 +178,13 @@ def test_positive_int_rejects_what_is_not_a_count():
     for text in ("0", "-2", "x", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"got '{text}'"):
             positive_int(text)
+
+
+def test_run_case_without_plain_reports_no_ratio():
+    # the log line formatted the missing ratio to plain and crashed after the timing
+    logged = []
+    (row,) = run_case(
+        TINY, (("eggroll", 1),), repeats=2, log=logged.append, min_sample_s=0
+    )
+    assert row["ratio_to_plain"] is None and row["paired_ratio_to_plain"] is None
+    assert row["env_steps_per_s"] > 0 and "ratio -" in logged[-1]
