@@ -225,6 +225,7 @@ def time_round_robin(
     it, and would tilt the ratios among the short benches by their order. Every other
     round runs in reverse order, so no bench always follows the same one.
     """
+    check_counts(repeats, warmup)
     out = [Timing([], [], [], 0.0, "") for _ in benches]
 
     def sample(i: int, keep: bool) -> None:
@@ -269,6 +270,13 @@ def time_round_robin(
                     continue
                 sample(i, keep=True)
     return out
+
+
+def check_counts(repeats: int, warmup: int) -> None:
+    """Refuse timing counts below 1: the warm-up call sizes the samples."""
+    for name, value in (("repeats", repeats), ("warmup", warmup)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def paired_ratio(base: Timing, t: Timing, work: float = 1.0) -> dict | None:
@@ -344,6 +352,7 @@ def run_case(
     unknown = [name for name, _ in methods if name not in METHODS]
     if unknown:  # before anything compiles
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {METHODS}")
+    check_counts(repeats, warmup)
     for name, rank in methods:
         try:
             built = build(name, rank, case, key)

@@ -188,3 +188,16 @@ def test_run_case_without_plain_reports_no_ratio():
     )
     assert row["ratio_to_plain"] is None and row["paired_ratio_to_plain"] is None
     assert row["env_steps_per_s"] > 0 and "ratio -" in logged[-1]
+
+
+def test_round_robin_needs_a_warmup_and_a_repeat():
+    # warmup=0 was an IndexError (the warm-up call sizes samples and finds heavy
+    # benches); repeats=0 a StatisticsError once every method had compiled
+    bench = Bench("plain", None, lambda: 0, 1, 1, 0.0, None)
+    for kwargs in ({"repeats": 2, "warmup": 0}, {"repeats": 0}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            time_round_robin([bench], **kwargs)
+    logged = []
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        run_case(TINY, (("plain", None),), repeats=0, log=logged.append)
+    assert logged == []  # refused before anything compiled
