@@ -386,13 +386,18 @@ def train(
 
 
 def fit(prepared: Prepared) -> TrainResult:
-    """Compile, then run the generations a prepared run still has to do."""
+    """Compile, then run the generations a prepared run still has to do.
+
+    A finished run (resumed without more generations) compiles nothing: its summary
+    keeps the compile and wall times it had.
+    """
     start = time.perf_counter()
     spec, trainer, state, c, out_dir = prepared
     cfg = spec.train
-    step = xla.aot(trainer.generation, state)
-    evaluate = xla.aot(trainer.evaluate, state)
-    c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
+    if c.generation < cfg.generations:
+        step = xla.aot(trainer.generation, state)
+        evaluate = xla.aot(trainer.evaluate, state)
+        c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(
         out_dir, cfg.generations, c.generation, title=f"{spec.agent} {spec.env}",

@@ -227,15 +227,20 @@ def train_ppo(
 
 
 def fit(prepared: Prepared) -> TrainResult:
-    """Compile, then run the updates a prepared run still has to do."""
+    """Compile, then run the updates a prepared run still has to do.
+
+    A finished run (resumed without more steps) compiles nothing: its summary keeps
+    the compile and wall times it had.
+    """
     start = time.perf_counter()
     spec, ppo, state, c, out_dir = prepared
-    agent = _compiled(ppo, spec.eval_every, spec.eval_episodes, spec.eval_horizon)
-    if state is None:
-        state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
     total, batch = spec.ppo.num_updates, spec.ppo.batch_size
+    if c.update < total or state is None:
+        agent = _compiled(ppo, spec.eval_every, spec.eval_episodes, spec.eval_horizon)
+        if state is None:
+            state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
+        c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     eval_key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1)
-    c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(
         out_dir, total, c.update, title=f"ppo {spec.env}", progress=spec.progress,

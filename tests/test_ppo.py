@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from esrl.env import Environment
 from esrl.gae import gae
 from esrl.logger import read_metrics
 from esrl.policy import PolicySpec
-from esrl.train_ppo import PPORunSpec, run_chunk, train_ppo
+from esrl.train_ppo import PPORunSpec, _compiled, run_chunk, train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory_env import MemoryEnv
@@ -253,6 +254,11 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     assert cli.main([*resume, "--lr", "1e-3"]) == 2
     assert "--lr 0.001 differs" in capsys.readouterr().err
     assert cli.main([*resume, "--total-steps", str(7 * 640)]) == 0  # 3 -> 5 -> 7
+    before = json.loads((tmp_path / "split" / "summary.json").read_text())
+    _compiled.cache_clear()  # as in a new process
+    assert cli.main(resume) == 0  # finished: nothing to compile, nothing to add
+    after = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert after["compile_s"] == before["compile_s"]
     state, meta = load_checkpoint(split, template=whole.state)
     jax.tree.map(np.testing.assert_array_equal, whole.state, state)
     lines = [

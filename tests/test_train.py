@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +105,11 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert [r["iteration"] for r in read_metrics(split)] == [1, 2, 3, 4]
     monkeypatch.setattr(RunLogger, "log", log)
     assert main(resume) == 0  # the total (6) was stored with the checkpoint
+    before = json.loads((split / "summary.json").read_text())
+    assert main(resume) == 0  # finished: nothing to compile, nothing to add
+    after = json.loads((split / "summary.json").read_text())
+    assert after["compile_s"] == before["compile_s"]
+    assert after["wall_time_s"] - before["wall_time_s"] < 1.0
 
     expected = _without_timing(read_metrics(full))
     assert [r["iteration"] for r in expected] == [1, 2, 3, 4, 5, 6]
