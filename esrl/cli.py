@@ -102,6 +102,11 @@ def import_plugins(modules: tuple[str, ...]) -> None:
 def _envs(args: argparse.Namespace) -> int:
     import esrl
 
+    try:
+        import_plugins(tuple(args.plugin))
+    except ValueError as e:
+        print(f"esrl envs: error: {e}", file=sys.stderr)
+        return 2
     for env_id in esrl.list_envs():
         if args.filter in env_id:
             print(env_id)
@@ -196,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     envs = sub.add_parser("envs", help="list registered environment ids")
     envs.add_argument("filter", nargs="?", default="", help="only ids containing this")
+    envs.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                      help="import MODULE first (it registers environments)")  # fmt: skip
     envs.set_defaults(func=_envs)
     _add_train(sub)
     return parser

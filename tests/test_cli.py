@@ -257,3 +257,12 @@ def test_resume_with_out_or_overwrite(tmp_path, capsys, no_compile):
     assert "--resume DIR continues in DIR; drop --out" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="before any compilation"):
         main([*resume, "--out", f"{tmp_path}/"])  # the same directory: accepted
+
+
+def test_envs_lists_plugin_environments(tmp_path, monkeypatch, capsys):
+    (tmp_path / "listed_envs.py").write_text(PLUGIN.replace("mine/", "listed/"))
+    monkeypatch.syspath_prepend(tmp_path)
+    assert main(["envs", "listed/", "--plugin", "listed_envs"]) == 0
+    assert capsys.readouterr().out.split() == ["listed/Recall-v0"]
+    assert main(["envs", "--plugin", "no_such_module_xyz"]) == 2
+    assert "could not be imported" in capsys.readouterr().err
