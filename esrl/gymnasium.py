@@ -31,8 +31,7 @@ def to_gymnasium_space(space: spaces.Space) -> gymnasium.spaces.Space:
     if isinstance(space, spaces.Box):
         dtype = np.dtype(space.dtype)
         shape = tuple(space.shape)
-        low = np.broadcast_to(np.asarray(space.low), shape).astype(dtype)
-        high = np.broadcast_to(np.asarray(space.high), shape).astype(dtype)
+        low, high = (_bound(b, shape, dtype) for b in (space.low, space.high))
         return gymnasium.spaces.Box(low, high, shape, dtype)
     if isinstance(space, spaces.Dict):
         return gymnasium.spaces.Dict(
@@ -44,6 +43,18 @@ def to_gymnasium_space(space: spaces.Space) -> gymnasium.spaces.Space:
         f"cannot convert {space!r} to a gymnasium space; supported: esrl.spaces "
         "Discrete, Box, Dict and Tuple"
     )
+
+
+def _bound(value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A Box bound as an array of ``dtype``; +-inf become an integer dtype's limits."""
+    value = np.broadcast_to(np.asarray(value), shape)
+    if not np.issubdtype(dtype, np.integer):
+        return value.astype(dtype)
+    # Casting inf to an integer dtype is undefined (int32 gives INT_MIN).
+    out = np.where(np.isinf(value), 0, value).astype(dtype)
+    out[value == np.inf] = np.iinfo(dtype).max
+    out[value == -np.inf] = np.iinfo(dtype).min
+    return out
 
 
 def _to_numpy(x: Any, space: gymnasium.spaces.Space) -> Any:

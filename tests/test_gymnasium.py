@@ -109,6 +109,19 @@ def test_space_conversion():
     assert isinstance(esrl.to_gymnasium("gymnax/Pendulum-v1"), GymnasiumEnv)
 
 
+def test_integer_box_with_infinite_bounds_converts_to_the_dtype_limits():
+    # Casting inf to int32 gave INT_MIN: (0, inf) raised, (-inf, inf) became a point.
+    big = np.iinfo(np.int32)
+    half = to_gymnasium_space(spaces.Box(0, jnp.inf, (2,), jnp.int32))
+    assert half == gymnasium.spaces.Box(0, big.max, (2,), np.int32)
+    full = to_gymnasium_space(spaces.Box(-jnp.inf, jnp.inf, (2,), jnp.int32))
+    assert full == gymnasium.spaces.Box(big.min, big.max, (2,), np.int32)
+    mixed = to_gymnasium_space(
+        spaces.Box(0, jnp.array([5.0, jnp.inf]), (2,), jnp.int32)
+    )
+    np.testing.assert_array_equal(mixed.high, [5, big.max])
+
+
 class Ring(esrl.Environment):
     """A position on a ring of 5 cells (a Discrete observation); never ends."""
 
