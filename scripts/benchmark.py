@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,10 +80,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep the other sections' rows of an existing --out file (rerun --only ones)",
     )
+    # the command recorded in the JSON (main(argv) records its argv, not its caller's)
+    command = [
+        "python",
+        *(sys.argv if argv is None else ["scripts/benchmark.py", *argv]),
+    ]
     args = parser.parse_args(argv)  # fmt: skip
+    if args.quick and args.only:
+        parser.error("--quick is its own section; give --quick or --only, not both")
 
     full = [name for name in SECTIONS if name != "quick"]
-    sections = ["quick"] if args.quick else (args.only or full)
+    # a section named twice would run twice and write its rows twice
+    sections = ["quick"] if args.quick else list(dict.fromkeys(args.only or full))
     repeats = args.repeats or (2 if args.quick else 5)
     # a method whose call takes over slow_s is timed once after its warm-up
     slow_s = 8.0 if args.quick else 30.0
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     heavy_ratio = 5.0
     out = Path(args.out)
     device, rows, start = device_description(), [], time.time()
-    meta = {"command": " ".join(["python", *sys.argv]), "quick": args.quick,
+    meta = {"command": shlex.join(command), "quick": args.quick,
             "repeats": dict.fromkeys(sections, repeats), "sections": sections}  # fmt: skip
     if args.update and out.exists():
         old = json.loads(out.read_text())

@@ -201,3 +201,34 @@ def test_round_robin_needs_a_warmup_and_a_repeat():
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         run_case(TINY, (("plain", None),), repeats=0, log=logged.append)
     assert logged == []  # refused before anything compiled
+
+
+def test_benchmark_sections_run_once_and_quick_excludes_only(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ran = []
+
+    def fake_run_case(case, methods, **_):
+        ran.append(case)
+        return [{"env": case.env, "kind": case.kind, "hidden": case.hidden,
+                 "num_layers": case.num_layers, "horizon": case.horizon,
+                 "population": case.population, "method": "plain", "rank": None,
+                 "env_steps_per_s": 1.0}]  # fmt: skip
+
+    monkeypatch.setattr(bench, "SECTIONS", {"a": [(TINY, ())], "b": [(TINY, ())]})
+    monkeypatch.setattr(bench, "run_case", fake_run_case)
+    monkeypatch.setattr(bench, "plot", lambda *_: None)
+    out = tmp_path / "b.json"
+    # a section named twice ran twice and wrote its rows twice
+    bench.main(["--only", "a", "b", "a", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert [r["section"] for r in doc["results"]] == ["a", "b"] and len(ran) == 2
+    assert doc["sections"] == ["a", "b"]
+    assert doc["command"].endswith(f"benchmark.py --only a b a --out {out}")
+    with pytest.raises(SystemExit):  # --quick silently ignored --only
+        bench.main(["--quick", "--only", "b", "--out", str(out)])
