@@ -47,6 +47,20 @@ def test_single_env_numpy_io_and_seeding():
         env.reset(seed=[1, 2])
 
 
+def test_single_env_over_autoreset_returns_the_terminal_observation():
+    env = to_gymnasium(esrl.make("gymnax/CartPole-v1", autoreset=True))
+    env.reset(seed=0)
+    for _ in range(100):
+        obs, _, terminated, truncated, _ = env.step(np.int64(1))
+        if terminated or truncated:
+            break
+    assert terminated  # the pole fell; the observation shows it, not a fresh reset
+    assert abs(obs[2]) > 0.2 or abs(obs[0]) > 2.4
+    buried = esrl.Wrapper(esrl.make("gymnax/CartPole-v1", autoreset=True))
+    with pytest.raises(ValueError, match="AutoReset under another wrapper"):
+        to_gymnasium(buried)
+
+
 def test_vector_env_shapes_and_final_observations():
     num_envs = 8
     env = to_gymnasium("gymnax/CartPole-v1", num_envs=num_envs, seed=0)
