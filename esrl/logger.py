@@ -36,6 +36,11 @@ from rich.progress import (
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CURVE = "curve.png"
+BASELINE = "random_baseline.json"
+"""A random policy's evaluation, written by `esrl.preset` scripts after training."""
+FINAL_OUTPUTS = (SUMMARY, CURVE, BASELINE)
+"""What a finished run writes; a fresh run in the same directory removes them when it
+starts its metrics."""
 
 
 def to_json(value: Any) -> Any:
@@ -152,6 +157,10 @@ class RunLogger:
                 self._file = open(metrics, "a")  # noqa: SIM115 (closed in close)
             else:
                 self._file = open(metrics, "w")  # noqa: SIM115
+                # a replaced run's end results would otherwise sit beside the new
+                # run's metrics until it finishes (and label it in plot_curves.py)
+                for name in FINAL_OUTPUTS:
+                    (self.out_dir / name).unlink(missing_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASELINE = "random_baseline.json"
+from esrl.logger import BASELINE
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from esrl.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from esrl.logger import RunLogger, read_metrics
+from esrl.logger import BASELINE, FINAL_OUTPUTS, RunLogger, read_metrics
 
 
 def _tree(seed: int):
@@ -114,6 +114,11 @@ def test_run_logger_writes_the_contract_files_and_trims_on_resume(tmp_path):
     assert records[3]["env_steps"] == 104
     assert json.loads((tmp_path / "summary.json").read_text())["env"] == "x"
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / BASELINE).write_text("{}")
+    # a fresh run in the directory (--overwrite) drops the old run's end results
+    RunLogger(tmp_path, total=6, progress=False).close()
+    assert not any((tmp_path / name).exists() for name in FINAL_OUTPUTS)
+    assert read_metrics(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
