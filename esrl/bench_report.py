@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 CASE_KEYS = ("env", "kind", "hidden", "num_layers", "horizon")
+SECTIONS = ("quick", "headline", "width", "population", "rank", "envs")
+"""The sections of `scripts/benchmark.py` that `tables` gives a table of their own."""
 
 
 def _case(row: dict) -> tuple:
@@ -142,7 +144,7 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
 
 def tables(rows: list[dict]) -> str:
     """Markdown tables of a benchmark JSON's rows, one per section of `scripts/benchmark.py`
-    (what the README's Benchmark shows)."""
+    (what the README's Benchmark shows), one of any other rows, and skipped methods."""
     by_section: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if not r.get("skipped"):
@@ -178,7 +180,28 @@ def tables(rows: list[dict]) -> str:
               _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"])]
              for r in by_section["envs"]],
         ))  # fmt: skip
+    other = [r for s, rs in by_section.items() if s not in SECTIONS for r in rs]
+    if other:  # e.g. scripts/benchmark_gpu.py's rows, which have no section
+        parts.append("Other cases:\n\n" + _table(
+            ["env", "policy", "population", "steps", "method", "env steps/s", "s / gen",
+             "ratio to plain", "paired ratio (IQR)"],
+            [[r["env"], _policy(r), str(r["population"]), str(r["horizon"]), _label(r),
+              _fmt(r["env_steps_per_s"]), _fmt(r["time_per_generation_s"], 4),
+              _fmt(r["ratio_to_plain"]), _paired(r)] for r in other],
+        ))  # fmt: skip
+    parts.append("\n".join(
+        f"Skipped: {r['method']} ({_where(r)}): {r.get('note', '')}"
+        for r in rows if r.get("skipped")
+    ))  # fmt: skip
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _where(r: dict) -> str:
+    """The case of a row, in words (and its section, where it has one)."""
+    case = (
+        f"{r['env']}, {_policy(r)}, population {r['population']}, {r['horizon']} steps"
+    )
+    return f"{r['section']}: {case}" if r.get("section") else case
 
 
 def _peer_table(title: str, x: str, rows: list[dict]) -> str:

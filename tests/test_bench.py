@@ -232,3 +232,17 @@ def test_benchmark_sections_run_once_and_quick_excludes_only(tmp_path, monkeypat
     assert doc["command"].endswith(f"benchmark.py --only a b a --out {out}")
     with pytest.raises(SystemExit):  # --quick silently ignored --only
         bench.main(["--quick", "--only", "b", "--out", str(out)])
+
+
+def test_tables_show_rows_of_any_section_and_why_methods_were_skipped(rows):
+    # benchmark_gpu.py writes rows without a section: the report printed nothing
+    text = tables(rows)
+    assert "| gymnax/CartPole-v1 | MLP 8x2 | 8 | 5 | eggroll r1 |" in text
+    assert text.count("\n| gymnax/CartPole-v1 |") == 3
+    skipped = {**rows[0], "method": "openai_es", "skipped": True, "note": "too big"}
+    skipped.update(env_steps_per_s=None, ratio_to_plain=None, section="width")
+    text = tables([{**r, "section": "width"} for r in rows[:2]] + [skipped])
+    assert (
+        "Skipped: openai_es (width: gymnax/CartPole-v1, MLP 8x2, population 8, " in text
+    )
+    assert "too big" in text
