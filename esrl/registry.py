@@ -3,13 +3,15 @@
 Ids look like ``gymnax/CartPole-v1``, ``brax/ant``, ``craftax/Craftax-Classic-Symbolic-v1``,
 ``llm/countdown``. Third-party packages register through the entry-point group
 ``esrl.envs``: each entry point names a callable that is called with no arguments and
-registers its environments with `register`.
+registers its environments with `register`; one that fails is skipped with a warning
+naming it, so a broken package never breaks `make` for the others.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -72,7 +74,14 @@ def _load_plugins() -> None:
         return
     _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()()
+        try:
+            ep.load()()
+        except Exception as e:  # noqa: BLE001 - one broken package must not break make()
+            warnings.warn(
+                f"{ENTRY_POINT_GROUP} plug-in {ep.name!r} ({ep.value}) failed and was "
+                f"skipped: {type(e).__name__}: {e}",
+                stacklevel=2,
+            )
 
 
 def _load_all() -> None:

@@ -136,8 +136,8 @@ def test_non_environment_entry_point_is_rejected(clean_registry):
 
 
 class _FakeEntryPoint:
-    def __init__(self, hook):
-        self.hook = hook
+    def __init__(self, hook, name="line", value="plugin_pkg:hook"):
+        self.hook, self.name, self.value = hook, name, value
 
     def load(self):
         return self.hook
@@ -190,3 +190,20 @@ def test_registering_before_first_make_keeps_builtins_and_catches_duplicates():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "'brax/ant' is already registered" in out.stdout
+
+
+def test_a_broken_plugin_is_named_and_the_others_still_load(
+    clean_registry, monkeypatch
+):
+    def broken():
+        raise ImportError("No module named 'missing_dep'")
+
+    def working():
+        esrl.register("plugin/Line-v0", Line)
+
+    plugins = [_FakeEntryPoint(broken, "bad", "bad_pkg:hook"), _FakeEntryPoint(working)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: plugins)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.warns(UserWarning, match=r"'bad' \(bad_pkg:hook\).*missing_dep"):
+        ids = esrl.list_envs()
+    assert "plugin/Line-v0" in ids and "gymnax/CartPole-v1" in ids
