@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from esrl.bench import Bench, Case, Skipped, aot, chunk_for, env_for
 from esrl.policy import PolicySpec, make_policy
 from esrl.rollout import RolloutConfig, evaluate_population
+from esrl.train import block_size
 
 PPO_UPDATE_STEPS = 32768
 """Environment steps per timed PPO update (num_steps = this / num_envs, at least 8)."""
@@ -37,18 +38,27 @@ def build_plain(case: Case, key: jax.Array) -> Bench:
     obs, _ = env.reset(key, env_params)
     params = jax.jit(policy.init)(key, policy.initial_carry(), obs)["params"]
     config = _rollout(case)
+    # the same sequential blocks as the ES trainer's rollout (CPU), so that the
+    # ceiling and the methods compared to it differ only in the noise
+    block = block_size(case.population, None, jax.devices()[0].platform)
+
+    def rollout(ids, key, params):
+        return evaluate_population(
+            key, env, env_params, policy, params, None, config, member_ids=ids
+        ).returns
 
     def generation(key, params):
-        return evaluate_population(
-            key, env, env_params, policy, params, None, config,
-            num_members=case.population,
-        ).returns  # fmt: skip
+        ids = jnp.arange(case.population).reshape(-1, block)
+        if ids.shape[0] == 1:
+            return rollout(ids[0], key, params)
+        return jax.lax.map(lambda b: rollout(b, key, params), ids).reshape(-1)
 
     compiled, seconds, mb = aot(generation, key, params)
+    note = f"rolled out in blocks of {block}" if block < case.population else ""
     return Bench(
         "plain", None, lambda: compiled(key, params),
-        case.population * case.horizon, case.population, seconds, mb,
-        executable=compiled,
+        case.population * case.horizon, case.population, seconds, mb, note,
+        compiled,
     )  # fmt: skip
 
 

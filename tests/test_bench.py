@@ -246,3 +246,30 @@ def test_tables_show_rows_of_any_section_and_why_methods_were_skipped(rows):
         "Skipped: openai_es (width: gymnax/CartPole-v1, MLP 8x2, population 8, " in text
     )
     assert "too big" in text
+
+
+def test_plain_rolls_out_in_the_blocks_the_es_methods_use(monkeypatch):
+    # on a CPU the trainer rolls out blocks of CPU_BLOCK members; plain, the ceiling,
+    # ran the whole population in one block, so above 2048 members it was not the
+    # same rollout as the one EGGROLL and OpenAI-ES were compared to
+    import jax
+
+    from esrl import bench_methods, train
+    from esrl.bench import env_for
+    from esrl.policy import make_policy
+    from esrl.rollout import evaluate_population
+
+    monkeypatch.setattr(train, "CPU_BLOCK", 4)
+    key = jax.random.key(0)
+    plain = bench_methods.build_plain(TINY, key)
+    es = bench_methods.build_es(TINY, key, "eggroll")
+    assert plain.note == es.note == "rolled out in blocks of 4"
+    env = env_for(TINY)
+    policy = make_policy(bench_methods._spec(TINY), env.action_space())
+    obs, _ = env.reset(key)
+    params = policy.init(key, policy.initial_carry(), obs)["params"]
+    whole = evaluate_population(
+        key, env, env.default_params, policy, params, None,
+        bench_methods._rollout(TINY), num_members=TINY.population,
+    ).returns  # fmt: skip
+    assert jax.numpy.allclose(plain.call(), whole)
