@@ -24,13 +24,17 @@ CASES = [
 ]  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the cases until the time budget (first argument, seconds) is spent."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("seconds", type=float, nargs="?", default=120.0,
                         help="time budget: no new case starts after it")  # fmt: skip
-    budget = parser.parse_args().seconds
+    budget = parser.parse_args(argv).seconds
+    if not budget > 0:  # nothing would run, and nothing be written
+        parser.error(f"the time budget must be > 0 seconds, got {budget}")
     out = os.environ.get("OUT", ".")
+    if not os.path.isdir(out):  # before minutes of measuring, not after
+        parser.error(f"$OUT={out} is not a directory")
     rows, start = [], time.time()
     for case, methods in CASES:
         if time.time() - start > budget:

@@ -273,3 +273,28 @@ def test_plain_rolls_out_in_the_blocks_the_es_methods_use(monkeypatch):
         bench_methods._rollout(TINY), num_members=TINY.population,
     ).returns  # fmt: skip
     assert jax.numpy.allclose(plain.call(), whole)
+
+
+def test_benchmark_gpu_refuses_a_bad_budget_or_out_before_running(
+    tmp_path, monkeypatch
+):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "benchmark_gpu.py"
+    spec = importlib.util.spec_from_file_location("benchmark_gpu_script", path)
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    ran = []
+    monkeypatch.setattr(gpu, "run_case", lambda *a, **k: ran.append(a) or [])
+    monkeypatch.setattr(gpu, "CASES", [(TINY, ())])
+    # a budget <= 0 ran nothing and wrote nothing, silently; a missing $OUT folder
+    # was a FileNotFoundError once the first case had been measured
+    monkeypatch.setenv("OUT", str(tmp_path / "missing"))
+    for argv in (["-5"], ["0"], ["10"]):
+        with pytest.raises(SystemExit):
+            gpu.main(argv)
+    assert ran == []
+    monkeypatch.setenv("OUT", str(tmp_path))
+    gpu.main(["10"])
+    assert len(ran) == 1 and (tmp_path / "gpu_bench.json").is_file()
