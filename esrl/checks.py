@@ -13,6 +13,7 @@ space, sampled actions accepted, identical transitions for identical keys.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -123,8 +124,8 @@ def _space_problems(name: str, obs_space: Any, act_space: Any) -> list[str]:
 def _leaves(space: Any, obs: Any, path: str):
     """Yield ``(path, leaf space, leaf observation)``, following Dict and Tuple."""
     if isinstance(space, spaces.Dict):
-        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
-            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+        if not isinstance(obs, Mapping) or set(obs) != set(space.spaces):
+            got = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
             yield (
                 path,
                 space,

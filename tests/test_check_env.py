@@ -152,3 +152,16 @@ def test_bad_space_is_rejected():
         EnvCheckError, match=r"Walk.action_space returned \(0, 1\), which lacks"
     ):
         check_env(NoSpace())
+
+
+def test_mapping_observations_for_a_dict_space_pass():
+    from flax.core import FrozenDict
+
+    class Frozen(Walk):
+        def _obs(self, x):
+            return FrozenDict({"x": x})
+
+        def observation_space(self, params=None):
+            return spaces.Dict({"x": super().observation_space(params)})
+
+    check_env(Frozen())  # a Mapping is a dict observation; its keys were not read
