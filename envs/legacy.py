@@ -78,6 +78,8 @@ def _without_limit(params: Any, limit: str) -> Any | None:
         return params.replace(**{limit: _NEVER})
     if dataclasses.is_dataclass(params):
         return dataclasses.replace(params, **{limit: _NEVER})
+    if hasattr(params, "_replace"):  # a NamedTuple
+        return params._replace(**{limit: _NEVER})
     return None
 
 

@@ -251,6 +251,21 @@ def test_legacy_env_without_time_limit_never_truncates():
     ]
 
 
+def test_legacy_env_with_namedtuple_params_splits_done():
+    from typing import NamedTuple
+
+    class TupleParams(NamedTuple):
+        max_steps_in_episode: int = 3
+        goal: int = 2
+
+    class TupleWalk(OldWalk):
+        default_params = TupleParams()
+
+    # Reaching the goal on the last allowed step is a termination, not a timeout.
+    flags = _flags(LegacyEnv(TupleWalk()), [0, 1, 1])
+    assert flags == [(False, False), (False, False), (True, False)]
+
+
 def test_legacy_adapter_rejects_non_env():
     with pytest.raises(TypeError, match="needs step_env"):
         LegacyEnv(object())
