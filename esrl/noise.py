@@ -338,6 +338,10 @@ def _regenerate_and_contract(key, generation, params, weights, config, zeros) ->
     def contract(total: dict, xs) -> tuple[dict, None]:
         ids, w = xs
         unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(ids)
+        # Contract the noise as stored, as for a kept ``unit``: fused with its draw,
+        # XLA pulls A's 1/sqrt(r) out of the contraction, which changes the rounding,
+        # so a run whose rollout kept its noise and one that did not would differ.
+        unit = jax.lax.optimization_barrier(unit)
         return _contract(total, w, unit), None
 
     if chunks == 1:

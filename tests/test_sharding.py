@@ -67,3 +67,40 @@ def test_four_devices_equal_one(tmp_path):
     assert "population 18 is not divisible by the 4 devices; use --population 20" in (
         proc.stderr
     )
+
+
+ODD_SHARES = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    import esrl
+    from esrl.agents.eggroll import EggrollConfig
+    from esrl.policy import PolicySpec
+    from esrl.rollout import RolloutConfig
+    from esrl.train import ESTrainer, TrainConfig
+
+    env, strategy = esrl.make("gymnax/CartPole-v1"), EggrollConfig(12, rank=2).strategy()
+    states = {}
+    # shares and blocks of 3 members (odd) keep no noise, 1 device x 12 does
+    for n, block in ((1, None), (4, None), (1, 3)):
+        config = TrainConfig(num_devices=n, block=block, rollout=RolloutConfig(30),
+                             policy=PolicySpec(kind="gru", hidden=4))
+        trainer = ESTrainer(env, strategy, config)
+        state, _ = jax.jit(trainer.generation)(trainer.init(jax.random.PRNGKey(0)))
+        states[n, block] = [np.asarray(x) for x in jax.tree.leaves(state)]
+    one = states[1, None]
+    print(json.dumps({str(k): all(map(np.array_equal, v, one)) for k, v in states.items()}))
+    """
+)
+
+
+def test_odd_shares_and_blocks_equal_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", ODD_SHARES],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"(1, None)": True, "(4, None)": True, "(1, 3)": True}
