@@ -8,13 +8,14 @@ learning rate, and optax minimises, so the optimizer receives -g.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from flax import struct, traverse_util
 
 from esrl import noise
 from esrl.checks import require
@@ -69,6 +70,13 @@ class ESConfig:
         require(self, ">= 0", "weight_decay", "sigma_min")
 
 
+def _perturbed_mask(params, config: noise.NoiseConfig):
+    """True at the leaves of ``params`` that `config` perturbs (for weight decay)."""
+    perturbed = set(noise.perturbed_paths(params, config))
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: path in perturbed for path in flat})
+
+
 @struct.dataclass
 class ESState:
     """Everything that evolves between generations (a pytree, checkpointable)."""
@@ -92,11 +100,13 @@ class ES:
     def _optimizer(self) -> optax.GradientTransformation:
         c = self.config
         lr = optax.exponential_decay(c.lr, 1, c.lr_decay) if c.lr_decay != 1 else c.lr
+        # excluded (never perturbed) leaves are frozen: no estimate and no decay
+        mask = functools.partial(_perturbed_mask, config=c.noise)
         if c.optimizer == "adamw":
-            return optax.adamw(lr, weight_decay=c.weight_decay)
+            return optax.adamw(lr, weight_decay=c.weight_decay, mask=mask)
         base = optax.adam(lr) if c.optimizer == "adam" else optax.sgd(lr)
         if c.weight_decay:
-            return optax.chain(optax.add_decayed_weights(c.weight_decay), base)
+            return optax.chain(optax.add_decayed_weights(c.weight_decay, mask), base)
         return base
 
     def init(self, key: jax.Array, params) -> ESState:

@@ -309,6 +309,21 @@ def test_excluded_parameters_are_never_perturbed_nor_updated():
     assert not np.allclose(new.params["w"], state.params["w"])
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_weight_decay_never_reaches_excluded_parameters(optimizer):
+    es = EggrollConfig(
+        population=8, exclude=("b",), optimizer=optimizer, weight_decay=0.1
+    ).strategy()
+    state = es.init(KEY, make_params())
+    for _ in range(2):
+        state, _ = es.tell(state, jnp.arange(8.0))
+    np.testing.assert_array_equal(state.params["b"], make_params()["b"])
+    # the perturbed leaves decay: flat fitness shrinks them
+    flat_state, _ = es.tell(es.init(KEY, make_params()), jnp.ones(8))
+    w = make_params()["w"]
+    assert np.all(np.abs(flat_state.params["w"]) < np.abs(w))
+
+
 def test_sigma_and_learning_rate_schedules():
     es = EggrollConfig(population=8, sigma=0.1, sigma_decay=0.5, sigma_min=0.03,
                        optimizer="sgd", lr=1.0, lr_decay=0.5).strategy()  # fmt: skip
