@@ -40,7 +40,7 @@ class ObsMoments(NamedTuple):
 
 
 def init_obs_stats(obs_shape: tuple[int, ...]) -> ObsStats:
-    """Empty statistics (normalisation is the identity until something is merged)."""
+    """Empty statistics: until something is merged, observations are only clipped."""
     zeros = jnp.zeros(obs_shape, jnp.float32)
     return ObsStats(count=jnp.zeros((), jnp.float32), mean=zeros, m2=zeros)
 
