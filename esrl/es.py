@@ -37,7 +37,8 @@ class ESConfig:
     optimizer: str = "adam"
     """adam, adamw or sgd."""
     weight_decay: float = 0.0
-    """Decoupled weight decay (adamw; added to the update for adam and sgd)."""
+    """Weight decay of the perturbed parameters: decoupled for adamw; for adam and sgd
+    ``weight_decay * params`` is added to the gradient (L2; adam then rescales it)."""
     fitness_shaping: str = "centered_ranks"
     """centered_ranks, z_score or raw."""
     sigma_decay: float = 1.0
