@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     heavy_ratio = 5.0
     out = Path(args.out)
     device, rows, start = device_description(), [], time.time()
+    replaced: list[dict] = []  # --update: old rows of the sections being rerun
     meta = {"command": shlex.join(command), "quick": args.quick,
             "repeats": dict.fromkeys(sections, repeats), "sections": sections}  # fmt: skip
     if args.update and out.exists():
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         if old["device"] != device:
             parser.error(f"--update: {out} was measured on {old['device']}, not here")
         rows = [r for r in old["results"] if r["section"] not in sections]
+        replaced = [r for r in old["results"] if r["section"] in sections]
         kept = [s for s in old["sections"] if s not in sections]
         old_repeats = old["repeats"]  # one count for every section in older files
         if not isinstance(old_repeats, dict):
@@ -115,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                  "repeats": {s: old_repeats[s] for s in kept} | meta["repeats"]}  # fmt: skip
     print(f"device: {device}", flush=True)
     for section in sections:
+        new = []
         for case, methods in SECTIONS[section]:
             print(f"[{section}] {case}", flush=True)
-            rows += [
+            new += [
                 {**r, "section": section}
                 for r in run_case(
                     case,
@@ -127,7 +130,13 @@ def main(argv: list[str] | None = None) -> None:
                     heavy_ratio=heavy_ratio,
                 )
             ]
-            write(out, device, rows, {**meta, "wall_s": time.time() - start})
+            if not replaced:  # a fresh file keeps every case as it is measured
+                write(out, device, rows + new, {**meta, "wall_s": time.time() - start})
+        # an updated file swaps a section's rows only once it is complete, so an
+        # interrupted rerun leaves the old rows of the sections it had not finished
+        rows += new
+        replaced = [r for r in replaced if r["section"] != section]
+        write(out, device, rows + replaced, {**meta, "wall_s": time.time() - start})
     plot(out.with_suffix(".png"), device, rows)
     print(f"wrote {out} and {out.with_suffix('.png')} in {time.time() - start:.0f}s")
 

@@ -246,6 +246,23 @@ def test_benchmark_update_reruns_only_the_given_sections(tmp_path, monkeypatch):
     assert doc["results"][1]["times_s"] != first["results"][0]["times_s"]  # remeasured
     _, rows = run("--only", "b")  # without --update the file is replaced
     assert rows == [("b", "plain")]
+    run("--only", "a", "b")
+    before = json.loads(out.read_text())["results"]
+
+    def interrupted(case, methods, **kw):  # Ctrl-C during section b's first case
+        if interrupted.calls:
+            raise KeyboardInterrupt
+        interrupted.calls += 1
+        return run_case(case, methods, **kw)
+
+    run_case, interrupted.calls = bench.run_case, 0
+    monkeypatch.setattr(bench, "run_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("--only", "a", "b", "--update")
+    after = json.loads(out.read_text())["results"]
+    assert [r["section"] for r in after] == ["a", "b"]
+    assert after[0]["times_s"] != before[0]["times_s"]  # a was rerun and swapped in
+    assert after[1] == before[1]  # b's old rows stay: its rerun never finished
 
 
 def test_profile_ops_attributes_ops_to_their_layers():
