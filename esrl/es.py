@@ -69,6 +69,11 @@ class ESConfig:
             )
         require(self, "> 0", "sigma", "lr", "sigma_decay", "lr_decay")
         require(self, ">= 0", "weight_decay", "sigma_min")
+        if self.sigma_min > self.sigma:
+            raise ValueError(
+                f"sigma_min {self.sigma_min} exceeds sigma {self.sigma}: sigma would "
+                "jump up to it after the first generation; use sigma_min <= sigma"
+            )
 
 
 def _perturbed_mask(params, config: noise.NoiseConfig):

@@ -229,6 +229,7 @@ def test_rank_too_large_is_a_clear_error():
         ({"sigma_decay": 0.0}, "sigma_decay must be > 0"),
         ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"population": 1}, "population must be >= 2"),
+        ({"sigma": 0.05, "sigma_min": 0.1}, "sigma_min 0.1 exceeds sigma 0.05"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(kwargs, match):
