@@ -1,4 +1,7 @@
-"""The ``esrl`` command line: ``esrl envs`` lists environments, ``esrl train`` trains.
+"""The ``esrl`` command line: ``esrl envs``, ``esrl train`` and ``esrl eval``.
+
+``esrl envs`` lists environments; ``esrl eval DIR`` evaluates a trained run again
+(`esrl.evaluate`).
 
 ``esrl train --env ID --agent {eggroll,openai_es}`` trains with evolution strategies;
 options left out take per-environment defaults (`env_defaults`, listed in ``--help``).
@@ -205,7 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="import MODULE first (it registers environments)")  # fmt: skip
     envs.set_defaults(func=_envs)
     _add_train(sub)
+    ev = sub.add_parser("eval", help="evaluate the policy of a trained run again")
+    ev.add_argument("run_dir", metavar="DIR", help="the run's --out directory")
+    ev.add_argument("--episodes", type=int, help="episodes (default: the run's own)")
+    ev.add_argument("--seed", type=int, help="a fresh key (default: the run's own)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.set_defaults(func=_eval)
     return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from esrl.evaluate import evaluate_run
+
+    try:
+        r = evaluate_run(args.run_dir, args.episodes, args.seed)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"esrl eval: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(r) if args.json else (
+        f"{r['agent']} on {r['env']} after {r['step']} "
+        f"{'updates' if r['agent'] == 'ppo' else 'generations'}: eval return "
+        f"{r['eval_return']:.2f} +- {r['return_std']:.2f} (min {r['return_min']:.2f}, "
+        f"max {r['return_max']:.2f}) over {r['episodes']} episodes of up to "
+        f"{r['horizon']} steps, mean length {r['eval_length']:.1f}"
+    ))  # fmt: skip
+    return 0
 
 
 _ES_OPTIONS = ("population", "sigma", "lr", "optimizer", "weight_decay",

@@ -1,0 +1,127 @@
+"""Evaluate a trained run again: ``esrl eval DIR`` and `evaluate_run`.
+
+Loads the checkpoint of an ES or PPO run directory (``esrl train`` or a training
+script) and evaluates its policy as training did: the unperturbed ES mean, or PPO's
+greedy actor, with the run's observation statistics, horizon and action rule. By
+default it repeats the evaluation training logs at the checkpoint's generation (or
+update): the same key and episodes, so a finished run reproduces its final
+``eval_return``; ``episodes`` and ``seed`` ask for a fresh one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from esrl.checkpoint import load_checkpoint, read_meta
+from esrl.cli import import_plugins
+from esrl.rollout import RolloutConfig, evaluate_population
+
+
+class LoadedRun(NamedTuple):
+    """A trained policy and what its evaluation needs."""
+
+    agent: str
+    """eggroll, openai_es or ppo."""
+    env_id: str
+    """Registered id of the run's environment."""
+    env: Any
+    """The environment (`esrl.make(env_id)`)."""
+    env_params: Any
+    """Its parameters."""
+    policy: Any
+    """The `esrl.policy.Policy` (PPO's includes its critic)."""
+    params: Any
+    """Trained parameters (``policy.apply({"params": params}, carry, obs)``)."""
+    obs_stats: Any
+    """Observation statistics the policy was trained with."""
+    rollout: RolloutConfig
+    """The run's evaluation rollout (horizon, episodes, normalisation, greedy actions)."""
+    key: jax.Array
+    """The key of the evaluation training logs at the checkpoint."""
+    step: int
+    """Generations (ES) or updates (PPO) the checkpoint has done."""
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Restore the policy of the ES or PPO run in ``run_dir`` (nothing is compiled)."""
+    meta = read_meta(run_dir)
+    spec = meta.get("spec")
+    if not isinstance(spec, dict) or "env" not in spec:
+        raise ValueError(
+            f"{str(run_dir)!r} holds no esrl train run (an LLM fine-tuning run is "
+            "evaluated by scripts/train_countdown.py)"
+        )
+    import_plugins(tuple(spec.get("plugins", ())))
+    if spec.get("agent") == "ppo":
+        return _load_ppo(run_dir, spec)
+    return _load_es(run_dir, spec)
+
+
+def _load_es(run_dir, saved: dict) -> LoadedRun:
+    from esrl.registry import make
+    from esrl.train import ESTrainer, RunSpec
+
+    spec = RunSpec.from_dict(saved)
+    train = dataclasses.replace(spec.train, num_devices=1, block=None)
+    trainer = ESTrainer(make(spec.env), spec.agent_config.strategy(), train)
+    state, _ = load_checkpoint(run_dir, template=trainer.init(jax.random.PRNGKey(0)))
+    generation = int(state.es.generation)
+    key = jax.random.fold_in(jax.random.fold_in(state.key, 1), generation)
+    return LoadedRun(
+        spec.agent, spec.env, trainer.env, trainer.env_params, trainer.policy, state.es.params,
+        state.obs_stats, trainer.eval_rollout, key, generation,
+    )  # fmt: skip
+
+
+def _load_ppo(run_dir, saved: dict) -> LoadedRun:
+    from esrl.train_ppo import KEY, PPORunSpec, _ppo
+
+    spec = PPORunSpec.from_dict(saved)
+    config = spec.ppo  # as the run loop builds its agent (esrl.train_ppo.prepare)
+    if not config.anneal_lr:
+        config = dataclasses.replace(config, total_steps=config.batch_size)
+    ppo = _ppo(spec.env, config)
+    state, meta = load_checkpoint(run_dir, template=jax.eval_shape(ppo.init, KEY))
+    update = int(meta["counters"]["update"])
+    key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1), update
+    )
+    rollout = RolloutConfig(
+        horizon=spec.eval_horizon, episodes=spec.eval_episodes,
+        normalize_obs=config.normalize_obs,
+    )  # fmt: skip
+    return LoadedRun(
+        "ppo", spec.env, ppo.env, ppo.env_params, ppo.policy, state.params["params"],
+        state.obs_stats, rollout, key, update,
+    )  # fmt: skip
+
+
+def evaluate_run(
+    run_dir: str | Path, episodes: int | None = None, seed: int | None = None
+) -> dict:
+    """Mean, spread and length of the run's evaluation returns (see the module doc)."""
+    if episodes is not None and episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    run = load_run(run_dir)
+    rollout, key = run.rollout, run.key
+    if episodes is not None:
+        rollout = dataclasses.replace(rollout, episodes=episodes)
+    if seed is not None:
+        key = jax.random.PRNGKey(seed)
+    result = evaluate_population(
+        key, run.env, run.env_params, run.policy, run.params, None,
+        rollout, run.obs_stats, num_members=1,
+    )  # fmt: skip
+    returns = np.asarray(result.episode_returns[0], np.float64)
+    return {
+        "env": run.env_id, "agent": run.agent, "step": run.step,
+        "episodes": rollout.episodes, "horizon": rollout.horizon,
+        "eval_return": float(result.returns[0]), "return_std": float(returns.std()),
+        "return_min": float(returns.min()), "return_max": float(returns.max()),
+        "eval_length": float(result.lengths[0]),
+    }  # fmt: skip

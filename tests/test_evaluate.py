@@ -1,0 +1,49 @@
+"""``esrl eval`` / `esrl.evaluate`: a checkpoint's policy evaluated again, as training did."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esrl.checkpoint import save_checkpoint
+from esrl.cli import main
+from esrl.evaluate import evaluate_run, load_run
+
+PENDULUM = [
+    "train", "--env", "gymnax/Pendulum-v1", "--hidden", "8", "--horizon", "20",
+    "--eval-episodes", "4", "--normalize-obs", "--no-progress",
+]  # fmt: skip
+ES = ["--population", "8", "--generations", "2", "--eval-every", "1"]
+PPO = [
+    "--agent", "ppo", "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2",
+    "--total-steps", "64", "--eval-every", "1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("agent", [ES, PPO], ids=["eggroll", "ppo"])
+def test_the_runs_own_evaluation_is_reproduced_exactly(agent, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*PENDULUM, *agent, "--out", str(out)]) == 0
+    logged = json.loads((out / "summary.json").read_text())["final_eval_return"]
+    again = evaluate_run(out)
+    assert again["eval_return"] == logged  # same key, episodes and statistics
+    assert (again["episodes"], again["horizon"]) == (4, 20)
+    assert again["return_min"] <= logged <= again["return_max"]
+    fresh = evaluate_run(out, episodes=6, seed=1)
+    assert fresh["episodes"] == 6 and fresh["eval_return"] != logged
+    capsys.readouterr()
+    assert main(["eval", str(out), "--episodes", "6", "--seed", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == fresh
+    run = load_run(out)
+    assert run.env_id == "gymnax/Pendulum-v1" and run.rollout.normalize_obs
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    save_checkpoint(tmp_path, {"x": 0.0}, {"run": {"model_dir": "m"}})  # LLM-style
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "holds no esrl train run" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        evaluate_run(tmp_path, episodes=0)
