@@ -131,14 +131,15 @@ def _epilog() -> str:
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train an agent with evolution strategies",
-        description="Train a policy with EGGROLL or OpenAI-ES.", epilog=_epilog(),
+        "train", help="train an agent: EGGROLL, OpenAI-ES or PPO",
+        description="Train a policy with EGGROLL or OpenAI-ES (PPO's options: "
+        "esrl train --agent ppo --help).", epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     a = p.add_argument
     a("--env", help="environment id (esrl envs lists them); not needed with --resume")
     a("--agent", choices=ES_AGENTS + tuple(EXTERNAL_AGENTS), default=None,
-      help="eggroll (low-rank ES, default) or openai_es (full-rank ES)")  # fmt: skip
+      help="eggroll (low-rank ES, default), openai_es (full-rank ES) or ppo")  # fmt: skip
     a("--policy", choices=POLICIES, help="policy torso (default mlp)")
     a("--hidden", type=int, metavar="H", help="hidden width")
     a("--population", type=int, metavar="N", help="members per generation (even)")

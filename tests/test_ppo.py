@@ -18,7 +18,7 @@ from flax import struct
 import esrl
 from esrl import cli, spaces
 from esrl.checkpoint import load_checkpoint
-from esrl.cli_ppo import build_parser, resume_spec
+from esrl.cli_ppo import build_parser, resume_spec, spec_from_args
 from esrl.env import Environment
 from esrl.gae import gae
 from esrl.logger import read_metrics
@@ -332,3 +332,12 @@ def test_autoreset_under_another_wrapper_is_rejected():
     with pytest.raises(TypeError, match="without autoreset"):
         PPO(PPOConfig(), Scaled(inner))
     PPO(PPOConfig(), Scaled(esrl.make("gymnax/CartPole-v1")))  # no AutoReset: fine
+
+
+def test_reset_pool_option(capsys, tmp_path):
+    argv = ["--env", "gymnax/CartPole-v1", "--reset-pool", "4", "--no-progress"]
+    assert spec_from_args(build_parser().parse_args(argv)).ppo.reset_pool == 4
+    bad = ["train", "--agent", "ppo", "--env", "gymnax/CartPole-v1", "--reset-pool",
+           "0", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert cli.main(bad) == 2
+    assert "reset_pool must be in [1, num_envs], got 0" in capsys.readouterr().err
