@@ -62,6 +62,10 @@ SECTIONS: dict[str, list[tuple[Case, tuple]]] = {
 }  # fmt: skip
 
 
+FULL_OUT = "docs/benchmark.json"
+"""Where the full sweep is written when --out is left out."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the sections, write the JSON and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,7 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="CartPole pop 2048 hidden 256 only, fewer repeats (~3 min on CPU)",
     )
-    parser.add_argument("--out", default="docs/benchmark.json", help="JSON file")
+    parser.add_argument(
+        "--out",
+        help="JSON file (default docs/benchmark.json; with --quick "
+        "runs/benchmark_quick.json, so a quick run never replaces the full one)",
+    )
     parser.add_argument(
         "--only", nargs="+", choices=list(SECTIONS), help="run only these sections"
     )
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     slow_s = 8.0 if args.quick else 30.0
     # methods 5x slower than a case's fastest (openai_es, evosax) are timed after the rest
     heavy_ratio = 5.0
-    out = Path(args.out)
+    out = Path(args.out or ("runs/benchmark_quick.json" if args.quick else FULL_OUT))
     device, rows, start = device_description(), [], time.time()
     replaced: list[dict] = []  # --update: old rows of the sections being rerun
     meta = {"command": shlex.join(command), "quick": args.quick,

@@ -232,6 +232,12 @@ def test_benchmark_sections_run_once_and_quick_excludes_only(tmp_path, monkeypat
     assert doc["command"].endswith(f"benchmark.py --only a b a --out {out}")
     with pytest.raises(SystemExit):  # --quick silently ignored --only
         bench.main(["--quick", "--only", "b", "--out", str(out)])
+    # without --out a quick run must not replace the committed full results
+    monkeypatch.setitem(bench.SECTIONS, "quick", [(TINY, ())])
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--quick"])
+    assert (tmp_path / "runs" / "benchmark_quick.json").exists()
+    assert not (tmp_path / "docs").exists()
 
 
 def test_tables_show_rows_of_any_section_and_why_methods_were_skipped(rows):
