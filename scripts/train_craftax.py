@@ -12,7 +12,8 @@ the trained one (same episodes, horizon and seed) and both are printed side by s
 mean return and per-achievement success rates (DIR/random_baseline.json). ``--env
 craftax/Craftax-Symbolic-v1`` trains full Craftax. PPO works through ``--agent ppo``
 but pays a Craftax reset per environment step (its auto-reset), so on a CPU it is
-impractically slow. Writes DIR/metrics.jsonl, summary.json, curve.png and a
+impractically slow; ``--reset-pool 16`` resets finished environments from 16 fresh
+states per step instead (as the benchmark's PPO rows do; not tuned here). Writes DIR/metrics.jsonl, summary.json, curve.png and a
 checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
 runs/craftax_<agent>, replacing an earlier run there.
 """
