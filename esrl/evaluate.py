@@ -104,7 +104,11 @@ def _load_ppo(run_dir, saved: dict) -> LoadedRun:
 def evaluate_run(
     run_dir: str | Path, episodes: int | None = None, seed: int | None = None
 ) -> dict:
-    """Mean, spread and length of the run's evaluation returns (see the module doc)."""
+    """Mean, spread and length of the run's evaluation returns (see the module doc).
+
+    Means of the environment's ``info`` entries (e.g. Craftax achievements) come as
+    ``eval_<key>``, as in the run's metrics.
+    """
     if episodes is not None and episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     run = load_run(run_dir)
@@ -118,7 +122,8 @@ def evaluate_run(
         rollout, run.obs_stats, num_members=1,
     )  # fmt: skip
     returns = np.asarray(result.episode_returns[0], np.float64)
-    return {
+    info = {f"eval_{k}": np.asarray(v[0]).tolist() for k, v in result.info.items()}
+    return info | {
         "env": run.env_id, "agent": run.agent, "step": run.step,
         "episodes": rollout.episodes, "horizon": rollout.horizon,
         "eval_return": float(result.returns[0]), "return_std": float(returns.std()),

@@ -217,7 +217,11 @@ def report_baseline(out_dir: str | Path) -> dict:
     )
     rates = base.get("eval_achievements")
     if rates is not None:
-        mine = trained.get("eval_achievements") or [float("nan")] * len(rates)
+        if trained.get("eval_achievements") is None:  # PPO logs the return only
+            from esrl.evaluate import evaluate_run
+
+            trained = evaluate_run(out_dir)  # the same evaluation, info included
+        mine = trained["eval_achievements"]
         names = _names(spec["env"], len(rates))
         rows = [
             f"  {n:<22} {t:5.2f} {r:5.2f}"

@@ -47,3 +47,40 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert "holds no esrl train run" in capsys.readouterr().err
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         evaluate_run(tmp_path, episodes=0)
+
+
+ACHIEVING = """
+import esrl
+import jax.numpy as jnp
+from memory_env import MemoryEnv
+
+
+class Achieving(MemoryEnv):
+    def step(self, key, state, action, params=None):
+        obs, state2, reward, term, trunc, info = super().step(key, state, action, params)
+        first = (state.t == 0).astype(jnp.float32)
+        return obs, state2, reward, term, trunc, {
+            "achievements": jnp.stack([info["correct"], first])
+        }
+
+
+esrl.register("ach/Memory-v0", lambda: Achieving(delay=2), override=True)
+"""
+
+
+def test_random_baseline_report_gets_ppo_achievements(tmp_path, monkeypatch, capsys):
+    """PPO logs only the return: the report evaluates the trained policy again."""
+    from esrl.preset import report_baseline
+
+    (tmp_path / "ach_envs.py").write_text(ACHIEVING)
+    monkeypatch.syspath_prepend(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--plugin", "ach_envs", "--env", "ach/Memory-v0", *PPO,
+                 "--hidden", "8", "--horizon", "5", "--eval-episodes", "4",
+                 "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    report_baseline(out)
+    printed = capsys.readouterr().out
+    trained = evaluate_run(out)["eval_achievements"]
+    assert len(trained) == 2 and "nan" not in printed
+    assert f"trained {sum(trained):.2f}" in printed
