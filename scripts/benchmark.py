@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(old_repeats, dict):
             old_repeats = dict.fromkeys(old["sections"], old_repeats)
         meta |= {"command": f"{old['command']} && {meta['command']}",
+                 # quick only if every section kept is (a quick rerun into a full file
+                 # leaves the full sections' rows as they were)
+                 "quick": args.quick and all(s == "quick" for s in kept),
                  "sections": kept + sections,
                  "repeats": {s: old_repeats[s] for s in kept} | meta["repeats"]}  # fmt: skip
     print(f"device: {device}", flush=True)

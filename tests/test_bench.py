@@ -238,6 +238,9 @@ def test_benchmark_sections_run_once_and_quick_excludes_only(tmp_path, monkeypat
     bench.main(["--quick"])
     assert (tmp_path / "runs" / "benchmark_quick.json").exists()
     assert not (tmp_path / "docs").exists()
+    bench.main(["--quick", "--update", "--out", str(out)])  # into the full file
+    doc = json.loads(out.read_text())
+    assert doc["sections"] == ["a", "b", "quick"] and doc["quick"] is False
 
 
 def test_tables_show_rows_of_any_section_and_why_methods_were_skipped(rows):
