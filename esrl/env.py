@@ -138,3 +138,19 @@ class AutoReset(Wrapper):
         next_state = where_done(done, state_reset, state)
         info = {**info, "final_obs": obs}
         return next_obs, next_state, reward, terminated, truncated, info
+
+
+def without_autoreset(env: Environment, needs: str) -> Environment:
+    """``env`` with an outer `AutoReset` removed, for callers that reset themselves.
+
+    An `AutoReset` under another wrapper cannot be removed: it is refused, with
+    ``needs`` (what the caller must keep) in the message.
+    """
+    if isinstance(env, AutoReset):
+        return env.env
+    if wraps(env, AutoReset):
+        raise ValueError(
+            f"{env.name} has an esrl.AutoReset under another wrapper: {needs}; build "
+            "the wrapper over the environment without autoreset"
+        )
+    return env

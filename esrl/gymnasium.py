@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from esrl import spaces
-from esrl.env import AutoReset, Environment, wraps
+from esrl.env import Environment, without_autoreset
 from esrl.vec import VecEnv
 
 
@@ -92,15 +92,10 @@ class GymnasiumEnv(gymnasium.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, env: Environment, seed: int = 0, params: Any = None):
-        if isinstance(env, AutoReset):
-            # gymnasium's terminal step returns the final observation, not a reset one.
-            env = env.env
-        elif wraps(env, AutoReset):
-            raise ValueError(
-                f"{env.name} has an esrl.AutoReset under another wrapper; a gymnasium "
-                "Env must return the final observation: build the wrapper over the "
-                "environment without autoreset"
-            )
+        # gymnasium's terminal step returns the final observation, not a reset one
+        env = without_autoreset(
+            env, "a gymnasium Env must return the final observation"
+        )
         self.env = env
         self.params = env.default_params if params is None else params
         self._space = env.action_space(self.params)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from esrl.env import AutoReset, Environment, where_done, wraps
+from esrl.env import Environment, where_done, without_autoreset
 
 
 class VecEnv:
@@ -29,15 +29,12 @@ class VecEnv:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if reset_pool is not None and not 1 <= reset_pool <= num_envs:
             raise ValueError(f"reset_pool must be in [1, num_envs], got {reset_pool}")
-        if autoreset and isinstance(env, AutoReset):
+        if autoreset:
             # Reset here only: after the inner reset, "final_obs" would be a reset obs.
-            env = env.env
-        elif autoreset and wraps(env, AutoReset):
-            raise ValueError(
-                f"{env.name} has an esrl.AutoReset under another wrapper: resetting "
-                "again here would lose final observations; build the wrapper over the "
-                "environment without autoreset, or pass autoreset=False"
-            )
+            env = without_autoreset(
+                env, "resetting again here would lose final observations (or pass "
+                "autoreset=False)",
+            )  # fmt: skip
         self.env = env
         self.num_envs = num_envs
         self.autoreset = autoreset
