@@ -411,15 +411,19 @@ class PPO:
             normalize_advantages=c.normalize_advantages,
         )  # fmt: skip
 
+    def eval_rollout(self, episodes: int, horizon: int) -> RolloutConfig:
+        """How `evaluate` rolls out: greedy actions, the run's observation statistics."""
+        return RolloutConfig(
+            horizon=horizon, episodes=episodes, normalize_obs=self.config.normalize_obs
+        )
+
     def evaluate(
         self, key: jax.Array, state: PPOState, episodes: int = 16, horizon: int = 500
     ) -> jax.Array:
         """Mean return of the greedy policy over ``episodes`` (`esrl.rollout`, as ES)."""
-        config = RolloutConfig(
-            horizon=horizon, episodes=episodes, normalize_obs=self.config.normalize_obs
-        )
         result = evaluate_population(
             key, self.env, self.env_params, self.policy, state.params["params"],
-            config=config, obs_stats=state.obs_stats, num_members=1,
+            config=self.eval_rollout(episodes, horizon), obs_stats=state.obs_stats,
+            num_members=1,
         )  # fmt: skip
         return result.returns[0]

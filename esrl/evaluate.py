@@ -70,34 +70,24 @@ def _load_es(run_dir, saved: dict) -> LoadedRun:
     train = dataclasses.replace(spec.train, num_devices=1, block=None)
     trainer = ESTrainer(make(spec.env), spec.agent_config.strategy(), train)
     state, _ = load_checkpoint(run_dir, template=trainer.init(jax.random.PRNGKey(0)))
-    generation = int(state.es.generation)
-    key = jax.random.fold_in(jax.random.fold_in(state.key, 1), generation)
     return LoadedRun(
-        spec.agent, spec.env, trainer.env, trainer.env_params, trainer.policy, state.es.params,
-        state.obs_stats, trainer.eval_rollout, key, generation,
+        spec.agent, spec.env, trainer.env, trainer.env_params, trainer.policy,
+        state.es.params, state.obs_stats, trainer.eval_rollout,
+        trainer.eval_key(state), int(state.es.generation),
     )  # fmt: skip
 
 
 def _load_ppo(run_dir, saved: dict) -> LoadedRun:
-    from esrl.train_ppo import KEY, PPORunSpec, _ppo
+    from esrl.train_ppo import KEY, PPORunSpec, agent_for, eval_key
 
     spec = PPORunSpec.from_dict(saved)
-    config = spec.ppo  # as the run loop builds its agent (esrl.train_ppo.prepare)
-    if not config.anneal_lr:
-        config = dataclasses.replace(config, total_steps=config.batch_size)
-    ppo = _ppo(spec.env, config)
+    ppo = agent_for(spec)  # the agent the run loop built
     state, meta = load_checkpoint(run_dir, template=jax.eval_shape(ppo.init, KEY))
     update = int(meta["counters"]["update"])
-    key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1), update
-    )
-    rollout = RolloutConfig(
-        horizon=spec.eval_horizon, episodes=spec.eval_episodes,
-        normalize_obs=config.normalize_obs,
-    )  # fmt: skip
     return LoadedRun(
         "ppo", spec.env, ppo.env, ppo.env_params, ppo.policy, state.params["params"],
-        state.obs_stats, rollout, key, update,
+        state.obs_stats, ppo.eval_rollout(spec.eval_episodes, spec.eval_horizon),
+        eval_key(spec.seed, update), update,
     )  # fmt: skip
 
 

@@ -287,11 +287,15 @@ class ESTrainer:
         metrics = population_metrics(result, es_metrics)
         return state.replace(es=es_state, obs_stats=stats), metrics
 
+    @staticmethod
+    def eval_key(state: TrainState) -> jax.Array:
+        """The key of the evaluation at ``state``'s generation (stream 1 of its key)."""
+        return jax.random.fold_in(jax.random.fold_in(state.key, 1), state.es.generation)
+
     def evaluate(self, state: TrainState) -> dict[str, jax.Array]:
         """Mean return (and info) of the unperturbed policy over M episodes."""
-        key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.es.generation)
         result = evaluate_population(
-            key, self.env, self.env_params, self.policy, state.es.params, None,
+            self.eval_key(state), self.env, self.env_params, self.policy, state.es.params, None,
             self.eval_rollout, state.obs_stats, num_members=1,
         )  # fmt: skip
         out = {"eval_return": result.returns[0], "eval_length": result.lengths[0]}

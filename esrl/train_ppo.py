@@ -128,10 +128,7 @@ def prepare(
         if saved.get("agent") != "ppo":
             raise ValueError(f"{str(out_dir)!r} holds a {saved.get('agent')} run")
         spec.check_resumable(PPORunSpec.from_dict(saved))
-    config = spec.ppo  # cached agents are shared by runs that differ in length only
-    if not config.anneal_lr:
-        config = dataclasses.replace(config, total_steps=config.batch_size)
-    ppo = _ppo(spec.env if env is None else env, config)
+    ppo = agent_for(spec, env)
     state, counters = None, _Counters()
     if resume:
         template = jax.eval_shape(ppo.init, KEY)
@@ -195,6 +192,19 @@ class _Compiled(NamedTuple):
     evaluate: Any
 
 
+def agent_for(spec: PPORunSpec, env: Environment | None = None) -> PPO:
+    """The run's PPO agent (built once per configuration and process)."""
+    config = spec.ppo  # cached agents are shared by runs that differ in length only
+    if not config.anneal_lr:
+        config = dataclasses.replace(config, total_steps=config.batch_size)
+    return _ppo(spec.env if env is None else env, config)
+
+
+def eval_key(seed: int, update: int) -> jax.Array:
+    """The key of the evaluation after ``update`` updates (stream 1 of the seed)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), update)
+
+
 @functools.lru_cache(maxsize=4)
 def _ppo(env: Environment | str, config: PPOConfig) -> PPO:
     return PPO(config, env)
@@ -240,7 +250,6 @@ def fit(prepared: Prepared) -> TrainResult:
         if state is None:
             state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
         c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
-    eval_key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), 1)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(
         out_dir, total, c.update, title=f"ppo {spec.env}", progress=spec.progress,
@@ -255,7 +264,7 @@ def fit(prepared: Prepared) -> TrainResult:
             dt = time.perf_counter() - t
             metrics = jax.tree.map(partial(_head, n=n), jax.device_get(metrics))
             records = _records(metrics, c, batch, dt, wall0 + time.perf_counter())
-            key = jax.random.fold_in(eval_key, c.update + n)
+            key = eval_key(spec.seed, c.update + n)
             # NaN becomes None, as in ES: the checkpoint's metadata is strict JSON
             records[-1]["eval_return"] = to_json(agent.evaluate(key, new_state))
             for record in records:
