@@ -125,6 +125,29 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert script.resumed(out, args.generations).finetune.generations == 3
 
 
+def test_countdown_breakdown_script_reports_both_models(tmp_path, capsys, monkeypatch):
+    save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
+    out = tmp_path / "run"
+    _script().main(["--model", str(tmp_path / "model"), "--population", "4",
+                    "--prompts", "2", "--eval-size", "4", "--train-size", "32",
+                    "--skip-train", "0", "--out", str(out), "--generations", "1"])  # fmt: skip
+    capsys.readouterr()
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    path = ROOT / "scripts" / "countdown_breakdown.py"
+    spec = importlib.util.spec_from_file_location("countdown_breakdown", path)
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    assert breakdown.main([str(out)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [
+        ["countdown-3", "base"], ["countdown-3", "tuned"],
+        ["countdown-4", "base"], ["countdown-4", "tuned"],
+    ]  # fmt: skip
+    assert all(r.count("%") == 3 for r in rows)
+    assert breakdown.main([str(tmp_path / "missing")]) == 2
+    assert "error: no checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "option", [["--population", "64"], ["--time-limit", "60"], ["--out", "x"]]
 )

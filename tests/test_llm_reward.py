@@ -206,3 +206,21 @@ def test_fuzz_matches_reference_on_valid_expressions(case):
         assert reward == pytest.approx(1.1)
         reward = countdown_reward(wrap(expr), numbers, int(value) + 1)
         assert reward == pytest.approx(0.1)
+
+
+def test_style_breakdown_separates_equation_answers_from_wrong_ones():
+    from esrl.envs.llm.evaluate import style_breakdown
+    from esrl.envs.llm.tasks import Problem, countdown_task
+
+    task = countdown_task(3)
+    problem = Problem("", "", {"numbers": NUMS, "target": TARGET})
+    completions = [
+        wrap("(3+5)*2"),  # right
+        wrap("(3+5)*2=16"),  # right once the "=16" is cut
+        wrap("3+5+2=10"),  # equation style and wrong either way
+        wrap("3*5+2"),  # wrong
+    ]
+    b = style_breakdown(task, [problem] * 4, completions)
+    assert b == (0.25, 0.5, 0.5)
+    with pytest.raises(ValueError, match="one completion per problem"):
+        style_breakdown(task, [problem], completions)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from esrl.envs.llm.generate import GenerationConfig, generate
 from esrl.envs.llm.model import RecurrentLM
-from esrl.envs.llm.reward import format_score
+from esrl.envs.llm.reward import extract_answer, format_score
 from esrl.envs.llm.tasks import Problem, Task
 from esrl.envs.llm.tokenizer import decode, encode, encode_prompts
 
@@ -75,3 +75,41 @@ def evaluate(
         format_rate=float(formatted),
         completions=texts,
     )
+
+
+class StyleBreakdown(NamedTuple):
+    """How much of a Countdown accuracy is answer style (see `style_breakdown`)."""
+
+    accuracy: float
+    equation_style: float
+    """Share of completions whose answer is an equation (``expr=target``), rejected."""
+    accuracy_if_fixed: float
+    """Accuracy with every equation answer cut to its left-hand side."""
+
+
+def style_breakdown(
+    task: Task, problems: list[Problem], completions: list[str]
+) -> StyleBreakdown:
+    """Separate answer style from arithmetic: the accuracy with equations cut to ``expr``.
+
+    The pretraining corpus writes half its answers as ``<answer>expr=target</answer>``,
+    which the strict reward rejects; this shows how much of a gain is that style.
+    """
+    if len(problems) != len(completions) or not problems:
+        raise ValueError(
+            f"need one completion per problem, got {len(completions)} completions "
+            f"for {len(problems)} problems"
+        )
+    equations = correct = fixed = 0
+    for text, problem in zip(completions, problems):
+        answer = extract_answer(text)
+        right = task.score(text, problem) >= CORRECT
+        correct += right
+        if answer is not None and "=" in answer:
+            equations += 1
+            cut = text.replace(f"<answer>{answer}</answer>",
+                               f"<answer>{answer.split('=')[0]}</answer>")  # fmt: skip
+            right = task.score(cut, problem) >= CORRECT
+        fixed += right
+    n = len(problems)
+    return StyleBreakdown(correct / n, equations / n, fixed / n)
