@@ -15,7 +15,8 @@ from memory_env import MemoryEnv
 import esrl
 from esrl import spaces
 from esrl.checkpoint import read_meta, save_checkpoint
-from esrl.cli import build_parser, env_defaults, main, resume_spec, spec_from_args
+from esrl.cli import build_parser, env_defaults, main
+from esrl.cli_spec import resume_spec, spec_from_args
 from esrl.distributed import check_population
 from esrl.logger import read_metrics
 from esrl.train import ESTrainer, RunSpec
