@@ -6,7 +6,8 @@ perturbations from keys and rolls them out (`esrl.rollout`), only per-member res
 gathered, and the update runs replicated. Around it, `train` runs the host loop:
 periodic evaluation of the unperturbed mean policy on M episodes, logs and progress
 (`esrl.logger`), atomic checkpoints every K generations, at the end and on Ctrl-C
-(`esrl.checkpoint`), and exact resume.
+(`esrl.checkpoint`), and exact resume. The run's configuration (`TrainConfig`,
+`RunSpec`) is defined in `esrl.train_spec`.
 
 Exact resume holds because nothing random is carried between generations: generation
 g rolls out with ``fold_in(fold_in(key, 0), g)`` and is evaluated with
@@ -17,11 +18,9 @@ touch the training stream.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,79 +29,22 @@ from flax import struct
 
 from esrl import distributed as dist
 from esrl import xla
-from esrl.agents.eggroll import EggrollConfig
-from esrl.agents.openai_es import OpenAIESConfig
 from esrl.checkpoint import load_checkpoint
-from esrl.checks import require
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
 from esrl.logger import RunLogger, to_json
 from esrl.noise import check_rank, keeps_noise
 from esrl.normalize import ObsStats, init_obs_stats, update_obs_stats
-from esrl.policy import PolicySpec, make_policy
+from esrl.policy import make_policy
 from esrl.rollout import (
-    RolloutConfig,
     RolloutResult,
     evaluate_population,
     observation_shape,
     population_metrics,
 )
 from esrl.runs import check_run_dir, report_interrupt, save_run
-
-AGENTS: dict[str, type] = {"eggroll": EggrollConfig, "openai_es": OpenAIESConfig}
-"""ES agents trained by this module, by name, with their config classes."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training loop around an ES strategy."""
-
-    generations: int = 100
-    """Total generations (a resumed run continues up to this number)."""
-    eval_every: int = 10
-    """Evaluate the unperturbed mean policy every this many generations (and at the end)."""
-    eval_episodes: int = 16
-    """Episodes of each evaluation."""
-    checkpoint_every: int = 50
-    """Checkpoint every this many generations (and at the end, and on Ctrl-C)."""
-    seed: int = 0
-    """Seed of initial parameters, noise and environment keys."""
-    num_devices: int | None = None
-    """Devices the population is split over (None: all visible)."""
-    block: int | None = None
-    """Members a device rolls out at once: its share runs as sequential blocks of this
-    size (a divisor of the share), which keeps one block's noise and activations in
-    cache. None: blocks of up to `CPU_BLOCK` on a CPU, the whole share elsewhere."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """How members are evaluated (horizon, episodes, normalisation ...)."""
-    policy: PolicySpec = field(default_factory=PolicySpec)
-    """The policy network."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars to DIR/tb."""
-
-    def __post_init__(self):
-        require(self, ">= 1", "generations", "eval_every", "eval_episodes",
-                "checkpoint_every")  # fmt: skip
-
-    def eval_rollout(self) -> RolloutConfig:
-        """The rollout configuration of evaluations (M independent episodes)."""
-        return dataclasses.replace(
-            self.rollout, episodes=self.eval_episodes, common_random_numbers=False
-        )
-
-
-def _build(cls, values: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
-# settings a resumed run may change; everything else must match the checkpoint
-# (plugins too: they only register environments, and a resume may add one)
-_RESUMABLE = ("generations", "progress", "tensorboard", "num_devices", "block")
+from esrl.train_spec import RunSpec, TrainConfig
 
 CPU_BLOCK = 2048
 """Default members per rollout block on a CPU: EGGROLL at population 16384 (MLP 256x2,
@@ -124,65 +66,6 @@ def block_size(share: int, block: int | None, platform: str) -> int:
             f"use a divisor of {share} (e.g. {block_size(share, None, 'cpu')}) or None"
         )
     return block
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """A whole ES run, stored as JSON in every checkpoint so `--resume` rebuilds it."""
-
-    env: str
-    """Registered environment id."""
-    agent: str = "eggroll"
-    """eggroll or openai_es."""
-    agent_config: Any = None
-    """An instance of ``AGENTS[agent]`` (its defaults when None)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """The training loop."""
-    plugins: tuple[str, ...] = ()
-    """Modules imported first (they register user environments)."""
-
-    def __post_init__(self):
-        if self.agent not in AGENTS:
-            raise ValueError(
-                f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}"
-            )
-        if self.agent_config is None:
-            object.__setattr__(self, "agent_config", AGENTS[self.agent]())
-        elif not isinstance(self.agent_config, AGENTS[self.agent]):
-            raise TypeError(
-                f"agent {self.agent!r} needs a {AGENTS[self.agent].__name__}"
-            )
-
-    def to_dict(self) -> dict:
-        """JSON-able description."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunSpec:
-        """Inverse of `to_dict`."""
-        t = dict(d["train"])
-        t["rollout"] = _build(RolloutConfig, t["rollout"])
-        t["policy"] = _build(PolicySpec, t["policy"])
-        return cls(
-            env=d["env"],
-            agent=d["agent"],
-            agent_config=_build(AGENTS[d["agent"]], d["agent_config"]),
-            train=_build(TrainConfig, t),
-            plugins=tuple(d.get("plugins", ())),
-        )
-
-    def check_resumable(self, saved: RunSpec) -> None:
-        """Raise unless this spec continues ``saved`` (only generations etc. may differ)."""
-        mine, theirs = self.to_dict(), saved.to_dict()
-        for k in _RESUMABLE:
-            mine["train"].pop(k), theirs["train"].pop(k)
-        mine.pop("plugins"), theirs.pop("plugins")
-        if mine != theirs:
-            diff = [k for k in mine if mine[k] != theirs[k]]
-            raise ValueError(
-                f"the checkpoint was written by a different run ({', '.join(diff)} "
-                "differ); resume with the same settings, only --generations may change"
-            )
 
 
 @struct.dataclass
