@@ -4,7 +4,8 @@ Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv 1707.0634
 the PureJaxRL style (Lu et al. 2022, "Discovered Policy Optimisation", arXiv
 2210.05639): environments, rollouts and updates all run under one `jit`, a `lax.scan`
 over updates. `PPO.train(state, n)` runs ``n`` updates, so a run goes in chunks with
-logging and checkpoints in between; it is pure, so ``vmap`` over seeds works.
+logging and checkpoints in between; it is pure, so ``vmap`` over seeds works. The
+hyperparameters are a `PPOConfig` (`esrl.agents.ppo_config`).
 
 Episode boundaries: a time-limit truncation bootstraps from V(final obs) (see
 `esrl.gae`), and a recurrent policy's carry is zeroed right after the step whose
@@ -14,17 +15,16 @@ loss (`PPO.unroll`), so training sees exactly the hidden states the actor had.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from esrl.agents.ppo_config import PPOConfig
 from flax import struct
 
 from esrl import spaces
-from esrl.checks import require
 from esrl.env import AutoReset, Environment, wraps
 from esrl.gae import (
     Batch,
@@ -42,7 +42,6 @@ from esrl.nn import initial_carry, reset_carry
 from esrl.normalize import ObsStats, init_obs_stats, normalize_obs
 from esrl.policy import (
     PolicyOutput,
-    PolicySpec,
     clip_action,
     make_policy,
     sample_action,
@@ -50,80 +49,6 @@ from esrl.policy import (
 from esrl.registry import make
 from esrl.rollout import RolloutConfig, evaluate_population
 from esrl.vec import VecEnv
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyperparameters (defaults solve CartPole-v1: rejax's 16 x 128 setting)."""
-
-    total_steps: int = 500_000
-    """Environment steps of the whole run (rounded down to whole updates)."""
-    num_envs: int = 16
-    """Environments stepped in parallel."""
-    num_steps: int = 128
-    """Steps per environment per update (rollout length T)."""
-    update_epochs: int = 4
-    """Passes over each rollout."""
-    num_minibatches: int = 4
-    """Minibatches per epoch (recurrent: whole sequences, split over environments)."""
-    lr: float = 2.5e-3
-    """Adam learning rate."""
-    anneal_lr: bool = False
-    """Decay the learning rate linearly to 0 over the run."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    clip_eps: float = 0.2
-    """Clip range of the probability ratio (and of the value change)."""
-    clip_value: bool = True
-    """Clip the value loss around the rollout's values."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    ent_coef: float = 0.01
-    """Weight of the entropy bonus."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
-    normalize_advantages: bool = True
-    """Standardise advantages per minibatch."""
-    normalize_obs: bool = False
-    """Normalise observations by running statistics (frozen during each update)."""
-    normalize_reward: bool = False
-    """Divide rewards by the running std of the discounted return."""
-    policy: PolicySpec = field(default_factory=PolicySpec)
-    """Network: mlp or a recurrent torso (gru, mingru, lstm), width, depth, activation."""
-    reset_pool: int | None = None
-    """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
-
-    def __post_init__(self):
-        require(
-            self, ">= 1", "total_steps", "num_envs", "num_steps", "update_epochs",
-            "num_minibatches",
-        )  # fmt: skip
-        require(self, "> 0", "lr", "clip_eps", "max_grad_norm")
-        require(self, "in [0, 1]", "gamma", "gae_lambda")
-        require(self, ">= 0", "vf_coef", "ent_coef")
-        units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
-        what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
-        if units % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches={self.num_minibatches} must divide {what}={units}"
-            )
-        if self.total_steps < self.batch_size:
-            raise ValueError(
-                f"total_steps={self.total_steps} is less than one update "
-                f"(num_envs * num_steps = {self.batch_size}); raise total_steps"
-            )
-
-    @property
-    def batch_size(self) -> int:
-        """Environment steps per update."""
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        """Updates in the whole run."""
-        return self.total_steps // self.batch_size
 
 
 @struct.dataclass
