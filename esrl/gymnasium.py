@@ -83,7 +83,16 @@ def _key(seed: Any) -> jax.Array:
             f"seed must be an int, got {seed!r}; per-environment keys are derived from "
             "one seed"
         )
-    return jax.random.key(int(seed))
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (as in gymnasium), got {seed}")
+    # jax.random.key keeps only the low 32 bits; fold the higher words in.
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    seed >>= 32
+    while seed:
+        key = jax.random.fold_in(key, seed & 0xFFFFFFFF)
+        seed >>= 32
+    return key
 
 
 class GymnasiumEnv(gymnasium.Env):

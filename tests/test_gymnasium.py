@@ -163,3 +163,14 @@ def test_discrete_observations_are_numpy_ints_for_the_checker():
     assert not caught, [str(w.message) for w in caught]
     obs, _ = env.reset(seed=0)
     assert type(obs) is np.int64 and env.observation_space.contains(obs)
+
+
+def test_seeds_beyond_32_bits_are_distinct_and_negative_ones_refused():
+    # jax.random.key kept only the low 32 bits: seed 2**32 replayed seed 0, and
+    # seeds from 2**63 raised OverflowError.
+    env = to_gymnasium("gymnax/CartPole-v1")
+    first = {seed: env.reset(seed=seed)[0] for seed in (0, 2**32, 2**64, 2**100)}
+    assert len({obs.tobytes() for obs in first.values()}) == len(first)
+    np.testing.assert_array_equal(env.reset(seed=2**100)[0], first[2**100])
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        env.reset(seed=-1)
