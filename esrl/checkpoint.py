@@ -89,7 +89,9 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, meta: dict) -> Path
         arrays[name] = array
     header = {
         "format": FORMAT,
-        "meta": json.dumps(meta, allow_nan=False),
+        # inf is a valid setting (obs_clip, max_grad_norm: no clipping), so non-finite
+        # floats are kept, as Python's json writes and reads them (Infinity, NaN)
+        "meta": json.dumps(meta),
         "dtypes": json.dumps(dtypes),
     }
     data = safetensors.numpy.save(arrays, metadata=header)

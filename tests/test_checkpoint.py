@@ -152,3 +152,17 @@ def test_run_logger_messages_print_paths_verbatim(out, capsys):
     logger = RunLogger(None, total=1, progress=False)
     logger.message(f"continue with: esrl train --resume {out}")  # as copied by users
     assert f"continue with: esrl train --resume {out}\n" in capsys.readouterr().err
+
+
+def test_a_config_with_infinity_is_saved_and_resumed(tmp_path):
+    from esrl.rollout import RolloutConfig
+    from esrl.runs import check_run_dir, save_run
+    from esrl.train import Counters, RunSpec, TrainConfig
+
+    # obs_clip=inf (no clipping) is a valid setting; the save used to raise
+    # "Out of range float values are not JSON compliant" after the first generations
+    rollout = RolloutConfig(normalize_obs=True, obs_clip=float("inf"))
+    spec = RunSpec("gymnax/CartPole-v1", train=TrainConfig(rollout=rollout))
+    save_run(tmp_path, spec, {"w": jnp.zeros(2)}, Counters(generation=3))
+    saved = check_run_dir(tmp_path, resume=True, overwrite=False)
+    assert RunSpec.from_dict(saved) == spec
