@@ -130,9 +130,10 @@ def read_meta(directory: str | os.PathLike) -> dict:
 def _restore(name: str, stored: np.ndarray, like, dtypes: dict):
     if name in dtypes:
         stored = stored.view(np.dtype(dtypes[name]))
-    is_key = isinstance(like, jax.Array) and jax.dtypes.issubdtype(
-        like.dtype, jax.dtypes.prng_key
-    )
+    # a template leaf may be abstract (jax.eval_shape): keys then have no key_impl
+    is_key = jax.dtypes.issubdtype(getattr(like, "dtype", None), jax.dtypes.prng_key)
+    if is_key:
+        like = jax.numpy.zeros(like.shape, like.dtype)
     shape = jax.random.key_data(like).shape if is_key else np.shape(like)
     if stored.shape != tuple(shape):
         raise ValueError(

@@ -166,3 +166,15 @@ def test_a_config_with_infinity_is_saved_and_resumed(tmp_path):
     save_run(tmp_path, spec, {"w": jnp.zeros(2)}, Counters(generation=3))
     saved = check_run_dir(tmp_path, resume=True, overwrite=False)
     assert RunSpec.from_dict(saved) == spec
+
+
+def test_an_abstract_template_restores_typed_keys(tmp_path):
+    tree = _tree(1)
+    save_checkpoint(tmp_path, tree, {})
+    restored, _ = load_checkpoint(tmp_path, template=jax.eval_shape(lambda: tree))
+    _assert_same(tree, restored)
+    split = {"k": jax.random.split(jax.random.key(3, impl="rbg"), 4)}
+    save_checkpoint(tmp_path, split, {})
+    restored, _ = load_checkpoint(tmp_path, template=jax.eval_shape(lambda: split))
+    _assert_same(split, restored)
+    assert jax.random.key_impl(restored["k"]) == jax.random.key_impl(split["k"])
