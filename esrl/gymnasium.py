@@ -181,6 +181,9 @@ class GymnasiumVectorEnv(VectorEnv):
     def __init__(
         self, env: Environment, num_envs: int, seed: int = 0, params: Any = None
     ):
+        env = without_autoreset(
+            env, "a gymnasium VectorEnv must return the final observation in its infos"
+        )
         self.env = env
         self.num_envs = num_envs
         self.params = env.default_params if params is None else params

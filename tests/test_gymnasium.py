@@ -59,6 +59,9 @@ def test_single_env_over_autoreset_returns_the_terminal_observation():
     buried = esrl.Wrapper(esrl.make("gymnax/CartPole-v1", autoreset=True))
     with pytest.raises(ValueError, match="AutoReset under another wrapper"):
         to_gymnasium(buried)
+    # VecEnv's hint (pass autoreset=False) names a parameter to_gymnasium lacks.
+    with pytest.raises(ValueError, match="a gymnasium VectorEnv must return the fin"):
+        to_gymnasium(buried, num_envs=2)
 
 
 def test_vector_env_shapes_and_final_observations():
