@@ -250,6 +250,6 @@ def to_gymnasium(
     env = make(env) if isinstance(env, str) else as_environment(env)
     if num_envs is None:
         return GymnasiumEnv(env, seed=seed, params=params)
-    if not isinstance(num_envs, int) or num_envs < 1:
+    if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int or None, got {num_envs!r}")
-    return GymnasiumVectorEnv(env, num_envs, seed=seed, params=params)
+    return GymnasiumVectorEnv(env, int(num_envs), seed=seed, params=params)

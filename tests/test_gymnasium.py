@@ -105,6 +105,9 @@ def test_vector_env_shapes_and_final_observations():
 def test_vector_env_rejects_bad_num_envs():
     with pytest.raises(ValueError, match="num_envs must be a positive int"):
         to_gymnasium("gymnax/CartPole-v1", num_envs=0)
+    # A NumPy integer (from np.prod, a config array) is an int too.
+    env = to_gymnasium("gymnax/CartPole-v1", num_envs=np.int64(3))
+    assert env.num_envs == 3 and type(env.num_envs) is int
 
 
 def test_space_conversion():
