@@ -33,6 +33,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from esrl.checkpoint import FILENAME as CHECKPOINT
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CURVE = "curve.png"
@@ -161,6 +163,9 @@ class RunLogger:
                 # run's metrics until it finishes (and label it in plot_curves.py)
                 for name in FINAL_OUTPUTS:
                     (self.out_dir / name).unlink(missing_ok=True)
+                # and its checkpoint: --resume after a kill before the new run's first
+                # save would continue the old run on top of the new run's metrics
+                (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 

@@ -178,3 +178,13 @@ def test_an_abstract_template_restores_typed_keys(tmp_path):
     restored, _ = load_checkpoint(tmp_path, template=jax.eval_shape(lambda: split))
     _assert_same(split, restored)
     assert jax.random.key_impl(restored["k"]) == jax.random.key_impl(split["k"])
+
+
+def test_a_fresh_run_replacing_a_directory_drops_the_old_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, _tree(1), {"counters": {"generation": 100}})
+    logger = RunLogger(tmp_path, total=100, progress=False)  # --overwrite
+    logger.log({"iteration": 1, "env_steps": 10})
+    logger.close()  # killed (SIGKILL, OOM) before the new run's first checkpoint
+    # --resume must not continue the old run on top of the new run's metrics
+    assert not has_checkpoint(tmp_path)
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [1]
