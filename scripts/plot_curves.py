@@ -53,9 +53,11 @@ def plot(runs: list[tuple[str, list[dict], dict]], out: Path, title: str) -> Non
     fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, records, _ in runs:
         returns = [r["eval_return"] for r in records]
-        steps = [r["env_steps"] for r in records]
         times = [r["wall_time_s"] for r in records]
-        ax_steps.plot(steps, returns, marker=".", label=label)
+        # a log axis cannot place an evaluation at step 0 (an LLM run's initial one)
+        later = [r for r in records if r["env_steps"] > 0]
+        steps = [r["env_steps"] for r in later]
+        ax_steps.plot(steps, [r["eval_return"] for r in later], marker=".", label=label)
         ax_time.plot(times, returns, marker=".", label=label)
     ax_steps.set_xscale("log")
     ax_steps.set_xlabel("environment steps")

@@ -286,3 +286,21 @@ def test_profile_ops_attributes_ops_to_their_layers():
     assert (
         text.count("\n| ") == len(profile_ops.GROUPS) + 1 and "eggroll - plain" in text
     )
+
+
+def test_plot_curves_leaves_step_zero_off_the_log_axis(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    plot = load_script("plot_curves")
+    # an LLM run logs its initial evaluation at env_steps 0
+    records = [
+        {"env_steps": s, "wall_time_s": float(i), "eval_return": float(i)}
+        for i, s in enumerate((0, 100, 1000))
+    ]
+    monkeypatch.setattr(plot.plt, "close", lambda fig: None)
+    plot.plot([("es", records, {"env": "llm/countdown"})], tmp_path / "f.png", "")
+    steps_ax, time_ax = plt.gcf().axes
+    # log scale cannot place step 0: it drew a flat line from the left edge instead
+    assert list(steps_ax.lines[0].get_xdata()) == [100, 1000]
+    assert list(time_ax.lines[0].get_ydata()) == [0.0, 1.0, 2.0]
+    plt.close("all")
