@@ -97,11 +97,15 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, meta: dict) -> Path
     data = safetensors.numpy.save(arrays, metadata=header)
     final = checkpoint_path(directory)
     tmp = directory / f".{FILENAME}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:  # a full disk, Ctrl-C: no partial copy stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(directory)
     return final
 

@@ -188,3 +188,18 @@ def test_a_fresh_run_replacing_a_directory_drops_the_old_checkpoint(tmp_path):
     # --resume must not continue the old run on top of the new run's metrics
     assert not has_checkpoint(tmp_path)
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, _tree(1), {"generation": 1})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, _tree(2), {"generation": 2})
+    monkeypatch.undo()
+    # a partial copy (as large as a checkpoint) would stay there for good
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(tmp_path).name]
+    assert read_meta(tmp_path)["generation"] == 1
