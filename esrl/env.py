@@ -146,8 +146,8 @@ def without_autoreset(env: Environment, needs: str) -> Environment:
     An `AutoReset` under another wrapper cannot be removed: it is refused, with
     ``needs`` (what the caller must keep) in the message.
     """
-    if isinstance(env, AutoReset):
-        return env.env
+    while isinstance(env, AutoReset):  # AutoReset(make(id, autoreset=True)) too
+        env = env.env
     if wraps(env, AutoReset):
         raise ValueError(
             f"{env.name} has an esrl.AutoReset under another wrapper: {needs}; build "

@@ -331,6 +331,15 @@ def test_vecenv_over_an_autoreset_env_keeps_the_true_final_obs():
     np.testing.assert_array_equal(info["final_obs"][0], [obs0[0, 0], 1.0])
 
 
+def test_vecenv_over_a_doubled_autoreset_keeps_the_true_final_obs():
+    # Only the outer AutoReset was removed: the inner one reset env 0 first.
+    vec = VecEnv(AutoReset(AutoReset(Counter())), 2)
+    obs0, state = vec.reset(jax.random.key(0))
+    _, _, _, terminated, _, info = vec.step(jax.random.key(1), state, jnp.array([1, 0]))
+    assert terminated.tolist() == [True, False]
+    np.testing.assert_array_equal(info["final_obs"][0], [obs0[0, 0], 1.0])
+
+
 def test_vecenv_over_an_autoreset_buried_under_a_wrapper_is_refused():
     # The inner AutoReset already reset env 0: a second reset would replace the
     # episode's first observation and report it as the final one.
