@@ -4,7 +4,10 @@ As in OpenAI-ES (Salimans et al. 2017) and evosax: every member sees
 ``(obs - mean) / std`` with the statistics frozen for a generation; the rollout returns
 per-member moments of the observations it saw, and `update_obs_stats` merges them
 (Chan et al.'s parallel Welford update) once the generation is over. Moments are taken
-around the current mean, which keeps the float32 sums well conditioned.
+around the current mean, which keeps the float32 sums well conditioned once a mean has
+been merged; the first generation's are taken around 0, so an observation whose mean
+is ~1000x its spread or more keeps a variance error of a few percent (measured against
+float64: 2-10 % at mean 1e4, std 1).
 """
 
 from __future__ import annotations
