@@ -13,6 +13,7 @@ On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` fakes 4 devic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -54,7 +55,9 @@ def select_devices(num_devices: int | None = None) -> Sequence[jax.Device]:
 def check_population(population: int, num_devices: int) -> None:
     """Raise unless the population splits evenly over the devices."""
     if population % num_devices:
-        up = -(-population // num_devices) * num_devices
+        # an even population stays even: antithetic pairs need it
+        step = num_devices if population % 2 else math.lcm(num_devices, 2)
+        up = -(-population // step) * step
         raise ValueError(
             f"population {population} is not divisible by the {num_devices} devices; "
             f"use --population {up} (or fewer devices with --devices)"

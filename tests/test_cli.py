@@ -90,6 +90,9 @@ def test_population_must_split_over_devices():
     with pytest.raises(ValueError, match="use --population 20"):
         check_population(18, 4)
     check_population(16, 4)
+    # the advice keeps an even population even: 9 would fail as odd (antithetic pairs)
+    with pytest.raises(ValueError, match="use --population 12 "):
+        check_population(8, 3)
 
 
 def test_help_documents_every_option_and_the_env_defaults(capsys):
