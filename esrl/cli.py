@@ -183,7 +183,8 @@ def _add_train(sub) -> None:
     a(
         "--overwrite",
         action="store_true",
-        help="start afresh in a --out that holds a run",
+        help="start afresh in a --out that holds a run (its checkpoint, metrics, "
+        "summary and curve are removed when the new run starts)",
     )
     a("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
