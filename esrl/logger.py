@@ -220,14 +220,21 @@ class RunLogger:
         if self.enabled:  # verbatim: paths in it may hold "[...]" and be long
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    def close(self) -> None:
-        """Stop the progress bar and close the files."""
+    def close(self, keep_until: int | None = None) -> None:
+        """Stop the progress bar and close the files.
+
+        ``keep_until`` drops the records after that iteration (and a torn last line):
+        an interrupt that lands between a record and the checkpoint of its iteration
+        then leaves metrics.jsonl matching the checkpoint.
+        """
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
         if self._file is not None:
             self._file.close()
             self._file = None
+            if keep_until is not None:
+                _keep_until(self.out_dir / METRICS, keep_until)
         if self._tb is not None:
             self._tb.close()
             self._tb = None

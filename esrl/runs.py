@@ -46,9 +46,14 @@ def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None
         save_checkpoint(out_dir, state, meta)
 
 
-def report_interrupt(logger: RunLogger, out_dir: Path | None, done: str) -> None:
-    """Close the logs and tell how to continue (call after the checkpoint is saved)."""
-    logger.close()
+def report_interrupt(
+    logger: RunLogger, out_dir: Path | None, done: str, iteration: int
+) -> None:
+    """Close the logs at the checkpoint's ``iteration`` and tell how to continue.
+
+    Call after the checkpoint is saved; records logged after it are dropped.
+    """
+    logger.close(keep_until=iteration)
     if out_dir is not None:
         logger.message(
             f"interrupted after {done}; checkpoint saved, "

@@ -312,7 +312,7 @@ def fit(prepared: Prepared) -> TrainResult:
                 save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
         save_run(out_dir, spec, state, c)
-        report_interrupt(logger, out_dir, f"generation {c.generation}")
+        report_interrupt(logger, out_dir, f"generation {c.generation}", c.generation)
         raise
     c = c._replace(wall_time_s=wall0 + time.perf_counter())
     summary = _summary(spec, trainer, c)

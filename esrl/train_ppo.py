@@ -265,7 +265,7 @@ def fit(prepared: Prepared) -> TrainResult:
             metrics = jax.tree.map(partial(_head, n=n), jax.device_get(metrics))
             records = _records(metrics, c, batch, dt, wall0 + time.perf_counter())
             key = eval_key(spec.seed, c.update + n)
-            # NaN becomes None, as in ES: the checkpoint's metadata is strict JSON
+            # NaN becomes None, as in ES: metrics.jsonl and summary.json stay strict JSON
             records[-1]["eval_return"] = to_json(agent.evaluate(key, new_state))
             for record in records:
                 logger.log(record)
@@ -277,7 +277,7 @@ def fit(prepared: Prepared) -> TrainResult:
             save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
         save_run(out_dir, spec, state, c)
-        report_interrupt(logger, out_dir, f"update {c.update}")
+        report_interrupt(logger, out_dir, f"update {c.update}", c.update)
         raise
     device = jax.devices()[0]
     summary = {

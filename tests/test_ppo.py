@@ -17,11 +17,11 @@ from flax import struct
 
 import esrl
 from esrl import cli, spaces
-from esrl.checkpoint import load_checkpoint
+from esrl.checkpoint import load_checkpoint, read_meta
 from esrl.cli_ppo import build_parser, resume_spec, spec_from_args
 from esrl.env import Environment
 from esrl.gae import gae
-from esrl.logger import read_metrics
+from esrl.logger import RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.train_ppo import PPORunSpec, _compiled, run_chunk, train_ppo
 
@@ -267,6 +267,31 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     ]
     assert len(lines[0]) == 7 and lines[0] == lines[1]
     assert meta["counters"]["env_steps"] == whole.summary["env_steps"] == 7 * 640
+
+
+def test_an_interrupt_among_a_chunks_records_keeps_metrics_at_the_checkpoint(
+    tmp_path, monkeypatch
+):
+    """PPO logs a chunk's updates one by one before keeping the chunk's state."""
+    log = RunLogger.log
+
+    def ctrl_c_after_4(self, record):
+        log(self, record)
+        if record["iteration"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunLogger, "log", ctrl_c_after_4)
+    out = tmp_path / "run"
+    argv = [
+        "train", "--agent", "ppo", "--env", "gymnax/CartPole-v1", "--hidden", "8",
+        "--num-envs", "4", "--num-steps", "8", "--total-steps", str(6 * 32),
+        "--eval-every", "3", "--eval-episodes", "2", "--horizon", "20",
+        "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    assert cli.main(argv) == 130
+    done = read_meta(out)["counters"]["update"]
+    assert done == 3  # the first chunk (updates 1-3) was kept, the second was not
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
 
 
 def test_a_resume_may_add_a_plugin_but_not_change_a_setting():

@@ -121,6 +121,25 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
         np.testing.assert_array_equal(tensors[name], value, err_msg=name)
 
 
+def test_an_interrupt_after_a_record_leaves_metrics_matching_the_checkpoint(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C (or SIGTERM) after generation 3's record, before its state is kept."""
+    log = RunLogger.log
+
+    def ctrl_c_after_3(self, record):
+        log(self, record)
+        if record["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunLogger, "log", ctrl_c_after_3)
+    out = tmp_path / "run"
+    assert main([*SMALL, "--generations", "5", "--out", str(out)]) == 130
+    assert read_meta(out)["counters"]["generation"] == 2
+    # was [1, 2, 3]: a resume would have dropped record 3 only at its start
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2]
+
+
 class NaNMemoryEnv(MemoryEnv):
     """Answering 1 at t=0 returns a NaN reward."""
 
