@@ -86,16 +86,24 @@ def default_out(preset: Preset, env: str, agent: str) -> str:
     return f"runs/{stem}_{agent}"
 
 
+def _without_env(argv: list[str]) -> list[str]:
+    """``argv`` less every ``--env`` the pre-parser read (abbreviated or repeated)."""
+    rest, i = [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if len(name) > 2 and "--env".startswith(name):
+            i += 1 if "=" in argv[i] else 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest
+
+
 def preset_argv(preset: Preset, argv: list[str]) -> list[str]:
     """The ``esrl train`` argument list (after ``train``) a script's ``argv`` means."""
     known = _pre_parse(argv)
     env = env_id(preset, known.env)
-    rest = list(argv)
-    if known.env is not None:  # replace the short name by the full id
-        i = next(
-            i for i, t in enumerate(rest) if t == "--env" or t.startswith("--env=")
-        )
-        rest[i : i + (1 if "=" in rest[i] else 2)] = []
+    rest = _without_env(argv)  # the short name is replaced by the full id
     if known.resume:  # the run's own settings; a repeated --env must match them
         return (["--env", env] if known.env is not None else []) + rest
     agent = known.agent or preset.agent

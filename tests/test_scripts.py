@@ -97,6 +97,14 @@ def test_preset_user_options_win_and_short_env_names_expand():
         "--no-normalize-obs", "--out", "d",
     ]  # fmt: skip
     assert default_out(PRESET, "brax/ant", "ppo") == "runs/brax_ant_ppo"
+    # was StopIteration / a bare "hopper" left for esrl train: the pre-parser reads
+    # an abbreviated --env and takes the last of repeated ones
+    for env_args in (["--en", "ant"], ["--env=hopper", "--env", "ant"]):
+        assert preset_argv(PRESET, [*env_args, "--out", "d"])[:2] == [
+            "--env",
+            "brax/ant",
+        ]
+        assert "ant" not in preset_argv(PRESET, [*env_args, "--out", "d"])[2:]
 
 
 def test_preset_resume_passes_through_untouched():
