@@ -306,8 +306,10 @@ def run_command(
             summary = fit(prepared).summary
     except KeyboardInterrupt:
         return 130
+    final = summary["final_eval_return"]  # None: the evaluation was not finite
     print(
-        f"{report(spec, summary)}: eval return {summary['final_eval_return']}, "
+        f"{report(spec, summary)}: eval return "
+        f"{'nan' if final is None else f'{final:.2f}'}, "
         f"{summary['env_steps']:,} env steps, {summary['wall_time_s']:.1f} s "
         f"(compile {summary['compile_s']:.1f} s); outputs in {out}"
     )

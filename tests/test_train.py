@@ -85,9 +85,12 @@ SMALL = [
 ]  # fmt: skip
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     full, split = tmp_path / "full", tmp_path / "split"
     assert main([*SMALL, "--generations", "6", "--out", str(full)]) == 0
+    final = json.loads((full / "summary.json").read_text())["final_eval_return"]
+    # was the float's repr (e.g. 581.1372680664062)
+    assert f"eval return {final:.2f}, " in capsys.readouterr().out
     assert main([*SMALL, "--generations", "3", "--out", str(split)]) == 0
     assert read_meta(split)["counters"]["generation"] == 3
 
