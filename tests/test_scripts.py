@@ -13,9 +13,10 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import pytest
 
-from esrl.bench import Case
+from esrl.bench import Case, build
 from esrl.checkpoint import has_checkpoint, read_meta
 from esrl.logger import read_metrics
 from esrl.preset import BASELINE, Preset, default_out, preset_argv
@@ -289,7 +290,14 @@ def test_profile_ops_attributes_ops_to_their_layers():
     matmuls, reductions = profile_ops.GROUPS[:2]
     assert ms["plain"][matmuls] > 0 and ms["eggroll"][matmuls] > 0
     assert ms["plain"][reductions] == 0 < ms["eggroll"][reductions]
-    assert ms["plain"][profile_ops.GROUPS[4]] < ms["eggroll"][profile_ops.GROUPS[4]]
+    # the noise draw is in eggroll's executable only (counted, not timed: at this size
+    # the env's own random draws, in the same group, took as long as the noise draw)
+    draws = {
+        m: list(profile_ops.op_groups(build(m, None, case, jax.random.PRNGKey(0))
+                .executable.as_text()).values()).count(profile_ops.GROUPS[4])
+        for m in ("plain", "eggroll")
+    }  # fmt: skip
+    assert draws["eggroll"] > draws["plain"]
     text = profile_ops.table(ms)
     assert (
         text.count("\n| ") == len(profile_ops.GROUPS) + 1 and "eggroll - plain" in text
