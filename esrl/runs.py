@@ -47,16 +47,16 @@ def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None
 
 
 def report_interrupt(
-    logger: RunLogger, out_dir: Path | None, done: str, iteration: int
+    logger: RunLogger, out_dir: Path | None, unit: str, done: int
 ) -> None:
-    """Close the logs at the checkpoint's ``iteration`` and tell how to continue.
+    """Close the logs at the checkpoint, ``done`` ``unit``s in; say how to continue.
 
     Call after the checkpoint is saved; records logged after it are dropped.
     """
-    logger.close(keep_until=iteration)
+    logger.close(keep_until=done)
     if out_dir is not None:
         logger.message(
-            f"interrupted after {done}; checkpoint saved, "
+            f"interrupted after {unit} {done}; checkpoint saved, "
             f"continue with: esrl train --resume {out_dir}"
         )
 

@@ -48,8 +48,9 @@ from esrl.train_spec import RunSpec, TrainConfig
 
 CPU_BLOCK = 2048
 """Default members per rollout block on a CPU: EGGROLL at population 16384 (MLP 256x2,
-benchmark population sweep at bab45a0) ran at 0.76 of the speed of plain inference in one
-block, at 0.94 of it in blocks of 2048."""
+benchmark population sweep at bab45a0) ran at 0.76 of the speed of one-block plain
+inference in one block, at 0.94 of it in blocks of 2048 (0.90 with plain in the same
+blocks)."""
 
 
 def block_size(share: int, block: int | None, platform: str) -> int:
@@ -312,7 +313,7 @@ def fit(prepared: Prepared) -> TrainResult:
                 save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
         save_run(out_dir, spec, state, c)
-        report_interrupt(logger, out_dir, f"generation {c.generation}", c.generation)
+        report_interrupt(logger, out_dir, "generation", c.generation)
         raise
     c = c._replace(wall_time_s=wall0 + time.perf_counter())
     summary = _summary(spec, trainer, c)

@@ -277,7 +277,7 @@ def fit(prepared: Prepared) -> TrainResult:
             save_run(out_dir, spec, state, c)
     except KeyboardInterrupt:
         save_run(out_dir, spec, state, c)
-        report_interrupt(logger, out_dir, f"update {c.update}", c.update)
+        report_interrupt(logger, out_dir, "update", c.update)
         raise
     device = jax.devices()[0]
     summary = {
