@@ -78,10 +78,16 @@ def where_done(done: jax.Array, reset, current):
 
 
 class Wrapper(Environment):
-    """Forwards everything to ``env``; subclasses override what they change."""
+    """Forwards everything to ``env``; subclasses override what they change.
+
+    A raw gymnax 1.x or 5-tuple environment is adapted first (as `esrl.make` does):
+    gymnax's own ``step`` auto-resets, which would lose the final observation.
+    """
 
     def __init__(self, env: Environment):
-        self.env = env
+        from esrl.registry import as_environment
+
+        self.env = as_environment(env)
 
     @property
     def default_params(self) -> Params:

@@ -13,10 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from esrl.env import Environment, where_done, without_autoreset
+from esrl.registry import as_environment
 
 
 class VecEnv:
-    """``num_envs`` copies of ``env``; arrays carry a leading batch axis."""
+    """``num_envs`` copies of ``env`` (a raw gymnax or 5-tuple env is adapted first).
+
+    Arrays carry a leading batch axis.
+    """
 
     def __init__(
         self,
@@ -29,6 +33,8 @@ class VecEnv:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if reset_pool is not None and not 1 <= reset_pool <= num_envs:
             raise ValueError(f"reset_pool must be in [1, num_envs], got {reset_pool}")
+        # A raw gymnax env's own step auto-resets: its final obs would be a reset obs.
+        env = as_environment(env)
         if autoreset:
             # Reset here only: after the inner reset, "final_obs" would be a reset obs.
             env = without_autoreset(

@@ -362,6 +362,29 @@ def test_autoreset_steps_without_jit_on_a_gymnax_env():
     assert not terminated and not truncated and int(state.time) == 1
 
 
+@pytest.mark.parametrize("wrap", [VecEnv, AutoReset, esrl.Wrapper])
+def test_raw_gymnax_and_legacy_envs_are_adapted_by_wrappers_and_vecenv(wrap):
+    # A raw gymnax env's own step auto-resets: VecEnv's final_obs was a reset
+    # observation, and a raw 5-tuple env had no reset at all.
+    import gymnax
+
+    raw, _ = gymnax.make("CartPole-v1")
+    for env in (raw, OldWalk()):
+        wrapped = wrap(env, 2) if wrap is VecEnv else wrap(env)
+        assert isinstance(wrapped.env, Environment)
+    vec = VecEnv(raw, 2)
+    _, state = vec.reset(jax.random.key(0))
+    step = jax.jit(vec.step)
+    for t in range(30):  # always pushing left: the pole falls within 30 steps
+        _, state, _, terminated, _, info = step(
+            jax.random.key(t), state, jnp.zeros(2, jnp.int32)
+        )
+        if terminated[0]:
+            break
+    assert terminated[0]
+    assert abs(info["final_obs"][0, 2]) > 0.2  # the pole's angle at termination
+
+
 def test_vecenv_rejects_bad_sizes():
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         VecEnv(Counter(), 0)
