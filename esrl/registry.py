@@ -48,8 +48,16 @@ def register(
     **defaults,
 ) -> None:
     """Register ``id``; `make` calls ``entry_point(**defaults, **kwargs)``."""
-    if not isinstance(id, str) or "/" not in id:
+    if not isinstance(id, str) or not all(id.partition("/")[::2]):
         raise ValueError(f"environment id {id!r} must look like 'family/Name-v0'")
+    if not callable(entry_point) and not isinstance(entry_point, str):
+        raise TypeError(
+            f"entry_point for {id!r} must be a class, a factory or a 'module:attr' "
+            f"string, got {entry_point!r}; for an environment object pass a factory "
+            "such as `lambda: env`"
+        )
+    if isinstance(entry_point, str) and not entry_point.partition(":")[2]:
+        raise ValueError(f"entry point {entry_point!r} must look like 'module:attr'")
     # Built-ins and plug-ins first: registered later, they would clash with (and
     # undo) a user's registration of the same id.
     _load_all()
@@ -107,8 +115,6 @@ def _resolve(entry_point: Callable[..., Any] | str) -> Callable[..., Any]:
     if callable(entry_point):
         return entry_point
     module, _, attr = entry_point.partition(":")
-    if not attr:
-        raise ValueError(f"entry point {entry_point!r} must look like 'module:attr'")
     obj = importlib.import_module(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -126,7 +132,11 @@ def make(id: str, *, autoreset: bool = False, **kwargs) -> Environment:
             "register your own with `esrl.register`."
         )
     spec = _REGISTRY[id]
-    env = as_environment(_resolve(spec.entry_point)(**{**spec.defaults, **kwargs}))
+    try:
+        env = as_environment(_resolve(spec.entry_point)(**{**spec.defaults, **kwargs}))
+    except Exception as e:  # the message says what; the note says which id
+        e.add_note(f"while esrl.make built {id!r} from {spec.entry_point!r}")
+        raise
     return AutoReset(env) if autoreset else env
 
 
@@ -134,6 +144,11 @@ def as_environment(obj: Any) -> Environment:
     """Adapt an object with the gymnax 1.x or the older 5-tuple API to the protocol."""
     if isinstance(obj, Environment):
         return obj
+    if isinstance(obj, type):  # its methods would be found on the class too
+        raise TypeError(
+            f"the class {obj.__name__} is not an environment: pass an instance, "
+            f"{obj.__name__}(...)"
+        )
     from esrl.envs.gymnax import GymnaxEnv
     from esrl.envs.legacy import LegacyEnv, is_legacy
 
@@ -141,6 +156,11 @@ def as_environment(obj: Any) -> Environment:
         return LegacyEnv(obj)
     if all(hasattr(obj, a) for a in ("step_env", "reset_env", "default_params")):
         return GymnaxEnv(obj)
+    if isinstance(obj, str):
+        raise TypeError(
+            f"{obj!r} is a string, not an environment: build a registered id with "
+            f"esrl.make({obj!r})"
+        )
     raise TypeError(
         f"{type(obj).__name__} is not an environment: it needs the gymnax API "
         "(reset_env, step_env, default_params, observation_space, action_space) "

@@ -135,6 +135,29 @@ def test_non_environment_entry_point_is_rejected(clean_registry):
         esrl.make("user/Nothing-v0")
 
 
+def test_register_checks_the_entry_point_and_make_names_the_id(clean_registry):
+    # An instance was accepted, then make failed with "'Line' object has no
+    # attribute 'partition'"; a class returned by a factory was "type".
+    with pytest.raises(TypeError, match="pass a factory such as `lambda: env`"):
+        esrl.register("user/Instance-v0", Line())
+    with pytest.raises(ValueError, match="must look like 'module:attr'"):
+        esrl.register("user/Dotted-v0", "tests.test_registry.Line")
+    with pytest.raises(ValueError, match="must look like 'family/Name-v0'"):
+        esrl.register("user/", Line)
+    esrl.register("user/Class-v0", lambda: Line)
+    with pytest.raises(TypeError, match=r"the class Line .* pass an instance") as e:
+        esrl.make("user/Class-v0")
+    assert "esrl.make built 'user/Class-v0'" in e.value.__notes__[0]
+    esrl.register("user/Missing-v0", "esrl.envs.gymnax:nothing")
+    with pytest.raises(AttributeError) as e:
+        esrl.make("user/Missing-v0")
+    assert "'user/Missing-v0' from 'esrl.envs.gymnax:nothing'" in e.value.__notes__[0]
+    with pytest.raises(
+        esrl.checks.EnvCheckError, match=r"esrl.make\('gymnax/CartPole-v1'\)"
+    ):
+        esrl.check_env("gymnax/CartPole-v1")
+
+
 class _FakeEntryPoint:
     def __init__(self, hook, name="line", value="plugin_pkg:hook"):
         self.hook, self.name, self.value = hook, name, value
