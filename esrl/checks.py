@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esrl import spaces
-from esrl.env import Environment
+from esrl.env import Environment, Wrapper
 
 RULES = {
     ">= 1": lambda v: v >= 1,
@@ -62,7 +62,7 @@ def check_env(
         num_steps: steps taken after the reset (step is compiled once).
     """
     env = _adapt(env)
-    name = env.name
+    name = _label(env)
     params = env.default_params if params is None else params
     key = jax.random.key(0) if key is None else key
     obs_space = _call(
@@ -82,6 +82,14 @@ def _adapt(env: Any) -> Environment:
         return as_environment(env)
     except TypeError as e:
         raise EnvCheckError(str(e)) from e
+
+
+def _label(env: Environment) -> str:
+    """``env.name`` inside its wrappers' names (``Scale(AutoReset(Walk))``)."""
+    # A Wrapper reports its env's name, but the problem may lie in the wrapper.
+    if isinstance(env, Wrapper) and type(env).name is Wrapper.name:
+        return f"{type(env).__name__}({_label(env.env)})"
+    return env.name
 
 
 def _raise(name: str, problems: list[str]) -> None:
@@ -199,7 +207,7 @@ def _structure(tree: Any) -> tuple:
 
 def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
     """Structural checks on abstract values (tracing only, nothing compiled)."""
-    name = env.name
+    name = _label(env)
     out = _call(name, "reset", jax.eval_shape, env.reset, key, params)
     if not isinstance(out, tuple) or len(out) != 2:
         size = f"{len(out)} values" if isinstance(out, tuple) else _kind(out)
@@ -251,7 +259,7 @@ def _kind(out: Any) -> str:
 
 def _value_problems(env, params, key, obs_space, act_space, num_steps) -> list[str]:
     """Run the compiled batched reset and steps; check values and determinism."""
-    name = env.name
+    name = _label(env)
     jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
     reset = jit(jax.vmap(env.reset, in_axes=(0, None)))
     step = jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))

@@ -165,3 +165,15 @@ def test_mapping_observations_for_a_dict_space_pass():
             return spaces.Dict({"x": super().observation_space(params)})
 
     check_env(Frozen())  # a Mapping is a dict observation; its keys were not read
+
+
+def test_a_broken_wrapper_is_named_with_the_env_it_wraps():
+    # A Wrapper takes its env's name: the message blamed Walk.step.
+    class Doubled(esrl.Wrapper):
+        def step(self, key, state, action, params=None):
+            obs, state, reward, *rest = self.env.step(key, state, action, params)
+            return (obs, state, jnp.stack([reward, reward]), *rest)
+
+    with pytest.raises(EnvCheckError) as info:
+        check_env(Doubled(esrl.AutoReset(Walk())))
+    assert str(info.value).startswith("Doubled(AutoReset(Walk)).step: reward has shape")
