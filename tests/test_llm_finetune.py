@@ -65,8 +65,40 @@ def test_interrupt_checkpoints_the_generations_done():
     state = tuner.init(jax.random.key(1), init_params(jax.random.key(0), TINY))
     with pytest.raises(KeyboardInterrupt):
         finetune(tuner, state, log=log, on_checkpoint=lambda g, s: saved.append((g, s)))
-    ((generation, last),) = saved
-    assert generation == int(last.generation) == 3
+    ((generation, last),) = saved  # generation 3's record was not logged
+    assert generation == int(last.generation) == 2
+
+
+@pytest.mark.parametrize("written", [False, True])
+def test_interrupt_while_logging_keeps_metrics_and_checkpoint_together(
+    tmp_path, monkeypatch, written
+):
+    # was: an interrupt in the metrics call before the line was written checkpointed
+    # the generation anyway, so the resumed run's metrics.jsonl lacked its line
+    from esrl.logger import RunLogger, read_metrics
+
+    save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
+    log, out = RunLogger.log, tmp_path / "run"
+
+    def interrupted_log(self, record):
+        if record["iteration"] == 2 and "train_return_mean" in record:
+            monkeypatch.setattr(RunLogger, "log", log)
+            if written:
+                log(self, record)
+            raise KeyboardInterrupt
+        log(self, record)
+
+    monkeypatch.setattr(RunLogger, "log", interrupted_log)
+    common = ["--model", str(tmp_path / "model"), "--population", "4", "--prompts",
+              "2", "--eval-size", "2", "--train-size", "8", "--skip-train", "0"]  # fmt: skip
+    script = _script()
+    assert script.main([*common, "--out", str(out), "--generations", "3"]) == 130
+    assert [r["iteration"] for r in read_metrics(out)] == [0, 1]
+    assert script.main(["--resume", str(out)]) == 0
+    train = [r for r in read_metrics(out) if "train_return_mean" in r]
+    assert [r["iteration"] for r in train] == [1, 2, 3]
+    tokens = np.cumsum([r["tokens"] for r in train])  # each generation counted once
+    assert [r["env_steps"] for r in train] == tokens.tolist()
 
 
 def test_finetune_splits_skip_the_pretraining_corpus():

@@ -199,15 +199,20 @@ def finetune(
     log: Callable[[dict], None] | None = None,
     on_checkpoint: Callable[[int, ESState], None] | None = None,
 ) -> tuple[ESState, list[dict]]:
-    """Run generations ``start..config.generations``; evaluates every ``eval_every``."""
+    """Run generations ``start..config.generations``; evaluates every ``eval_every``.
+
+    A generation's state is kept once ``log`` has returned: on KeyboardInterrupt,
+    ``on_checkpoint`` gets the last generation whose record was logged.
+    """
     config, history = finetuner.config, []
     begin = time.perf_counter()
     try:
         for generation in range(start, config.generations):
-            state, record = _generation(finetuner, state, generation)
-            history.append(record)
-            if log is not None:
+            new_state, record = _generation(finetuner, state, generation)
+            if log is not None:  # interrupted in here: checkpoint the state before
                 log(record)
+            state = new_state
+            history.append(record)
             last = generation + 1 == config.generations
             due = record.get("eval_return") is not None
             due = due or (generation + 1) % config.checkpoint_every == 0

@@ -95,6 +95,8 @@ class _Recorder:
         counters.setdefault("train_tokens", counters["env_steps"])  # older checkpoints
         self.wall0 = counters["wall_time_s"] - time.perf_counter()
         self.first: int | None = None
+        self.saved: int | None = None
+        """The generation of the last checkpoint written."""
         self.logger: RunLogger | None = None
 
     def open(self, done: int) -> None:
@@ -117,20 +119,27 @@ class _Recorder:
         self.wall()
         extra = {"counters": self.counters, "eval_accuracy_initial": self.initial}
         save_checkpoint(self.out_dir, state, _meta(self.run, extra))
+        self.saved = generation
 
     def log(self, record: dict) -> None:
-        """Log one generation (the first of a session includes compilation)."""
-        c = self.counters
+        """Log one generation (the first of a session includes compilation).
+
+        The counters change once the record is written, as the state in `finetune`
+        does: an interrupt in between checkpoints neither.
+        """
+        c = dict(self.counters)
         if record["iteration"] == self.first:  # includes compilation
             c["compile_s"] += record["generation_s"]
         else:
             c["train_s"] += record["generation_s"]
             c["train_tokens"] += record["tokens"]
         c["env_steps"] += record["tokens"]
+        c["wall_time_s"] = self.wall0 + time.perf_counter()
         rate = record["tokens"] / record["generation_s"]
-        record.update(env_steps=c["env_steps"], wall_time_s=self.wall(),
+        record.update(env_steps=c["env_steps"], wall_time_s=c["wall_time_s"],
                       env_steps_per_s=rate)  # fmt: skip
         self.logger.log(record)
+        self.counters = c
 
     def finish(self, generation: int, final) -> dict:
         """Log the final evaluation, write summary.json and curve.png."""
@@ -214,6 +223,9 @@ def train_prepared(prepared: Prepared) -> dict:
     try:
         state, _ = finetune(finetuner, state, int(state.generation), log=recorder.log,
                             on_checkpoint=recorder.save)  # fmt: skip
+    except KeyboardInterrupt:  # finetune saved a checkpoint: match the metrics to it
+        recorder.logger.close(keep_until=recorder.saved)
+        raise
     except BaseException:
         recorder.logger.close()
         raise
