@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gymnax
 import jax.numpy as jnp
+from esrl.envs.legacy import five_values
 
 from esrl.env import Environment
 
@@ -30,8 +31,11 @@ class GymnaxEnv(Environment):
 
     def step(self, key, state, action, params=None):
         params = self.default_params if params is None else params
-        obs, state, reward, terminated, info = self.env.step_env(
-            key, state, action, params
+        obs, state, reward, terminated, info = five_values(
+            self.env.step_env(key, state, action, params),
+            f"{self.env.name}.step_env",
+            "the gymnax API returns (obs, state, reward, terminated, info), with "
+            "truncation from is_truncated(state, params)",
         )
         truncated = self.env.is_truncated(state, params)
         terminated = jnp.asarray(terminated, dtype=bool)

@@ -45,6 +45,19 @@ def is_legacy(obj: Any) -> bool:
     ) and hasattr(obj, "default_params")
 
 
+def five_values(out: Any, where: str, api: str) -> tuple:
+    """``out`` if it is the 5-tuple ``api`` names, else a TypeError saying so."""
+    if isinstance(out, (tuple, list)) and len(out) == 5:
+        return tuple(out)
+    size = (
+        f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+    )
+    raise TypeError(
+        f"{where} returned {size}; {api}. To return (obs, state, reward, terminated, "
+        "truncated, info), subclass esrl.Environment and name the method step"
+    )
+
+
 def to_space(space: Any) -> spaces.Space:
     """Convert a gymnax-like space (Craftax's, gymnax 0.x) to an `esrl.spaces` one."""
     if isinstance(space, (spaces.Discrete, spaces.Box, spaces.Dict, spaces.Tuple)):
@@ -104,7 +117,11 @@ class LegacyEnv(Environment):
 
     def step(self, key, state, action, params=None):
         params = self.default_params if params is None else params
-        obs, state, reward, done, info = self.env.step_env(key, state, action, params)
+        obs, state, reward, done, info = five_values(
+            self.env.step_env(key, state, action, params),
+            f"{self.name}.step_env",
+            "the older API returns (obs, state, reward, done, info)",
+        )
         done = jnp.asarray(done, dtype=bool)
         truncated = self._truncated(state, params, done)
         terminated = jnp.logical_and(done, jnp.logical_not(truncated))

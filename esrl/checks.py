@@ -221,7 +221,8 @@ def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
         message = (
             f"{name}.step returned {size}; it must return (obs, state, reward, "
             "terminated, truncated, info). For the older (obs, state, reward, done, "
-            "info) API wrap the environment with esrl.envs.legacy.LegacyEnv"
+            "info) API name the methods step_env and reset_env (with a params "
+            "argument) and do not subclass esrl.Environment: esrl adapts that API"
         )
         return problems + [message]
     obs, next_state, reward, terminated, truncated, info = out

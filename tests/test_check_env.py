@@ -102,7 +102,8 @@ def test_valid_custom_env_passes_and_raw_gymnax_object_is_accepted():
         ),
         ("int_terminated", "Walk.step: terminated has dtype int32, but must be bool"),
         ("grow_state", "Walk.step: the state it returns differs in structure"),
-        ("five_tuple", "Walk.step returned 5 values"),
+        # LegacyEnv, which it used to advise, needs step_env and reset_env
+        ("five_tuple", "API name the methods step_env and reset_env (with a params"),
         ("reset_obs_only", "Walk.reset returned a single array; it must return (obs"),
         ("reset_three", "Walk.reset returned 3 values; it must return (obs, state)"),
         ("raises", "Walk.reset failed under jax.jit/vmap: RuntimeError: boom in _obs"),

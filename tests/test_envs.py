@@ -11,6 +11,7 @@ from esrl.envs import craftax as esrl_craftax
 from esrl.envs.gymnax import names as gymnax_names
 from esrl.envs.legacy import LegacyEnv, is_legacy
 from flax import struct
+from gymnax import make as gymnax_make
 
 import esrl
 from esrl import spaces
@@ -264,6 +265,32 @@ def test_legacy_env_with_namedtuple_params_splits_done():
     # Reaching the goal on the last allowed step is a termination, not a timeout.
     flags = _flags(LegacyEnv(TupleWalk()), [0, 1, 1])
     assert flags == [(False, False), (False, False), (True, False)]
+
+
+def test_adapters_name_step_env_and_its_api_when_it_returns_the_wrong_count():
+    # Was "ValueError: too many values to unpack (expected 5)" from a method the
+    # user never wrote (step).
+    class SixTuple(OldWalk):
+        def step_env(self, key, state, action, params):
+            obs, state, reward, done, info = super().step_env(
+                key, state, action, params
+            )
+            return obs, state, reward, done, jnp.zeros((), bool), info
+
+    with pytest.raises(
+        EnvCheckError,
+        match=r"SixTuple.step_env returned 6 values; "
+        r"the older API returns \(obs, state, reward, done, info\)",
+    ):
+        check_env(SixTuple())
+    raw, _ = gymnax_make("CartPole-v1")
+    raw.step_env = lambda key, state, action, params: (1, 2, 3, 4)
+    with pytest.raises(
+        TypeError,
+        match=r"CartPole-v1.step_env returned 4 values; "
+        r"the gymnax API returns \(obs, state, reward, terminated, info\)",
+    ):
+        esrl.registry.as_environment(raw).step(jax.random.key(0), None, 0)
 
 
 def test_legacy_adapter_rejects_non_env():
