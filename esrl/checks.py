@@ -130,15 +130,19 @@ def _space_problems(name: str, obs_space: Any, act_space: Any) -> list[str]:
 
 
 def _leaves(space: Any, obs: Any, path: str):
-    """Yield ``(path, leaf space, leaf observation)``, following Dict and Tuple."""
+    """Yield ``(path, leaf space, leaf observation)``, following Dict and Tuple.
+
+    Where the structure differs from the space, a message takes the observation's place.
+    """
     if isinstance(space, spaces.Dict):
         if not isinstance(obs, Mapping) or set(obs) != set(space.spaces):
-            got = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
-            yield (
-                path,
-                space,
-                f"keys {got}, but observation_space says {sorted(space.spaces)}",
+            want = f"observation_space says keys {sorted(space.spaces)}"
+            got = (
+                f"has keys {sorted(obs)}"
+                if isinstance(obs, Mapping)
+                else f"is a {type(obs).__name__}, not a dict"
             )
+            yield path, space, f"{got}, but {want}"
             return
         for k, sub in space.spaces.items():
             yield from _leaves(sub, obs[k], f"{path}[{k!r}]")
@@ -147,7 +151,9 @@ def _leaves(space: Any, obs: Any, path: str):
             yield (
                 path,
                 space,
-                f"a {type(obs).__name__}, but observation_space says a tuple of {len(space.spaces)}",
+                f"is a {type(obs).__name__}"
+                + (f" of {len(obs)}" if isinstance(obs, (tuple, list)) else "")
+                + f", but observation_space says a tuple of {len(space.spaces)}",
             )
             return
         for i, (sub, o) in enumerate(zip(space.spaces, obs)):
@@ -160,7 +166,7 @@ def _obs_shape_problems(where: str, obs: Any, space: Any) -> list[str]:
     problems = []
     for path, sub, leaf in _leaves(space, obs, "observation"):
         if isinstance(leaf, str):
-            problems.append(f"{where}: {path} has {leaf}")
+            problems.append(f"{where}: {path} {leaf}")
             continue
         if not hasattr(leaf, "shape"):
             problems.append(f"{where}: {path} is a {type(leaf).__name__}, not an array")

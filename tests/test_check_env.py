@@ -178,3 +178,30 @@ def test_a_broken_wrapper_is_named_with_the_env_it_wraps():
     with pytest.raises(EnvCheckError) as info:
         check_env(Doubled(esrl.AutoReset(Walk())))
     assert str(info.value).startswith("Doubled(AutoReset(Walk)).step: reward has shape")
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [  # was "observation has keys tuple" and "observation has a dict"
+        ("dict", "observation is a tuple, not a dict, but observation_space says keys"),
+        ("tuple", "observation is a dict, but observation_space says a tuple of 2"),
+        (
+            "tuple3",
+            "observation is a tuple of 2, but observation_space says a tuple of 3",
+        ),
+    ],
+)
+def test_observation_structure_mismatch_says_what_it_got(space, message):
+    box = spaces.Box(-1.0, 1.0, (4,), jnp.float32)
+
+    class Mismatch(Walk):
+        def _obs(self, x):
+            return {"x": x, "y": x} if space == "tuple" else (x, x)
+
+        def observation_space(self, params=None):
+            if space == "dict":
+                return spaces.Dict({"x": box, "y": box})
+            return spaces.Tuple([box] * (3 if space == "tuple3" else 2))
+
+    with pytest.raises(EnvCheckError, match=f"Walk.reset: {message}"):
+        check_env(Mismatch())
