@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from esrl.envs.llm import Problem, Task, make_splits
-from esrl.envs.llm.env import LLMEnv, make_task_env
+from esrl.envs.llm.env import LLMEnv, make_reasoning_gym, make_task_env
 from esrl.envs.llm.tasks import countdown_task, reasoning_gym_task
 from esrl.envs.llm.tokenizer import BOS, EOS, encode
 
@@ -161,3 +161,18 @@ def test_reasoning_gym_answer_whitespace_is_ignored(name):
         completion = f"<think></think>\n<answer>{answer}</answer>"
         # was: basic_arithmetic gave " 42 " partial credit (len ratio), not correct
         assert task.score(completion, problem) == pytest.approx(1.1), answer
+
+
+@pytest.mark.parametrize("name", ["countdown", "n_queens"])
+def test_reasoning_gym_scorers_that_run_the_answer_are_refused(name):
+    # was: accepted; their scorers eval / sympy.parse_expr the completion, so an
+    # answer of __import__('os').system(...) ran a shell command (9**9**9 hung)
+    with pytest.raises(ValueError, match="trust_scorer=True"):
+        reasoning_gym_task(name)
+    with pytest.raises(ValueError, match=repr(name)):
+        make_reasoning_gym(name)
+    mixed = [{"name": "chain_sum"}, {"name": name}]
+    with pytest.raises(ValueError, match=repr(name)):  # also inside a composite
+        reasoning_gym_task("composite", datasets=mixed)
+    task = reasoning_gym_task(name, trust_scorer=True)  # the user's explicit choice
+    assert task.name == f"reasoning-gym/{name}"

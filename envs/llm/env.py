@@ -15,7 +15,8 @@ bypasses this env and scores batched generations directly).
 Ids: ``llm/countdown`` (3 numbers; ``num_numbers=4`` for 4), ``llm/countdown-3``,
 ``llm/countdown-4`` and ``llm/reasoning-gym/<name>`` for chain_sum, basic_arithmetic
 and gsm_symbolic; ``esrl.register("llm/reasoning-gym/<other>",
-"esrl.envs.llm.env:make_reasoning_gym", name="<other>")`` adds any other dataset, and
+"esrl.envs.llm.env:make_reasoning_gym", name="<other>")`` adds any other dataset
+(those whose scorer evaluates the answer as code need ``trust_scorer=True``), and
 `make_task_env` wraps your own `Task`.
 """
 
@@ -147,10 +148,20 @@ def make_countdown(num_numbers: int = 3, max_number: int = 20, **kwargs) -> LLME
 
 
 def make_reasoning_gym(
-    name: str, config: dict | None = None, max_new_tokens: int = 96, **kwargs
+    name: str,
+    config: dict | None = None,
+    max_new_tokens: int = 96,
+    trust_scorer: bool = False,
+    **kwargs,
 ) -> LLMEnv:
-    """``llm/reasoning-gym/<name>``; ``config`` goes to the dataset config."""
-    task = reasoning_gym_task(name, max_new_tokens=max_new_tokens, **(config or {}))
+    """``llm/reasoning-gym/<name>``; ``config`` goes to the dataset config.
+
+    ``trust_scorer``: allow a dataset whose scorer evaluates the answer as code
+    (`esrl.envs.llm.tasks.EVAL_SCORERS`).
+    """
+    task = reasoning_gym_task(
+        name, max_new_tokens=max_new_tokens, trust_scorer=trust_scorer, **(config or {})
+    )
     return LLMEnv(task, **kwargs)
 
 

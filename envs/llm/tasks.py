@@ -174,10 +174,39 @@ def countdown_task(
 # ---------------------------------------------------------------- reasoning-gym
 
 
-def reasoning_gym_task(name: str, max_new_tokens: int = 96, **config) -> Task:
-    """Any reasoning-gym dataset; ``config`` goes to its config (``max_digits``...)."""
+EVAL_SCORERS = frozenset({
+    "binary_matrix", "countdown", "intermediate_integration", "n_queens",
+    "polynomial_multiplication", "puzzle24", "simple_integration",
+    "spiral_matrix", "string_insertion",
+})  # fmt: skip
+"""reasoning-gym datasets (0.1.25) whose ``score_answer`` runs the answer as Python
+(``eval`` or ``sympy.parse_expr``): a completion can execute any code or hang the
+scorer (``9**9**9``). `reasoning_gym_task` refuses them unless ``trust_scorer``."""
+
+
+def _dataset_names(name: str, config: dict) -> set[str]:
+    """``name`` and, for a ``composite``, the names of the datasets it mixes."""
+    specs = (config.get("datasets") or ()) if name == "composite" else ()
+    return {name, *(s["name"] if isinstance(s, dict) else s.name for s in specs)}
+
+
+def reasoning_gym_task(
+    name: str, max_new_tokens: int = 96, trust_scorer: bool = False, **config
+) -> Task:
+    """Any reasoning-gym dataset; ``config`` goes to its config (``max_digits``...).
+
+    Datasets in `EVAL_SCORERS` evaluate the model's text as code and are refused
+    unless ``trust_scorer=True`` (``llm/countdown`` scores Countdown safely).
+    """
     import reasoning_gym
 
+    unsafe = sorted(_dataset_names(name, config) & EVAL_SCORERS)
+    if unsafe and not trust_scorer:
+        raise ValueError(
+            f"reasoning-gym's {unsafe[0]!r} scorer evaluates the model's answer as Python "
+            "(eval / sympy.parse_expr), so a completion could run code or hang it "
+            "(e.g. 9**9**9); pass trust_scorer=True to use it anyway"
+        )
     try:
         reasoning_gym.create_dataset(name, seed=0, size=1, **config)
     except Exception as err:  # reasoning-gym raises several types for bad names
