@@ -120,13 +120,27 @@ def _call(name: str, where: str, fn, *args, jit: bool = True) -> Any:
 def _space_problems(name: str, obs_space: Any, act_space: Any) -> list[str]:
     problems = []
     for label, space in (("observation_space", obs_space), ("action_space", act_space)):
-        missing = [a for a in ("sample", "contains") if not hasattr(space, a)]
-        if missing:
+        bad = _foreign(space)
+        if bad is not None:
+            holding = "" if bad is space else f" holding {bad!r}"
+            kind = f"{type(bad).__module__}.{type(bad).__qualname__}"
             problems.append(
-                f"{name}.{label} returned {space!r}, which lacks {', '.join(missing)}; "
-                "return an esrl.spaces Box, Discrete, Dict or Tuple"
+                f"{name}.{label} returned {space!r}{holding}: a {kind} is not an "
+                "esrl.spaces space; return an esrl.spaces Box, Discrete, Dict or Tuple"
             )
     return problems
+
+
+def _foreign(space: Any) -> Any:
+    """The first part of ``space`` that is not an esrl (gymnax) space, or None."""
+    # A gymnasium space has sample and contains too, but neither works under jit.
+    if isinstance(space, spaces.Dict):
+        parts = list(space.spaces.values())
+    elif isinstance(space, spaces.Tuple):
+        parts = list(space.spaces)
+    else:
+        return None if isinstance(space, spaces.Space) else space
+    return next((p for p in map(_foreign, parts) if p is not None), None)
 
 
 def _leaves(space: Any, obs: Any, path: str):

@@ -150,9 +150,32 @@ def test_bad_space_is_rejected():
             return (0, 1)
 
     with pytest.raises(
-        EnvCheckError, match=r"Walk.action_space returned \(0, 1\), which lacks"
+        EnvCheckError, match=r"Walk.action_space returned \(0, 1\): a builtins.tuple"
     ):
         check_env(NoSpace())
+
+
+def test_gymnasium_spaces_are_refused_by_name():
+    # A gymnasium observation space passed (to_gymnasium then failed with "cannot
+    # convert Box(...) to a gymnasium space"); an action space failed in sample with
+    # "The expected type of the sample mask is np.ndarray".
+    import gymnasium
+
+    class Gym(Walk):
+        def observation_space(self, params=None):
+            box = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float32)
+            return spaces.Dict({"x": box})
+
+        def action_space(self, params=None):
+            return gymnasium.spaces.Discrete(2)
+
+    with pytest.raises(EnvCheckError) as info:
+        check_env(Gym())
+    text = str(info.value)
+    assert "Walk.observation_space returned Dict({'x': Box(" in text
+    assert "holding Box(-1.0, 1.0, (4,), float32): a gymnasium.spaces.box.Box" in text
+    assert "Walk.action_space returned Discrete(2): a gymnasium.spaces.discrete" in text
+    assert "return an esrl.spaces Box, Discrete, Dict or Tuple" in text
 
 
 def test_mapping_observations_for_a_dict_space_pass():
