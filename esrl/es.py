@@ -132,10 +132,12 @@ class ES:
         """Perturbations of members ``first .. first + count - 1`` (leading axis = member).
 
         By default the whole population. A block of whole antithetic pairs (``first``
-        and ``count`` even, e.g. one device's shard) draws each pair's noise once;
+        and ``count`` even, e.g. one device's shard) draws each pair's noise once, and
         ``compact`` then returns it as `esrl.noise.PairNoise` (half the memory, expanded
         by the rollout inside its loop: a gain for low-rank noise, whose reads fuse with
         the expansion; full-rank matrices are better expanded once, before the loop).
+        An odd ``count`` (or no antithetic pairs) goes member by member; an even
+        ``count`` needs an even ``first`` (an odd one raises; a traced one when it runs).
         """
         c = self.config
         return noise.population_perturbation(

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 Params = Any
@@ -211,19 +212,29 @@ def pair_block(
 ) -> PairNoise:
     """The `PairNoise` of members ``first .. first + population - 1`` (whole pairs).
 
-    Needs antithetic noise, an even ``population`` and an even ``first``.
+    Needs antithetic noise, an even ``population`` and an even ``first``; a traced
+    ``first`` (a device's or block's offset under jit) is checked when the program
+    runs, where an odd one raises (as a `jax.errors.JaxRuntimeError`).
     """
     if not config.antithetic or population % 2:
         raise ValueError(
             "pair_block needs antithetic noise and an even population, "
             f"got antithetic={config.antithetic}, population={population}"
         )
-    if isinstance(first, int) and first % 2:
-        raise ValueError(f"first member {first} must be even (whole antithetic pairs)")
+    try:
+        _require_even(np.asarray(first))
+    except jax.errors.TracerArrayConversionError:
+        # an odd first would pair members of two different pairs with each other
+        jax.debug.callback(_require_even, first)
     pairs = first // 2 + jnp.arange(population // 2)
     unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
     signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)
     return PairNoise(unit, sigma * signs)
+
+
+def _require_even(first) -> None:
+    if np.any(np.asarray(first) % 2):
+        raise ValueError(f"first member {first} must be even (whole antithetic pairs)")
 
 
 def population_perturbation(

@@ -283,3 +283,20 @@ def test_kept_and_regenerated_noise_give_bit_identical_estimates(rank, x64):
         kept = gradient_estimate(KEY, 3, params, fitness, config, block.unit)
         regenerated = gradient_estimate(KEY, 3, params, fitness, config)
         jax.tree.map(np.testing.assert_array_equal, kept, regenerated)
+
+
+def test_pair_block_refuses_an_odd_first_member_concrete_or_traced():
+    # An odd first would pair members of two different antithetic pairs.
+    params, config = make_params(), NoiseConfig(rank=2)
+    for first in (3, np.int64(3), jnp.asarray(3)):
+        with pytest.raises(ValueError, match="first member 3 must be even"):
+            noise.pair_block(KEY, 0, params, config, 0.1, 4, first)
+    block = jax.jit(
+        lambda first: noise.pair_block(KEY, 0, params, config, 0.1, 4, first).members()
+    )
+    members = jax.vmap(
+        lambda i: noise.member_perturbation(KEY, 0, i, params, config, 0.1)
+    )(2 + jnp.arange(4))
+    jax.tree.map(np.testing.assert_array_equal, block(2), members)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="first member 3 must be even"):
+        block(3).block_until_ready()
