@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from esrl.env import Environment, where_done, without_autoreset
 from esrl.registry import as_environment
@@ -29,10 +30,16 @@ class VecEnv:
         autoreset: bool = True,
         reset_pool: int | None = None,
     ):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if reset_pool is not None and not 1 <= reset_pool <= num_envs:
-            raise ValueError(f"reset_pool must be in [1, num_envs], got {reset_pool}")
+        if not _is_int(num_envs) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if reset_pool is not None:
+            if not _is_int(reset_pool) or not 1 <= reset_pool <= num_envs:
+                raise ValueError(
+                    f"reset_pool must be in [1, num_envs], got {reset_pool!r} (an int "
+                    f"at most num_envs = {num_envs})"
+                )
+            if not autoreset:
+                raise ValueError("reset_pool only applies with autoreset=True")
         # A raw gymnax env's own step auto-resets: its final obs would be a reset obs.
         env = as_environment(env)
         if autoreset:
@@ -42,9 +49,9 @@ class VecEnv:
                 "autoreset=False)",
             )  # fmt: skip
         self.env = env
-        self.num_envs = num_envs
+        self.num_envs = int(num_envs)
         self.autoreset = autoreset
-        self.reset_pool = reset_pool
+        self.reset_pool = None if reset_pool is None else int(reset_pool)
 
     def reset(self, key: jax.Array, params=None):
         """Reset all environments; returns batched ``(obs, state)``."""
@@ -83,3 +90,8 @@ class VecEnv:
     def action_space(self, params=None):
         """The space of one environment's action."""
         return self.env.action_space(params)
+
+
+def _is_int(x) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)

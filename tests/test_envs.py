@@ -413,10 +413,21 @@ def test_raw_gymnax_and_legacy_envs_are_adapted_by_wrappers_and_vecenv(wrap):
 
 
 def test_vecenv_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="num_envs must be >= 1"):
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
         VecEnv(Counter(), 0)
     with pytest.raises(ValueError, match="reset_pool must be in"):
         VecEnv(Counter(), 2, reset_pool=3)
+    # Were accepted, then failed at reset or step ("'float' object cannot be
+    # interpreted as an integer"), or silently ignored (reset_pool without autoreset).
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 2.5"):
+        VecEnv(Counter(), 2.5)
+    with pytest.raises(ValueError, match=r"got 2.0 \(an int at most num_envs = 4"):
+        VecEnv(Counter(), 4, reset_pool=2.0)
+    with pytest.raises(ValueError, match="reset_pool only applies with autoreset"):
+        VecEnv(Counter(), 4, autoreset=False, reset_pool=2)
+    vec = VecEnv(Counter(), np.int64(3), reset_pool=np.int32(2))
+    assert (vec.num_envs, vec.reset_pool) == (3, 2)
+    assert type(vec.num_envs) is int and type(vec.reset_pool) is int
 
 
 # --- slow sweep ----------------------------------------------------------------
