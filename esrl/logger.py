@@ -154,8 +154,9 @@ class RunLogger:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             metrics = self.out_dir / METRICS
-            if start > 0 and metrics.exists():
-                _keep_until(metrics, start)
+            if start > 0:  # resumed: its checkpoint stays, even if metrics.jsonl went
+                if metrics.exists():
+                    _keep_until(metrics, start)
                 self._file = open(metrics, "a")  # noqa: SIM115 (closed in close)
             else:
                 self._file = open(metrics, "w")  # noqa: SIM115

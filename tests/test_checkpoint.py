@@ -203,3 +203,12 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     # a partial copy (as large as a checkpoint) would stay there for good
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(tmp_path).name]
     assert read_meta(tmp_path)["generation"] == 1
+
+
+def test_a_resumed_run_whose_metrics_were_deleted_keeps_its_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, _tree(1), {"counters": {"generation": 3}})
+    logger = RunLogger(tmp_path, total=6, start=3, progress=False)  # --resume
+    logger.log({"iteration": 4, "env_steps": 40})
+    logger.close()  # killed before the next checkpoint: the run resumes from 3 again
+    assert has_checkpoint(tmp_path)
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [4]
