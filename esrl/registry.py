@@ -3,7 +3,8 @@
 Ids look like ``gymnax/CartPole-v1``, ``brax/ant``, ``craftax/Craftax-Classic-Symbolic-v1``,
 ``llm/countdown``. Third-party packages register through the entry-point group
 ``esrl.envs``: each entry point names a callable that is called with no arguments and
-registers its environments with `register`; one that fails is skipped with a warning
+registers its environments with `register` (or a module that registers them when it is
+imported); one that fails is skipped with a warning
 naming it, so a broken package never breaks `make` for the others.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +85,9 @@ def _load_plugins() -> None:
     _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            ep.load()()
+            hook = ep.load()
+            if not isinstance(hook, types.ModuleType):  # a module registers on import
+                hook()
         except Exception as e:  # noqa: BLE001 - one broken package must not break make()
             warnings.warn(
                 f"{ENTRY_POINT_GROUP} plug-in {ep.name!r} ({ep.value}) failed and was "

@@ -230,3 +230,26 @@ def test_a_broken_plugin_is_named_and_the_others_still_load(
     with pytest.warns(UserWarning, match=r"'bad' \(bad_pkg:hook\).*missing_dep"):
         ids = esrl.list_envs()
     assert "plugin/Line-v0" in ids and "gymnax/CartPole-v1" in ids
+
+
+def test_a_plugin_module_that_registers_on_import_loads_without_warning(
+    clean_registry, monkeypatch
+):
+    # Its ids were registered, yet it was reported as "failed and was skipped:
+    # TypeError: 'module' object is not callable".
+    import types
+    import warnings
+
+    module = types.ModuleType("plugin_pkg")
+    plugins = [_FakeEntryPoint(module, "mod", "plugin_pkg")]
+
+    def load():
+        esrl.register("plugin/Line-v0", Line)
+        return module
+
+    plugins[0].load = load
+    monkeypatch.setattr(registry, "entry_points", lambda group: plugins)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "plugin/Line-v0" in esrl.list_envs()
