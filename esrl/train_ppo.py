@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +28,7 @@ from esrl.checkpoint import load_checkpoint
 from esrl.checks import require
 from esrl.cli import import_plugins
 from esrl.env import Environment
+from esrl.gae import Losses
 from esrl.logger import RunLogger, to_json
 from esrl.policy import PolicySpec
 from esrl.runs import check_run_dir, report_interrupt, save_run
@@ -157,6 +159,15 @@ def _records(m: Metrics, c: _Counters, batch: int, dt: float, now: float) -> lis
     return out
 
 
+def _first_nonfinite(records: list[dict]) -> int | None:
+    """The first iteration whose losses are NaN/inf (its gradient step made the
+    parameters NaN, and every later update keeps them so), or None."""
+    for r in records:
+        if not all(math.isfinite(r[k]) for k in Losses._fields):
+            return r["iteration"]
+    return None
+
+
 def _head(x: np.ndarray, n: int) -> np.ndarray:
     return x[:n]
 
@@ -255,6 +266,7 @@ def fit(prepared: Prepared) -> TrainResult:
         out_dir, total, c.update, title=f"ppo {spec.env}", progress=spec.progress,
         tensorboard=spec.tensorboard,
     )  # fmt: skip
+    warned = False
     try:
         while c.update < total:
             n = _chunk(c.update, spec)
@@ -267,6 +279,13 @@ def fit(prepared: Prepared) -> TrainResult:
             key = eval_key(spec.seed, c.update + n)
             # NaN becomes None, as in ES: metrics.jsonl and summary.json stay strict JSON
             records[-1]["eval_return"] = to_json(agent.evaluate(key, new_state))
+            if not warned and (bad := _first_nonfinite(records)) is not None:
+                warned = True  # once: the parameters stay NaN from then on
+                logger.message(
+                    f"update {bad}: the loss is NaN/inf, so are the parameters from "
+                    "here on; check the environment's rewards and observations, or "
+                    "lower --lr"
+                )
             for record in records:
                 logger.log(record)
             state, c = new_state, c._replace(

@@ -366,3 +366,18 @@ def test_reset_pool_option(capsys, tmp_path):
            "0", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
     assert cli.main(bad) == 2
     assert "reset_pool must be in [1, num_envs], got 0" in capsys.readouterr().err
+
+
+def test_a_nan_loss_is_reported_once(tmp_path, capsys):
+    """NaN rewards make the loss and then the parameters NaN: the run says so."""
+    spec = PPORunSpec(
+        env="test/Memory-v0",
+        ppo=PPOConfig(total_steps=3 * 64, num_envs=4, num_steps=16,
+                      num_minibatches=2, policy=PolicySpec(hidden=8)),
+        eval_every=1, eval_episodes=4, eval_horizon=5,
+    )  # fmt: skip
+    result = train_ppo(spec, tmp_path, env=NaNRewardMemoryEnv(delay=2))
+    err = capsys.readouterr().err
+    assert err.count("the loss is NaN/inf") == 1 and "update 1:" in err
+    assert [r["value_loss"] for r in read_metrics(tmp_path)] == [None] * 3
+    assert not np.isfinite(jax.tree.leaves(result.state.params)[0]).all()
