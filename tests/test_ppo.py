@@ -345,6 +345,12 @@ def test_bad_configurations_say_what_to_do():
         PPOConfig(ent_coef=-0.1)
     with pytest.raises(ValueError, match="hidden width must be >= 1, got 0"):
         PPOConfig(policy=PolicySpec(hidden=0))
+    for name in ("lr", "vf_coef", "ent_coef"):  # trained on with NaN parameters
+        with pytest.raises(ValueError, match=f"{name} must be finite, got inf"):
+            PPOConfig(**{name: float("inf")})
+    PPOConfig(max_grad_norm=float("inf"), clip_eps=float("inf"))  # inf: no clipping
+    with pytest.raises(ValueError, match=r"reset_pool must be in \[1, num_envs\]"):
+        PPOConfig(num_envs=16, reset_pool=17)  # checked when built, not by PPO
     with pytest.raises(TypeError, match="without autoreset"):
         PPO(PPOConfig(), esrl.make("gymnax/CartPole-v1", autoreset=True))
 
