@@ -6,6 +6,11 @@ gymnasium 1.x way, reports the observation that ended an episode in
 ``infos["final_obs"]`` (object array, mask ``infos["_final_obs"]``) and that step's
 info in ``infos["final_info"]``. Reset and step are jitted once; the environment's
 randomness comes from a JAX key seeded by ``seed`` (or by ``reset(seed=...)``).
+
+gymnasium's vector wrappers that accept only next-step auto-reset refuse the VectorEnv.
+``RecordEpisodeStatistics`` (gymnasium 1.3) runs but counts as if next-step: from an
+environment's second episode on, each length is one short and the first reward is
+missing (the same over gymnasium's own ``SyncVectorEnv`` in same-step mode).
 """
 
 from __future__ import annotations
