@@ -150,6 +150,17 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert summary["generations"] == 3
     iterations = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").open()]
     assert 3 in iterations and iterations.count(1) == 1
+    # was: a finished run resumed again logged its final evaluation a second time,
+    # and --generations below the generations done ran nothing and said nothing
+    metrics = (out / "metrics.jsonl").read_text()
+    assert script.main(["--resume", str(out)]) == 0
+    assert (out / "metrics.jsonl").read_text() == metrics
+    capsys.readouterr()
+    assert script.main(["--resume", str(out), "--generations", "2"]) == 2
+    assert "fewer than the 3 generations" in capsys.readouterr().err
+    # was: a FileExistsError traceback after loading the model
+    assert script.main([*common, "--out", str(out / "summary.json")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
     # was: --generations equal to the default (300) was taken as "not given"
     args = script.parse_args(["--resume", str(out), "--generations", "300"])
     assert script.resumed(out, args.generations).finetune.generations == 300

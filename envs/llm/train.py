@@ -10,6 +10,7 @@ evaluation and at the end; ``resume=True`` continues a run from its checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from esrl.envs.llm.model import RecurrentLM, load_model
 from esrl.envs.llm.tasks import Task
 
 from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
-from esrl.logger import RunLogger
+from esrl.logger import SUMMARY, RunLogger
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,10 @@ def prepare_finetune(
     Bad input raises here (ValueError, FileNotFoundError), before any generation.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(
+            f"{str(out_dir)!r} is a file, not a directory; choose another --out"
+        )
     if not resume and has_checkpoint(out_dir):
         raise ValueError(
             f"{out_dir} already holds a run; continue it with --resume {out_dir} "
@@ -203,6 +208,12 @@ def prepare_finetune(
         return Prepared(finetuner, state, _Recorder(run, out_dir, counters, 0.0), True)
     _check_resumable(out_dir, run)
     state, meta = load_checkpoint(out_dir, template=state)
+    done, total = int(state.generation), run.finetune.generations
+    if done > total:
+        raise ValueError(
+            f"--generations {total} is fewer than the {done} generations the run in "
+            f"{out_dir} has done; --generations is the total"
+        )
     recorder = _Recorder(run, out_dir, meta["counters"], meta["eval_accuracy_initial"])
     return Prepared(finetuner, state, recorder, False)
 
@@ -214,9 +225,27 @@ def run_finetune(
     return train_prepared(prepare_finetune(run, task, out_dir, resume))
 
 
+def _finished_summary(out_dir: Path, generation: int) -> dict | None:
+    """summary.json when it was written at ``generation`` (the run finished there)."""
+    path = out_dir / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("generations") == generation else None
+
+
 def train_prepared(prepared: Prepared) -> dict:
-    """Run a `prepare_finetune` result to its last generation; returns the summary."""
+    """Run a `prepare_finetune` result to its last generation; returns the summary.
+
+    A finished run resumed without more generations returns its summary as it is
+    (evaluating again would log the same final evaluation twice).
+    """
     finetuner, state, recorder, fresh = prepared
+    done = int(state.generation)
+    if not fresh and done == finetuner.config.generations:
+        summary = _finished_summary(recorder.out_dir, done)
+        if summary is not None:
+            return summary
     if fresh:
         recorder.initial = finetuner.evaluate(state.params).accuracy
     recorder.open(int(state.generation))
