@@ -83,12 +83,23 @@ class PPORunSpec:
             if not self.ppo.anneal_lr:  # the schedule depends on the run's length
                 d["ppo"].pop("total_steps")
         if mine != theirs:
-            diff = [k for k in mine if mine[k] != theirs.get(k)]
+            diff = _differ(mine, theirs)
             raise ValueError(
                 f"the checkpoint was written by a different run ({', '.join(diff)} "
                 "differ); resume with the same settings (only --total-steps may "
                 "change, and not with annealed learning rates)"
             )
+
+
+def _differ(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the fields that differ (``ppo.lr``, ``ppo.policy.hidden``)."""
+    out = []
+    for k, v in mine.items():
+        if isinstance(v, dict) and isinstance(theirs.get(k), dict):
+            out += _differ(v, theirs[k], f"{prefix}{k}.")
+        elif v != theirs.get(k):
+            out.append(prefix + k)
+    return out
 
 
 KEY = jax.ShapeDtypeStruct((2,), np.uint32)  # the abstract jax.random.PRNGKey

@@ -302,6 +302,10 @@ def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
     spec.check_resumable(saved)
     with pytest.raises(ValueError, match=r"\(seed differ\)"):
         dataclasses.replace(spec, seed=1).check_resumable(saved)
+    other = dataclasses.replace(spec.ppo, lr=1e-4, policy=PolicySpec(hidden=8))
+    names = r"\(ppo.lr, ppo.policy.kind, ppo.policy.hidden differ\)"  # not "ppo"
+    with pytest.raises(ValueError, match=names):
+        dataclasses.replace(spec, ppo=other).check_resumable(saved)
 
 
 class NaNRewardMemoryEnv(MemoryEnv):
