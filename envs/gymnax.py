@@ -18,8 +18,9 @@ from esrl.env import Environment
 class GymnaxEnv(Environment):
     """Wraps a gymnax 1.x environment (``step_env``/``reset_env``/``is_truncated``)."""
 
-    def __init__(self, env):
+    def __init__(self, env, prefix: str = ""):
         self.env = env
+        self.prefix = prefix  # "gymnax/" for the built-in ids, not for a user's env
 
     @property
     def default_params(self):
@@ -53,13 +54,13 @@ class GymnaxEnv(Environment):
 
     @property
     def name(self) -> str:
-        return f"gymnax/{self.env.name}"
+        return f"{self.prefix}{self.env.name}"
 
 
 def make_gymnax(name: str, **kwargs) -> GymnaxEnv:
     """Build ``gymnax/<name>``; keyword arguments go to the gymnax constructor."""
     env, _ = gymnax.make(name, **kwargs)
-    return GymnaxEnv(env)
+    return GymnaxEnv(env, prefix="gymnax/")
 
 
 def names() -> list[str]:

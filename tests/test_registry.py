@@ -78,6 +78,7 @@ def test_user_gymnax_env_registers_passes_check_env_and_rolls_out(clean_registry
     assert "user/Line-v0" in esrl.list_envs()
     env = esrl.make("user/Line-v0")
     assert isinstance(env, GymnaxEnv)
+    assert env.name == "Line"  # messages called it "gymnax/Line", a built-in's name
     esrl.check_env(env)
     assert _rollout(env, [1, 1, 1]) == [
         (1.0, 0.0, False, False),
