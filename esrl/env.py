@@ -147,7 +147,7 @@ class AutoReset(Wrapper):
 
 
 def without_autoreset(env: Environment, needs: str) -> Environment:
-    """``env`` with an outer `AutoReset` removed, for callers that reset themselves.
+    """``env`` without its outer `AutoReset` layers, for callers that reset themselves.
 
     An `AutoReset` under another wrapper cannot be removed: it is refused, with
     ``needs`` (what the caller must keep) in the message.

@@ -4,8 +4,8 @@ Ids look like ``gymnax/CartPole-v1``, ``brax/ant``, ``craftax/Craftax-Classic-Sy
 ``llm/countdown``. Third-party packages register through the entry-point group
 ``esrl.envs``: each entry point names a callable that is called with no arguments and
 registers its environments with `register` (or a module that registers them when it is
-imported); one that fails is skipped with a warning
-naming it, so a broken package never breaks `make` for the others.
+imported); one that fails is skipped with a warning naming it, so a broken package
+never breaks `make` for the others.
 """
 
 from __future__ import annotations
