@@ -24,7 +24,7 @@ from esrl.envs.llm.model import DEFAULT_EXCLUDE
 from esrl.envs.llm.tasks import countdown_task
 from esrl.envs.llm.train import RunConfig, prepare_finetune, train_prepared
 
-from esrl.checkpoint import read_meta
+from esrl.checkpoint import has_checkpoint, read_meta
 from esrl.runs import sigterm_as_interrupt
 
 DEFAULTS = {"population": 32, "sigma": 0.005, "lr": 3e-4, "rank": 1}
@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():  # a killed run checkpoints, as on Ctrl-C
             summary = train_prepared(prepared)
     except KeyboardInterrupt:
-        print(f"interrupted; continue with --resume {args.resume or args.out}")
+        out = args.resume or args.out
+        if has_checkpoint(out):
+            print(f"interrupted; continue with --resume {out}")
+        else:  # e.g. during the initial evaluation
+            print("interrupted before the first checkpoint; start again")
         return 130
     print(json.dumps(summary, indent=2))
     return 0

@@ -101,6 +101,24 @@ def test_interrupt_while_logging_keeps_metrics_and_checkpoint_together(
     assert [r["env_steps"] for r in train] == tokens.tolist()
 
 
+def test_interrupt_before_the_first_checkpoint_does_not_offer_resume(
+    tmp_path, monkeypatch, capsys
+):
+    # was: "continue with --resume DIR", which then failed: no checkpoint in DIR
+    save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
+
+    def interrupted(self, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Finetuner, "evaluate", interrupted)  # the initial evaluation
+    out = tmp_path / "run"
+    argv = ["--model", str(tmp_path / "model"), "--population", "4", "--prompts", "2",
+            "--eval-size", "2", "--train-size", "8", "--skip-train", "0",
+            "--out", str(out)]  # fmt: skip
+    assert _script().main(argv) == 130
+    assert "--resume" not in capsys.readouterr().out
+
+
 def test_finetune_splits_skip_the_pretraining_corpus():
     task = countdown_task(3)
     config = FinetuneConfig(train_size=300, eval_size=50, skip_train=500)
