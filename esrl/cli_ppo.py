@@ -104,8 +104,8 @@ def resume_spec(args: argparse.Namespace, meta: dict):
         given = getattr(args, name, None)
         if given is not None and given != value:
             raise ValueError(
-                f"--{name.replace('_', '-')} {given} differs from the run in "
-                f"{args.resume} ({value}); drop it when resuming"
+                f"{_option(name, given)} differs from the run in {args.resume} "
+                f"({_option(name, value)}); drop it when resuming"
             )
     ppo = saved.ppo
     if args.total_steps is not None:
@@ -115,6 +115,14 @@ def resume_spec(args: argparse.Namespace, meta: dict):
         saved, ppo=ppo, plugins=plugins, progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )  # fmt: skip
+
+
+def _option(name: str, value) -> str:
+    """How ``value`` is given on the command line: --lr 0.001, --no-normalize-obs."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"no --{flag}" if value is None else f"--{flag} {value}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,7 +252,11 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     resume = ["train", "--resume", split, "--no-progress"]
     assert cli.main([*resume, "--lr", "1e-3"]) == 2
-    assert "--lr 0.001 differs" in capsys.readouterr().err
+    assert "--lr 0.001 differs from the run in" in capsys.readouterr().err
+    assert cli.main([*resume, "--no-normalize-obs", "--reset-pool", "4"]) == 2
+    assert "--no-normalize-obs differs from the run in" in capsys.readouterr().err
+    assert cli.main([*resume, "--reset-pool", "4"]) == 2
+    assert f"{split} (no --reset-pool)" in capsys.readouterr().err
     assert cli.main([*resume, "--total-steps", str(7 * 640)]) == 0  # 3 -> 5 -> 7
     before = json.loads((tmp_path / "split" / "summary.json").read_text())
     _compiled.cache_clear()  # as in a new process
