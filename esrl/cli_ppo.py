@@ -103,9 +103,10 @@ def resume_spec(args: argparse.Namespace, meta: dict):
     for name, value in stored.items():
         given = getattr(args, name, None)
         if given is not None and given != value:
+            plain = value is not None and not isinstance(value, bool)  # as ES says it
             raise ValueError(
                 f"{_option(name, given)} differs from the run in {args.resume} "
-                f"({_option(name, value)}); drop it when resuming"
+                f"({value if plain else _option(name, value)}); drop it when resuming"
             )
     ppo = saved.ppo
     if args.total_steps is not None:
