@@ -30,13 +30,23 @@ def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict |
     if resume:
         if out_dir is None:
             raise ValueError("resuming needs the run directory (--resume DIR)")
-        return read_meta(out_dir)["spec"]
+        return run_spec(read_meta(out_dir), out_dir)
     if out_dir is not None and has_checkpoint(out_dir) and not overwrite:
         raise ValueError(
             f"{str(out_dir)!r} already holds a run; continue it with --resume "
             f"{out_dir}, choose another --out, or pass --overwrite"
         )
     return None
+
+
+def run_spec(meta: dict, out_dir: str | Path) -> dict:
+    """The spec in a checkpoint's ``meta``; a clear error if no esrl train run wrote it."""
+    if "spec" not in meta:
+        raise ValueError(
+            f"{str(out_dir)!r} holds no esrl train run (an LLM fine-tuning run "
+            "resumes with scripts/train_countdown.py --resume)"
+        )
+    return meta["spec"]
 
 
 def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None:

@@ -19,7 +19,7 @@ from esrl.cli import build_parser, env_defaults, main
 from esrl.cli_spec import resume_spec, spec_from_args
 from esrl.distributed import check_population
 from esrl.logger import read_metrics
-from esrl.train import ESTrainer, RunSpec
+from esrl.train import ESTrainer, RunSpec, train
 
 CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
 
@@ -138,6 +138,12 @@ def test_resume_errors(tmp_path, capsys, no_compile):
     (tmp_path / "checkpoint.safetensors").write_bytes(b"cut off by a full disk")
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "is damaged and cannot be read" in capsys.readouterr().err
+    # an esrl checkpoint written by something else (an LLM fine-tuning run)
+    save_checkpoint(tmp_path, {"w": jnp.zeros(2)}, {"env": "llm/countdown"})
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "holds no esrl train run" in capsys.readouterr().err  # was "error: spec"
+    with pytest.raises(ValueError, match="holds no esrl train run"):
+        train(RunSpec("gymnax/CartPole-v1"), tmp_path, resume=True)
 
 
 def test_out_that_is_a_file_fails_before_compiling(tmp_path, capsys, no_compile):
