@@ -90,7 +90,8 @@ class Transition(NamedTuple):
     final_obs: jax.Array
     """The true next observation (the one that ended the episode where it ended)."""
     final_value: jax.Array
-    """V(final obs) where a time limit cut the episode (0 elsewhere)."""
+    """V(final obs); read only where a time limit cut the episode (a step with no cut
+    skips computing it and holds 0)."""
     episode_return: jax.Array
     """Undiscounted return of the episode so far, this reward included."""
 

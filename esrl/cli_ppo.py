@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--horizon", type=int, metavar="T", help="evaluation step limit (1000)")
     a("--out", metavar="DIR", help="run directory (default runs/<env>/ppo-s<seed>)")
     a("--resume", metavar="DIR", help="continue the run in DIR up to --total-steps")
-    a("--overwrite", action="store_true", help="start afresh in a --out with a run")
+    a("--overwrite", action="store_true",
+      help="start afresh in a --out that holds a run (its checkpoint, metrics, "
+      "summary and curve are removed when the new run starts)")  # fmt: skip
     a("--plugin", action="append", default=[], metavar="MODULE",
       help="import MODULE first (it registers your environments); repeatable")  # fmt: skip
     a("--tensorboard", action="store_true", help="also write TensorBoard scalars")

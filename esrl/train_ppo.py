@@ -3,9 +3,10 @@
 `train_ppo` runs `esrl.agents.ppo.PPO` in jitted chunks of ``eval_every`` updates.
 After each chunk it writes one metrics.jsonl line per update, evaluates the greedy
 policy (`esrl.rollout`, exactly as ES is evaluated), moves the progress bar and saves
-the whole `PPOState` atomically (`esrl.checkpoint`). Chunks always start at multiples
-of ``eval_every`` and everything random is drawn from the checkpointed state key (the
-evaluation stream is separate), so a resumed run reproduces the uninterrupted one.
+the whole `PPOState` atomically (`esrl.checkpoint`). Chunks end at multiples of
+``eval_every`` (or at the run's last update) and everything random is drawn from the
+checkpointed state key (the evaluation stream is separate), so a resumed run
+reproduces the uninterrupted one.
 """
 
 from __future__ import annotations
