@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     """Train, evaluate on held-out Countdown, save."""
     args = parse_args(argv)
     try:
+        if args.out.exists() and not args.out.is_dir():  # found only after training
+            raise ValueError(f"--out {args.out} is a file, not a directory")
         if not 1 <= args.eval_size <= EVAL_POOL:
             # larger held-out sets would include problems the corpus trained on
             raise ValueError(

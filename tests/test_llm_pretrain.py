@@ -104,3 +104,18 @@ def test_pretrain_script_refuses_bad_eval_size_before_training(
     assert exit_info.value.code == 2
     assert "--eval-size must be in [1, 1000]" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_pretrain_script_refuses_a_file_as_out_before_training(tmp_path, capsys):
+    # was: a FileExistsError traceback once training was over (the model was lost)
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_lm.py"
+    spec = importlib.util.spec_from_file_location("pretrain_lm", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "taken"
+    out.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--steps", "1", "--batch-size", "2", "--width", "8",
+                     "--layers", "1", "--mlp-hidden", "8", "--out", str(out)])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
