@@ -29,14 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = resumed(args.run_dir, None)
+        base = load_model(run.model_dir)[1]  # its starting model may have moved
+        tasks = [countdown_task(numbers) for numbers in (3, 4)]
+        runs = [
+            prepare_finetune(run, task, args.run_dir, resume=True) for task in tasks
+        ]
     except (ValueError, FileNotFoundError) as e:
         print(f"countdown_breakdown.py: error: {e}", file=sys.stderr)
         return 2
-    base = load_model(run.model_dir)[1]
     print("task         model    accuracy  equation-style  accuracy if fixed")
-    for numbers in (3, 4):
-        task = countdown_task(numbers)
-        prepared = prepare_finetune(run, task, args.run_dir, resume=True)
+    for numbers, task, prepared in zip((3, 4), tasks, runs, strict=True):
         finetuner = prepared.finetuner
         for name, params in (("base", base), ("tuned", prepared.state.params)):
             result = finetuner.evaluate(params)
