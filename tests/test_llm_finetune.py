@@ -207,9 +207,8 @@ def test_countdown_breakdown_script_reports_both_models(tmp_path, capsys, monkey
     assert all(r.count("%") == 3 for r in rows)
     assert breakdown.main([str(tmp_path / "missing")]) == 2
     assert "error: no checkpoint" in capsys.readouterr().err
-    (tmp_path / "model").rename(
-        tmp_path / "moved"
-    )  # was: a FileNotFoundError traceback
+    # the starting model moved away; was: a FileNotFoundError traceback
+    (tmp_path / "model").rename(tmp_path / "moved")
     assert breakdown.main([str(out)]) == 2
     assert "error:" in capsys.readouterr().err
 
