@@ -230,6 +230,9 @@ def test_rank_too_large_is_a_clear_error():
         ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"population": 1}, "population must be >= 2"),
         ({"sigma": 0.05, "sigma_min": 0.1}, "sigma_min 0.1 exceeds sigma 0.05"),
+        ({"lr": float("inf")}, "lr must be finite, got inf"),
+        ({"sigma": float("inf")}, "sigma must be finite, got inf"),
+        ({"lr_decay": float("inf")}, "lr_decay must be finite"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(kwargs, match):
