@@ -153,6 +153,18 @@ def test_value_and_depth_caps():
     assert evaluate_expression("1234567890+1") is None  # 10-digit literal
 
 
+def test_numpy_integers_are_ints():
+    # was: TypeError "numbers must be a list of ints, got [np.int64(3), ...]"
+    import numpy as np
+
+    numbers, target = np.array(NUMS), np.int64(TARGET)
+    assert countdown_reward(wrap("(3+5)*2"), numbers, target) == pytest.approx(1.1)
+    with pytest.raises(TypeError, match="target"):
+        countdown_reward("x", NUMS, np.float32(16))
+    with pytest.raises(TypeError, match="numbers"):
+        countdown_reward("x", [3, np.True_, 2], 16)
+
+
 def test_bad_argument_types_explain():
     with pytest.raises(TypeError, match="decode"):
         countdown_reward([1, 2, 3], NUMS, TARGET)

@@ -21,6 +21,7 @@ well under a second.
 from __future__ import annotations
 
 from fractions import Fraction
+from numbers import Integral
 
 MAX_ANSWER_CHARS = 256
 """Longest answer expression (characters, after stripping) that is parsed at all."""
@@ -179,14 +180,19 @@ def countdown_answer_correct(answer: str, numbers: list[int], target: int) -> bo
     return sorted(literals) == sorted(numbers) and value == target
 
 
+def _is_int(value) -> bool:
+    """Python and NumPy integers, not bools (``numbers.Integral`` covers np.int64)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def _validate(completion, numbers, target) -> None:
     if not isinstance(completion, str):
         raise TypeError(
             f"completion must be a str (decode token ids first), got {type(completion)}"
         )
-    if isinstance(target, bool) or not isinstance(target, int):
+    if not _is_int(target):
         raise TypeError(f"target must be an int, got {target!r}")
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+    if not all(_is_int(n) for n in numbers):
         raise TypeError(f"numbers must be a list of ints, got {numbers!r}")
 
 
@@ -194,6 +200,7 @@ def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
     """Countdown outcome reward ``0.1 * format + answer`` (in [0, 1.1])."""
     numbers = list(numbers)
     _validate(completion, numbers, target)
+    numbers, target = [int(n) for n in numbers], int(target)
     answer = extract_answer(completion)
     correct = answer is not None and countdown_answer_correct(answer, numbers, target)
     return 0.1 * format_score(completion) + float(correct)
