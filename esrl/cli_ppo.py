@@ -94,6 +94,12 @@ def resume_spec(args: argparse.Namespace, meta: dict):
     """The checkpoint's spec with a new total; any other differing option is an error."""
     from esrl.train_ppo import PPORunSpec
 
+    agent = meta["spec"].get("agent")
+    if agent != "ppo":
+        raise ValueError(
+            f"--agent ppo differs from the run in {args.resume} ({agent}); "
+            "drop it when resuming"
+        )
     saved = PPORunSpec.from_dict(meta["spec"])
     stored = {
         "env": saved.env, "policy": saved.ppo.policy.kind,
@@ -110,6 +116,12 @@ def resume_spec(args: argparse.Namespace, meta: dict):
                 f"{_option(name, given)} differs from the run in {args.resume} "
                 f"({value if plain else _option(name, value)}); drop it when resuming"
             )
+    done = meta.get("counters", {}).get("env_steps", 0)
+    if args.total_steps is not None and args.total_steps < done:
+        raise ValueError(
+            f"--total-steps {args.total_steps} is fewer than the {done} env steps the "
+            f"run in {args.resume} has done; --total-steps is the total"
+        )
     ppo = saved.ppo
     if args.total_steps is not None:
         ppo = dataclasses.replace(ppo, total_steps=args.total_steps)

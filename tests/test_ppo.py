@@ -312,6 +312,18 @@ def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
         dataclasses.replace(spec, ppo=other).check_resumable(saved)
 
 
+def test_a_resume_cannot_shorten_the_run_or_switch_to_ppo():
+    meta = {"spec": MEMORY.to_dict(), "counters": {"env_steps": 3 * 640}}
+    args = build_parser().parse_args(["--resume", "DIR", "--total-steps", "1000"])
+    with pytest.raises(ValueError, match="fewer than the 1920 env steps"):
+        resume_spec(args, meta)  # was ignored: the run stayed at 3 updates
+    args = build_parser().parse_args(["--resume", "DIR", "--total-steps", "1920"])
+    assert resume_spec(args, meta).ppo.total_steps == 1920
+    es_run = {"spec": {"agent": "eggroll", "env": "gymnax/CartPole-v1"}}
+    with pytest.raises(ValueError, match=r"--agent ppo differs .* \(eggroll\)"):
+        resume_spec(args, es_run)  # was "esrl train: error: ppo" (a KeyError)
+
+
 class NaNRewardMemoryEnv(MemoryEnv):
     """Every reward is NaN (a diverging simulator)."""
 
