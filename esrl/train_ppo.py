@@ -140,7 +140,7 @@ def prepare(
     saved = check_run_dir(out_dir, resume, overwrite)
     if saved is not None:
         if saved.get("agent") != "ppo":
-            raise ValueError(f"{str(out_dir)!r} holds a {saved.get('agent')} run")
+            raise ValueError(f"{str(out_dir)!r} holds a run of {saved.get('agent')}")
         spec.check_resumable(PPORunSpec.from_dict(saved))
     ppo = agent_for(spec, env)
     state, counters = None, _Counters()
