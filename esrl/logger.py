@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -62,11 +63,24 @@ def to_json(value: Any) -> Any:
     return item
 
 
+def _replace(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a temporary file, then ``os.replace`` it over ``path``.
+
+    A kill or an error part way leaves ``path`` as it was and no temporary file.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_json(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(to_json(data), indent=2, allow_nan=False) + "\n"
+    _replace(path, lambda tmp: tmp.write_text(text))
 
 
 def _parse(text: str) -> list[dict]:
@@ -98,13 +112,12 @@ def _keep_until(path: Path, iteration: int) -> None:
     records = _parse(text)
     kept = [r for r in records if r.get("iteration", 0) <= iteration]
     if len(kept) != len(records) or (text and not text.endswith("\n")):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        _replace(path, lambda tmp: tmp.write_text(text))
 
 
 def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
-    """Train (mean, max) and eval return against environment steps, to a PNG."""
+    """Train (mean, max) and eval return against environment steps, to a PNG (atomic)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -125,7 +138,7 @@ def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _fmt(value: Any) -> str:

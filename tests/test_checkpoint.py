@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -212,3 +213,28 @@ def test_a_resumed_run_whose_metrics_were_deleted_keeps_its_checkpoint(tmp_path)
     logger.close()  # killed before the next checkpoint: the run resumes from 3 again
     assert has_checkpoint(tmp_path)
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [4]
+
+
+def test_a_kill_while_finishing_leaves_whole_files_and_no_temporary_ones(
+    tmp_path, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    logger = RunLogger(tmp_path, total=1, progress=False)
+    logger.log({"iteration": 1, "env_steps": 10, "train_return_mean": 1.0})
+    logger.finish({"env": "x"})
+    curve = (tmp_path / "curve.png").read_bytes()
+
+    def killed_mid_write(self, path, **kwargs):
+        Path(path).write_bytes(curve[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed_mid_write)
+    logger = RunLogger(tmp_path, total=2, start=1, progress=False)
+    logger.log({"iteration": 2, "env_steps": 20, "train_return_mean": 2.0})
+    with pytest.raises(KeyboardInterrupt):
+        logger.finish({"env": "x"})
+    assert (tmp_path / "curve.png").read_bytes() == curve  # was cut to 100 bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "curve.png", "metrics.jsonl", "summary.json",
+    ]  # fmt: skip
