@@ -43,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", type=Path, help="continue the run in this directory"
     )
     parser.add_argument(
-        "--numbers", type=int, default=3, help="Countdown numbers (3 or 4)"
+        "--numbers",
+        type=int,
+        default=3,
+        choices=(3, 4),
+        help="Countdown numbers: llm/countdown-3 or llm/countdown-4",
     )
     parser.add_argument(
         "--model", default=None, help="checkpoint dir (default: shipped)"

@@ -224,6 +224,14 @@ def test_train_countdown_resume_refuses_options_it_would_ignore(option, capsys):
     assert f"{option[0]} cannot be used with --resume" in capsys.readouterr().err
 
 
+def test_train_countdown_numbers_are_the_registered_ids(capsys):
+    # was: --numbers 5 trained and reported llm/countdown-5, an id that does not exist
+    with pytest.raises(SystemExit) as exit_info:
+        _script().parse_args(["--out", "run", "--numbers", "5"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 5 (choose from 3, 4)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
