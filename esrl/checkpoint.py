@@ -106,6 +106,9 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, meta: dict) -> Path
     except BaseException:  # a full disk, Ctrl-C: no partial copy stays behind
         tmp.unlink(missing_ok=True)
         raise
+    # and those of earlier processes killed mid-save (SIGKILL, OOM) go now
+    for stale in directory.glob(f".{FILENAME}.tmp-*"):
+        stale.unlink(missing_ok=True)
     _fsync_dir(directory)
     return final
 

@@ -66,7 +66,8 @@ def to_json(value: Any) -> Any:
 def _replace(path: Path, write: Callable[[Path], Any]) -> None:
     """``write`` a temporary file, then ``os.replace`` it over ``path``.
 
-    A kill or an error part way leaves ``path`` as it was and no temporary file.
+    A kill or an error part way leaves ``path`` as it was and no temporary file (one
+    left by a process killed hard goes at the next write).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -75,6 +76,8 @@ def _replace(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -204,6 +204,10 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     # a partial copy (as large as a checkpoint) would stay there for good
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(tmp_path).name]
     assert read_meta(tmp_path)["generation"] == 1
+    # a process killed mid-save (SIGKILL) cleans nothing: the next save does
+    (tmp_path / ".checkpoint.safetensors.tmp-99999").write_bytes(b"partial")
+    save_checkpoint(tmp_path, _tree(3), {"generation": 3})
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint_path(tmp_path).name]
 
 
 def test_a_resumed_run_whose_metrics_were_deleted_keeps_its_checkpoint(tmp_path):
