@@ -246,5 +246,6 @@ if __name__ == "__main__":
     if not path.is_file():
         raise SystemExit(f"{path}: no such file; write one with scripts/benchmark.py")
     doc = json.loads(path.read_text())
-    print(f"{doc['device']}; `{doc.get('command', '')}`\n")
+    command = f"; `{doc['command']}`" if doc.get("command") else ""
+    print(f"{doc['device']}{command}\n")
     print(tables(doc["results"]))

@@ -6,8 +6,8 @@
 A thin preset over ``esrl train --env craftax/Craftax-Classic-Symbolic-v1 --policy
 gru``: Craftax is partially observable (a local view; day/night, sleep), so the
 policy is recurrent. ES takes the Craftax defaults of ``esrl train`` (64 members, lr
-0.02, 300-step episodes, 40 generations: about 6 minutes on a 2-core CPU, a third of
-it compiling). After training, a uniformly random policy is evaluated exactly like
+0.02, 300-step episodes, 40 generations: about 2-3 minutes on a 2-core CPU, 40 % of it
+compiling). After training, a uniformly random policy is evaluated exactly like
 the trained one (same episodes, horizon and seed) and both are printed side by side:
 mean return and per-achievement success rates (DIR/random_baseline.json). ``--env
 craftax/Craftax-Symbolic-v1`` trains full Craftax. ``--agent ppo`` trains a greedy-
