@@ -222,13 +222,14 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from esrl.evaluate import evaluate_run
+    from esrl.logger import to_json  # NaN as null: strict JSON, as in metrics.jsonl
 
     try:
         r = evaluate_run(args.run_dir, args.episodes, args.seed)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"esrl eval: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(r) if args.json else (
+    print(json.dumps(to_json(r), allow_nan=False) if args.json else (
         f"{r['agent']} on {r['env']} after {r['step']} "
         f"{'updates' if r['agent'] == 'ppo' else 'generations'}: eval return "
         f"{r['eval_return']:.2f} +- {r['return_std']:.2f} (min {r['return_min']:.2f}, "

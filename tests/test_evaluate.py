@@ -84,3 +84,13 @@ def test_random_baseline_report_gets_ppo_achievements(tmp_path, monkeypatch, cap
     trained = evaluate_run(out)["eval_achievements"]
     assert len(trained) == 2 and "nan" not in printed
     assert f"trained {sum(trained):.2f}" in printed
+
+
+def test_json_output_is_strict_json_when_the_return_is_nan(monkeypatch, capsys):
+    import esrl.evaluate
+
+    r = {"env": "x", "agent": "eggroll", "step": 1, "eval_return": float("nan")}
+    monkeypatch.setattr(esrl.evaluate, "evaluate_run", lambda *a: r)
+    assert main(["eval", "some/run", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out, parse_constant=pytest.fail)["eval_return"] is None  # was NaN
