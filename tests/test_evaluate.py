@@ -39,6 +39,16 @@ def test_the_runs_own_evaluation_is_reproduced_exactly(agent, tmp_path, capsys):
     assert run.env_id == "gymnax/Pendulum-v1" and run.rollout.normalize_obs
 
 
+def test_a_longer_runs_evaluation_is_reproduced_exactly(tmp_path):
+    # was 158.625 for a logged 159.6875: the evaluation ran op by op, not compiled as
+    # training compiles it, and XLA rounded differently
+    out = tmp_path / "run"
+    args = ["--population", "64", "--generations", "6", "--out", str(out)]
+    assert main(["train", "--env", "gymnax/CartPole-v1", "--no-progress", *args]) == 0
+    logged = json.loads((out / "summary.json").read_text())["final_eval_return"]
+    assert evaluate_run(out)["eval_return"] == logged
+
+
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
