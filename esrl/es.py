@@ -57,7 +57,7 @@ class ESConfig:
         if self.noise.antithetic and self.population % 2:
             raise ValueError(
                 f"population {self.population} must be even for antithetic pairs; "
-                f"use {self.population + 1} (or turn antithetic sampling off)"
+                f"use {self.population + 1} (or, in Python, NoiseConfig(antithetic=False))"
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(

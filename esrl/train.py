@@ -64,7 +64,8 @@ def block_size(share: int, block: int | None, platform: str) -> int:
     if block < 1 or share % block:
         raise ValueError(
             f"block {block} does not divide the {share} members of each device; "
-            f"use a divisor of {share} (e.g. {block_size(share, None, 'cpu')}) or None"
+            f"use a divisor of {share} (e.g. {block_size(share, None, 'cpu')}), or leave "
+            "it unset for the default"
         )
     return block
 
