@@ -103,6 +103,35 @@ def test_xla_aot_computes_what_jit_computes():
     assert jnp.allclose(static(args[0]), args[0] * 3)
 
 
+def test_xla_drops_only_the_options_this_jaxlib_does_not_know(monkeypatch):
+    # one unknown option made every executable compile with none of them
+    import jax
+
+    from esrl import xla
+
+    tried = []
+
+    class Lowered:
+        def compile(self, options=None):
+            tried.append(dict(options or {}))
+            for name in options or {}:
+                if name.startswith("unknown"):
+                    raise jax.errors.JaxRuntimeError(
+                        f"No such compile option: {name!r}"
+                    )
+            return "compiled"
+
+    monkeypatch.setattr(
+        xla, "CPU_OPTIONS", {"known": 1, "unknown_a": 2, "unknown_b": 3}
+    )
+    assert xla.compile_lowered(Lowered()) == "compiled"
+    assert tried[-1] == {"known": 1}  # "known" is in "unknown_a": names match whole
+    monkeypatch.setattr(xla, "CPU_OPTIONS", {"unknown_a": 2})
+    tried.clear()
+    assert xla.compile_lowered(Lowered()) == "compiled"
+    assert tried == [{"unknown_a": 2}, {}]
+
+
 def test_fixed_horizon_never_ends_and_forwards_the_rest():
     import jax
     import jax.numpy as jnp
