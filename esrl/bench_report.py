@@ -44,10 +44,16 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def write(path: str | Path, device: str, rows: list[dict], meta: dict) -> None:
-    """Write the DESIGN.md JSON contract (plus ratios and run metadata)."""
+    """Write the DESIGN.md JSON contract (plus ratios and run metadata).
+
+    Through a temporary file: a kill or a full disk part way leaves the previous file
+    (an --update's other sections) as it was.
+    """
+    from esrl.logger import write_json_atomic
+
     doc = {"device": device, **meta, "results": rows, "ratios": ratios(rows)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    write_json_atomic(Path(path), doc)
 
 
 def _series(rows: list[dict], x: str, fixed: dict) -> dict[str, list[tuple]]:

@@ -336,3 +336,27 @@ def test_benchmark_gpu_refuses_a_bad_budget_or_out_before_running(
     monkeypatch.setenv("OUT", str(tmp_path))
     gpu.main(["10"])
     assert len(ran) == 1 and (tmp_path / "gpu_bench.json").is_file()
+
+
+def test_report_write_leaves_the_previous_file_when_it_fails(tmp_path, monkeypatch):
+    # the JSON was written in place: a full disk (or a kill) part way truncated the
+    # file, and with --update the other sections' rows were lost
+    from pathlib import Path
+
+    path = tmp_path / "b.json"
+    rows = [{"method": "plain", "skipped": True}]
+    write(path, "cpu", rows, {"command": "first"})
+    before = path.read_text()
+    real = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write(path, "cpu", rows * 50, {"command": "second"})
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [
+        "b.json"
+    ]
