@@ -20,6 +20,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,45 @@ FULL_OUT = "docs/benchmark.json"
 """Where the full sweep is written when --out is left out."""
 
 
+def unwritable(out: Path) -> str | None:
+    """Why the JSON (and the plot next to it) cannot be written to ``out``, or None."""
+    if out.suffix.lower() == ".png":
+        return "the plot goes next to the JSON as FILE.png; give the JSON another name"
+    if out.is_dir():
+        return "is a directory; give a FILE.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as err:
+        return f"cannot write there ({err.strerror or err})"
+    return None
+
+
+def previous(path: Path, device: str) -> dict:
+    """An earlier run's JSON for --update, its metadata completed; ValueError if unfit."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"not readable as JSON ({err}); rerun without --update"
+        ) from None
+    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
+        raise ValueError("not a benchmark JSON (no device and results)")
+    if doc["device"] != device:
+        raise ValueError(f"was measured on {doc['device']}, not here")
+    if not all(isinstance(r, dict) and "section" in r for r in doc["results"]):
+        raise ValueError(
+            "has rows without a section (written by benchmark_gpu.py or an older "
+            "benchmark.py), which --update cannot tell apart; rerun without --update"
+        )
+    sections = list(dict.fromkeys(r["section"] for r in doc["results"]))
+    repeats = doc.get("repeats", {})
+    if not isinstance(repeats, dict):  # one count for every section in older files
+        repeats = dict.fromkeys(doc.get("sections", sections), repeats)
+    return {**doc, "command": doc.get("command", ""), "repeats": repeats,
+            "sections": doc.get("sections", sections)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the sections, write the JSON and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -110,22 +150,23 @@ def main(argv: list[str] | None = None) -> None:
     replaced: list[dict] = []  # --update: old rows of the sections being rerun
     meta = {"command": shlex.join(command), "quick": args.quick,
             "repeats": dict.fromkeys(sections, repeats), "sections": sections}  # fmt: skip
+    if problem := unwritable(out):  # before minutes of measuring, not after
+        parser.error(f"--out {out}: {problem}")
     if args.update and out.exists():
-        old = json.loads(out.read_text())
-        if old["device"] != device:
-            parser.error(f"--update: {out} was measured on {old['device']}, not here")
+        try:
+            old = previous(out, device)
+        except ValueError as err:
+            parser.error(f"--update: {out}: {err}")
         rows = [r for r in old["results"] if r["section"] not in sections]
         replaced = [r for r in old["results"] if r["section"] in sections]
         kept = [s for s in old["sections"] if s not in sections]
-        old_repeats = old["repeats"]  # one count for every section in older files
-        if not isinstance(old_repeats, dict):
-            old_repeats = dict.fromkeys(old["sections"], old_repeats)
-        meta |= {"command": f"{old['command']} && {meta['command']}",
+        meta |= {"command": " && ".join(filter(None, (old["command"], meta["command"]))),
                  # quick only if every section kept is (a quick rerun into a full file
                  # leaves the full sections' rows as they were)
                  "quick": args.quick and all(s == "quick" for s in kept),
                  "sections": kept + sections,
-                 "repeats": {s: old_repeats[s] for s in kept} | meta["repeats"]}  # fmt: skip
+                 "repeats": {s: old["repeats"][s] for s in kept if s in old["repeats"]}
+                 | meta["repeats"]}  # fmt: skip
     print(f"device: {device}", flush=True)
     for section in sections:
         new = []

@@ -338,6 +338,82 @@ def test_benchmark_gpu_refuses_a_bad_budget_or_out_before_running(
     assert len(ran) == 1 and (tmp_path / "gpu_bench.json").is_file()
 
 
+def _benchmark_script(monkeypatch):
+    """scripts/benchmark.py with two tiny sections and a run_case that records calls."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.ran = []
+
+    def fake_run_case(case, methods, **_):
+        bench.ran.append(case)
+        return [{"env": case.env, "kind": case.kind, "hidden": case.hidden,
+                 "num_layers": case.num_layers, "horizon": case.horizon,
+                 "population": case.population, "method": "plain", "rank": None,
+                 "env_steps_per_s": 1.0, "ratio_to_plain": 1.0}]  # fmt: skip
+
+    monkeypatch.setattr(bench, "SECTIONS", {"a": [(TINY, ())], "b": [(TINY, ())]})
+    monkeypatch.setattr(bench, "run_case", fake_run_case)
+    monkeypatch.setattr(bench, "plot", lambda *_: None)
+    return bench
+
+
+def test_benchmark_refuses_an_out_it_cannot_write_before_measuring(
+    tmp_path, monkeypatch, capsys
+):
+    # a directory or a path below a file failed once the first case was measured;
+    # --out x.png had its JSON overwritten by the plot
+    bench = _benchmark_script(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    for out, why in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "file" / "b.json", "cannot write there"),
+        (tmp_path / "b.png", "the plot goes next to the JSON"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.main(["--only", "a", "--out", str(out)])
+        assert why in capsys.readouterr().err
+    assert bench.ran == [] and not (tmp_path / "b.png").exists()
+    bench.main(["--only", "a", "--out", str(tmp_path / "new" / "dir" / "b.json")])
+    assert (tmp_path / "new" / "dir" / "b.json").is_file()
+
+
+def test_benchmark_update_refuses_a_file_it_cannot_merge(tmp_path, monkeypatch, capsys):
+    # a corrupt file, another JSON or rows without a section were tracebacks
+    # (JSONDecodeError, TypeError, KeyError 'section')
+    from esrl.bench import device_description
+
+    bench = _benchmark_script(monkeypatch)
+    out, device = tmp_path / "b.json", device_description()
+    row = {"env": TINY.env, "kind": "mlp", "hidden": 8, "num_layers": 2, "horizon": 5,
+           "population": 8, "method": "plain", "rank": None, "env_steps_per_s": 2.0}  # fmt: skip
+    for text, why in (
+        ('{"device": "cpu", "results": [', "not readable as JSON"),
+        ("[]", "not a benchmark JSON"),
+        (json.dumps({"device": "a GPU", "results": []}), "was measured on a GPU"),
+        (json.dumps({"device": device, "results": [row]}), "rows without a section"),
+    ):
+        out.write_text(text)
+        with pytest.raises(SystemExit):
+            bench.main(["--only", "b", "--update", "--out", str(out)])
+        assert why in capsys.readouterr().err and out.read_text() == text
+    assert bench.ran == []
+    # a file with sectioned rows but no run metadata merges: it is inferred
+    out.write_text(json.dumps({"device": device, "results": [{**row, "section": "a"}]}))
+    bench.main(["--only", "b", "--update", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert [(r["section"], r["env_steps_per_s"]) for r in doc["results"]] == [
+        ("a", 2.0), ("b", 1.0)
+    ]  # fmt: skip
+    assert doc["sections"] == ["a", "b"] and doc["repeats"] == {"b": 5}
+    assert doc["command"].endswith("--only b --update --out " + str(out))
+    assert " && " not in doc["command"]
+
+
 def test_report_write_leaves_the_previous_file_when_it_fails(tmp_path, monkeypatch):
     # the JSON was written in place: a full disk (or a kill) part way truncated the
     # file, and with --update the other sections' rows were lost
