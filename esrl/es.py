@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct, traverse_util
+from flax import struct
 
 from esrl import noise
 from esrl.checks import require
@@ -83,8 +83,9 @@ class ESConfig:
 def _perturbed_mask(params, config: noise.NoiseConfig):
     """True at the leaves of ``params`` that `config` perturbs (for weight decay)."""
     perturbed = set(noise.perturbed_paths(params, config))
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({path: path in perturbed for path in flat})
+    return jax.tree_util.tree_map_with_path(
+        lambda keys, _: tuple(k.key for k in keys) in perturbed, params
+    )
 
 
 @struct.dataclass

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
+from flax import core, traverse_util
 
 Params = Any
 
@@ -282,7 +282,7 @@ def gradient_estimate(
     config: NoiseConfig,
     unit: dict | None = None,
 ) -> Params:
-    """(1/N) sum_i f_i eps_i for every leaf (zeros for unperturbed leaves).
+    """(1/N) sum_i f_i eps_i for every leaf (zeros for unperturbed leaves), as params.
 
     Noise is regenerated from keys, or taken from ``unit``: the unit noise of every pair
     (member, if not antithetic) as `pair_noise` draws it, stacked on a leading axis (a
@@ -304,7 +304,9 @@ def gradient_estimate(
     grads = {path: jnp.zeros_like(leaf) for path, leaf in flat.items()}
     for path, total in sums.items():
         grads[path] = (total / population).astype(flat[path].dtype)
-    return traverse_util.unflatten_dict(grads)
+    grads = traverse_util.unflatten_dict(grads)
+    # the optimizer needs the tree of params: a FrozenDict stays one
+    return core.freeze(grads) if isinstance(params, core.FrozenDict) else grads
 
 
 def keeps_noise(params: Params, config: NoiseConfig, population: int) -> bool:

@@ -370,3 +370,22 @@ def test_agent_configs_describe_their_algorithms():
     oes = OpenAIESConfig().strategy().config
     assert oes.noise.full_rank and oes.noise.antithetic
     assert (oes.optimizer, oes.fitness_shaping) == ("adam", "centered_ranks")
+
+
+@pytest.mark.parametrize(
+    "optimizer,weight_decay", [("adam", 0.0), ("adamw", 0.1), ("sgd", 0.1)]
+)
+def test_frozen_dict_params_update_as_plain_dicts_do(optimizer, weight_decay):
+    # noise accepts a FrozenDict (flax's older init output); tell crashed on it with
+    # a pytree structure error (a plain-dict estimate and decay mask)
+    from flax.core import freeze
+
+    es = EggrollConfig(
+        population=8, optimizer=optimizer, weight_decay=weight_decay
+    ).strategy()
+    fitness = jnp.arange(8.0)
+    plain, _ = es.tell(es.init(KEY, make_params()), fitness)
+    frozen, _ = es.tell(es.init(KEY, freeze(make_params())), fitness)
+    assert type(frozen.params) is type(freeze({}))
+    for k in plain.params:
+        np.testing.assert_array_equal(frozen.params[k], plain.params[k])
