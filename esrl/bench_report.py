@@ -56,16 +56,14 @@ def write(path: str | Path, device: str, rows: list[dict], meta: dict) -> None:
     write_json_atomic(Path(path), doc)
 
 
-def _series(rows: list[dict], x: str, fixed: dict) -> dict[str, list[tuple]]:
-    """(x, steps/s, ratio) points per method label among rows matching ``fixed``."""
+def _series(rows: list[dict], x: str, y: str, fixed: dict) -> dict[str, list[tuple]]:
+    """(x, y) points per method label among rows matching ``fixed`` that have a y."""
     lines: dict[str, list[tuple]] = defaultdict(list)
     for r in rows:
-        if r.get("skipped") or any(r.get(k) != v for k, v in fixed.items()):
-            continue
+        if r.get(y) is None or any(r.get(k) != v for k, v in fixed.items()):
+            continue  # skipped, or no plain to take a ratio to
         label = r["method"] + (f" r{r['rank']}" if r["rank"] not in (None, 1) else "")
-        lines[f"{label} ({r['kind']})"].append(
-            (r[x], r["env_steps_per_s"], r["ratio_to_plain"])
-        )
+        lines[f"{label} ({r['kind']})"].append((r[x], r[y]))
     return {k: sorted(set(v)) for k, v in lines.items() if len({p[0] for p in v}) > 1}
 
 
@@ -76,8 +74,8 @@ def plot(path: str | Path, device: str, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    widths = _series(rows, "hidden", {"section": "width"})
-    pops = _series(rows, "population", {"section": "population"})
+    widths = _series(rows, "hidden", "ratio_to_plain", {"section": "width"})
+    pops = _series(rows, "population", "env_steps_per_s", {"section": "population"})
     pops = {k: v for k, v in pops.items() if not k.startswith("ppo")}
     panels = [p for p in (widths, pops) if p] or [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5))
@@ -85,13 +83,13 @@ def plot(path: str | Path, device: str, rows: list[dict]) -> None:
     for ax, panel in zip(axes, panels):
         if panel is widths and widths:
             for label, pts in widths.items():
-                ax.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=label)
+                ax.plot(*zip(*pts), "o-", label=label)
             ax.set(xscale="log", yscale="log", xlabel="hidden width",
                    ylabel="env steps/s relative to plain",
                    title="CartPole, population 512: ratio to plain vs width")  # fmt: skip
         elif panel is pops and pops:
             for label, pts in pops.items():
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+                ax.plot(*zip(*pts), "o-", label=label)
             ax.set(xscale="log", yscale="log", xlabel="population",
                    ylabel="env steps/s", title="CartPole, hidden 256: steps/s vs population")  # fmt: skip
         else:
@@ -108,9 +106,11 @@ def plot(path: str | Path, device: str, rows: list[dict]) -> None:
 def _bars(ax, rows: list[dict]) -> None:
     """Steps/s per method for each case (a run without sweeps)."""
     done = [r for r in rows if not r.get("skipped")]
+    # name what tells the cases apart (the envs section: three envs, all MLP 256)
+    varies = [k for k in ("env", "population") if len({r[k] for r in done}) > 1]
     labels = [
-        f"{r['kind']} {r['hidden']}\n{r['method']}"
-        + (f" r{r['rank']}" if r["rank"] not in (None, 1) else "")
+        " ".join([str(r[k]).rsplit("/", 1)[-1] for k in varies] + [r["kind"]])
+        + f" {r['hidden']} {_label(r)}"
         for r in done
     ]
     ax.bar(range(len(done)), [r["env_steps_per_s"] for r in done], label="env steps/s")

@@ -16,7 +16,7 @@ from esrl.bench import (
     run_case,
     time_round_robin,
 )
-from esrl.bench_report import ratios, tables, write
+from esrl.bench_report import plot, ratios, tables, write
 
 TINY = Case(hidden=8, population=8, horizon=5)
 
@@ -436,3 +436,35 @@ def test_report_write_leaves_the_previous_file_when_it_fails(tmp_path, monkeypat
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [
         "b.json"
     ]
+
+
+def test_plot_without_plain_and_of_several_envs(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    def row(method, env="gymnax/CartPole-v1", kind="mlp", hidden=256, ratio=1.0,
+            section="envs"):  # fmt: skip
+        return {"env": env, "kind": kind, "hidden": hidden, "num_layers": 2,
+                "horizon": 100, "population": 256, "method": method,
+                "rank": 1 if method == "eggroll" else None, "env_steps_per_s": 10.0,
+                "ratio_to_plain": ratio, "section": section}  # fmt: skip
+
+    monkeypatch.setattr(plt, "close", lambda fig: None)
+    # GRU plain was skipped: its eggroll line (ratios None) was drawn empty, and a
+    # sweep with no plain at all crashed the log-scaled plot after the whole run
+    gru = [row("eggroll", kind="gru", hidden=h, ratio=None, section="width")
+           for h in (64, 128)]  # fmt: skip
+    plot(tmp_path / "none.png", "cpu", gru)  # no ratio to plot: bars of steps/s
+    mlp = [row(m, hidden=h, ratio=r, section="width")
+           for m, r in (("plain", 1.0), ("eggroll", 0.9)) for h in (64, 128)]  # fmt: skip
+    plot(tmp_path / "w.png", "cpu", mlp + gru)
+    (ax,) = plt.gcf().axes
+    assert [line.get_label() for line in ax.lines] == ["plain (mlp)", "eggroll (mlp)"]
+    # the envs section's bars were all labelled 'mlp 256 plain' / 'mlp 256 eggroll'
+    envs = [row(m, env) for env in ("gymnax/Breakout-MinAtar", "brax/ant")
+            for m in ("plain", "eggroll")]  # fmt: skip
+    plot(tmp_path / "e.png", "cpu", envs)
+    (ax,) = plt.gcf().axes
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "Breakout-MinAtar mlp 256 plain"
+    assert len(set(labels)) == 4
+    plt.close("all")
