@@ -128,7 +128,7 @@ class ES:
             opt_state=self.optimizer.init(params),
             key=key,
             generation=jnp.zeros((), jnp.int32),
-            sigma=jnp.asarray(self.config.sigma, jnp.float32),
+            sigma=jnp.asarray(self.config.sigma, float),  # float64 under x64
         )
 
     def ask(

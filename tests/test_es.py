@@ -389,3 +389,22 @@ def test_frozen_dict_params_update_as_plain_dicts_do(optimizer, weight_decay):
     assert type(frozen.params) is type(freeze({}))
     for k in plain.params:
         np.testing.assert_array_equal(frozen.params[k], plain.params[k])
+
+
+def test_float64_runs_keep_sigma_and_its_schedule_in_float64():
+    # sigma was always stored as float32: under jax_enable_x64 every perturbation
+    # was scaled by 0.05000000074505806 instead of 0.05, and decayed in float32
+    es = EggrollConfig(population=8, rank=2, sigma=0.05, sigma_decay=0.9).strategy()
+    state = es.init(KEY, make_params())
+    for _ in range(3):
+        state, _ = es.tell(state, jnp.arange(8.0))
+    sigma = 0.05 * 0.9 * 0.9 * 0.9
+    assert float(state.sigma) == sigma
+    want = noise.member_perturbation(
+        state.key, state.generation, 3, state.params, es.config.noise, sigma
+    )
+    got = es.member(state, 3)
+    assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-15)
+    jax.tree.map(assert_close, got, want)
+    with jax.enable_x64(False):  # float32 runs are unchanged
+        assert es.init(KEY, make_params()).sigma.dtype == jnp.float32
