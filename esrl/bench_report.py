@@ -245,13 +245,24 @@ def _peer_table(title: str, x: str, rows: list[dict]) -> str:
     return f"{title}:\n\n" + _table(header, lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python -m esrl.bench_report [FILE]``: print the tables of a benchmark JSON."""
     import sys
 
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json")
+    args = sys.argv[1:] if argv is None else argv
+    path = Path(args[0] if args else "docs/benchmark.json")
     if not path.is_file():
         raise SystemExit(f"{path}: no such file; write one with scripts/benchmark.py")
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not readable as JSON ({err})") from None
+    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
+        raise SystemExit(f"{path}: not a benchmark JSON (no device and results)")
     command = f"; `{doc['command']}`" if doc.get("command") else ""
     print(f"{doc['device']}{command}\n")
     print(tables(doc["results"]))
+
+
+if __name__ == "__main__":
+    main()

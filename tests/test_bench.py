@@ -468,3 +468,20 @@ def test_plot_without_plain_and_of_several_envs(tmp_path, monkeypatch):
     assert labels[0] == "Breakout-MinAtar mlp 256 plain"
     assert len(set(labels)) == 4
     plt.close("all")
+
+
+def test_report_cli_says_what_is_wrong_with_a_file(tmp_path, capsys):
+    # a truncated or foreign JSON was a JSONDecodeError / KeyError traceback
+    from esrl.bench_report import main
+
+    path = tmp_path / "b.json"
+    for text, why in (
+        ('{"device": "cpu", "results": [', "not readable as JSON"),
+        ('{"env": "gymnax/CartPole-v1", "agent": "eggroll"}', "not a benchmark JSON"),
+    ):
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=why):
+            main([str(path)])
+    path.write_text(json.dumps({"device": "cpu", "results": []}))
+    main([str(path)])
+    assert capsys.readouterr().out.startswith("cpu\n")
