@@ -4,14 +4,20 @@
 
 Run on the lent H100 (jax 0.11.2, CUDA) with a 120 s budget: ES methods time the whole
 generation step (ask, rollout, tell), ``plain`` the same rollout with shared weights.
+Without a GPU it measures the same cases on the CPU, and says so: there a case takes
+minutes (OpenAI-ES on the GRU, ~90 s a generation), and a case once started finishes.
 """
 
 import argparse
-import json
 import os
+import shlex
+import sys
 import time
 
+import jax
+
 from esrl.bench import Case, device_description, run_case
+from esrl.bench_report import write
 
 CASES = [
     (Case(kind="mlp", hidden=256, population=2048),
@@ -35,14 +41,20 @@ def main(argv: list[str] | None = None) -> None:
     out = os.environ.get("OUT", ".")
     if not os.path.isdir(out):  # before minutes of measuring, not after
         parser.error(f"$OUT={out} is not a directory")
+    device = device_description()
+    args = sys.argv[1:] if argv is None else argv
+    meta = {"command": shlex.join(["python", "scripts/benchmark_gpu.py", *args])}
+    print(f"device: {device}", flush=True)
+    if jax.default_backend() == "cpu":
+        print("no GPU found: measuring these cases on the CPU (minutes per case)",
+              file=sys.stderr, flush=True)  # fmt: skip
     rows, start = [], time.time()
     for case, methods in CASES:
         if time.time() - start > budget:
             break
         print(case, flush=True)
         rows += run_case(case, methods, repeats=3)
-        with open(os.path.join(out, "gpu_bench.json"), "w") as f:
-            json.dump({"device": device_description(), "results": rows}, f, indent=1)
+        write(os.path.join(out, "gpu_bench.json"), device, rows, meta)
 
 
 if __name__ == "__main__":

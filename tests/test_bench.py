@@ -314,10 +314,12 @@ def test_plain_rolls_out_in_the_blocks_the_es_methods_use(monkeypatch):
 
 
 def test_benchmark_gpu_refuses_a_bad_budget_or_out_before_running(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     import importlib.util
     from pathlib import Path
+
+    import jax
 
     path = Path(__file__).parents[1] / "scripts" / "benchmark_gpu.py"
     spec = importlib.util.spec_from_file_location("benchmark_gpu_script", path)
@@ -334,8 +336,14 @@ def test_benchmark_gpu_refuses_a_bad_budget_or_out_before_running(
             gpu.main(argv)
     assert ran == []
     monkeypatch.setenv("OUT", str(tmp_path))
+    capsys.readouterr()
     gpu.main(["10"])
     assert len(ran) == 1 and (tmp_path / "gpu_bench.json").is_file()
+    # without a GPU it measured the CPU without a word; the JSON had no command
+    on_cpu = "no GPU found: measuring these cases on the CPU" in capsys.readouterr().err
+    assert on_cpu == (jax.default_backend() == "cpu")
+    doc = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert doc["command"] == "python scripts/benchmark_gpu.py 10"
 
 
 def _benchmark_script(monkeypatch):
