@@ -106,6 +106,15 @@ def previous(path: Path, device: str) -> dict:
             "sections": doc.get("sections", sections)}  # fmt: skip
 
 
+def save(out: Path, device: str, rows: list[dict], meta: dict, start: float) -> None:
+    """Write ``rows``; the metadata names only the sections they hold (so far)."""
+    held = {r["section"] for r in rows}
+    sections = [s for s in meta["sections"] if s in held]
+    repeats = {s: n for s, n in meta["repeats"].items() if s in held}
+    meta = {**meta, "sections": sections, "repeats": repeats}
+    write(out, device, rows, {**meta, "wall_s": time.time() - start})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run the sections, write the JSON and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -183,12 +192,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
             ]
             if not replaced:  # a fresh file keeps every case as it is measured
-                write(out, device, rows + new, {**meta, "wall_s": time.time() - start})
+                save(out, device, rows + new, meta, start)
         # an updated file swaps a section's rows only once it is complete, so an
         # interrupted rerun leaves the old rows of the sections it had not finished
         rows += new
         replaced = [r for r in replaced if r["section"] != section]
-        write(out, device, rows + replaced, {**meta, "wall_s": time.time() - start})
+        save(out, device, rows + replaced, meta, start)
     plot(out.with_suffix(".png"), device, rows)
     print(f"wrote {out} and {out.with_suffix('.png')} in {time.time() - start:.0f}s")
 

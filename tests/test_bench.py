@@ -493,3 +493,28 @@ def test_report_cli_says_what_is_wrong_with_a_file(tmp_path, capsys):
     path.write_text(json.dumps({"device": "cpu", "results": []}))
     main([str(path)])
     assert capsys.readouterr().out.startswith("cpu\n")
+
+
+def test_benchmark_interrupted_file_names_only_the_sections_it_holds(
+    tmp_path, monkeypatch
+):
+    # an interrupted run's file listed every section it was going to run
+    bench = _benchmark_script(monkeypatch)
+    fake = bench.run_case
+
+    def interrupted(case, methods, **kw):  # Ctrl-C during section b
+        if len(bench.ran) == 1:
+            raise KeyboardInterrupt
+        return fake(case, methods, **kw)
+
+    monkeypatch.setattr(bench, "run_case", interrupted)
+    out = tmp_path / "b.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--only", "a", "b", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert [r["section"] for r in doc["results"]] == ["a"]
+    assert doc["sections"] == ["a"] and doc["repeats"] == {"a": 5}
+    monkeypatch.setattr(bench, "run_case", fake)
+    bench.main(["--only", "b", "--update", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["sections"] == ["a", "b"] and doc["repeats"] == {"a": 5, "b": 5}
