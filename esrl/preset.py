@@ -64,11 +64,18 @@ def _flags(options: Mapping[str, object], skip: set[str]) -> list[str]:
 
 
 def _pre_parse(argv: list[str]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     for name in ("--agent", "--env", "--out", "--resume"):
         pre.add_argument(name)
     pre.add_argument("-h", "--help", action="store_true")
-    return pre.parse_known_args(argv)[0]
+    try:
+        return pre.parse_known_args(argv)[0]
+    except argparse.ArgumentError:  # e.g. --env without a value
+        from esrl.cli import build_parser
+
+        # esrl train's parser says it, with its usage: this one's lists 5 options
+        build_parser().parse_args(["train", *argv])
+        raise
 
 
 def env_id(preset: Preset, env: str | None) -> str:
