@@ -156,15 +156,18 @@ def tables(rows: list[dict]) -> str:
         if not r.get("skipped"):
             by_section[r.get("section")].append(r)
     parts = []
-    main = by_section["quick"] + by_section["headline"]
-    if main:
-        parts.append("CartPole, population 2048, hidden 256, 500 steps:\n\n" + _table(
+    for section in ("headline", "quick"):  # a --quick --update file may hold both
+        if not by_section[section]:
+            continue
+        title = "CartPole, population 2048, hidden 256, 500 steps"
+        title += " (--quick)" if section == "quick" else ""
+        parts.append(f"{title}:\n\n" + _table(
             ["policy", "method", "env steps/s", "s / gen", "ratio to plain",
              "paired ratio (IQR)", "compile s", "peak MB"],
             [[_policy(r), _label(r), _fmt(r["env_steps_per_s"]),
               _fmt(r["time_per_generation_s"]), _fmt(r["ratio_to_plain"]),
               _paired(r), _fmt(r["compile_s"], 1), f"{r['peak_memory_mb']:.0f}"]
-             for r in main],
+             for r in by_section[section]],
         ))  # fmt: skip
     parts.append(_peer_table(
         "Width sweep (CartPole, population 512, 100 steps)", "hidden", by_section["width"]

@@ -518,3 +518,12 @@ def test_benchmark_interrupted_file_names_only_the_sections_it_holds(
     bench.main(["--only", "b", "--update", "--out", str(out)])
     doc = json.loads(out.read_text())
     assert doc["sections"] == ["a", "b"] and doc["repeats"] == {"a": 5, "b": 5}
+
+
+def test_tables_keep_quick_rows_apart_from_the_headline(rows):
+    # --quick --update into a full file: both sections' rows landed in one table,
+    # two 'plain' rows of the same policy with nothing to tell them apart
+    text = tables([{**r, "section": s} for s in ("headline", "quick") for r in rows])
+    headline, quick = text.split("(--quick):")
+    assert headline.count("| MLP 8x2 | plain |") == 1
+    assert quick.count("| MLP 8x2 | plain |") == 1
