@@ -191,9 +191,10 @@ def build_evosax(case: Case, key: jax.Array) -> Bench | Skipped:
         from evosax.algorithms import Open_ES
         from evosax.problems import GymnaxProblem
         from evosax.problems.networks import MLP
-    except ImportError:
+    except ImportError as err:  # missing, or not the 0.3 API (evosax 0.2 has none)
         return Skipped(
-            "evosax_open_es", "evosax not installed (pip install esrl[bench])"
+            "evosax_open_es",
+            f"evosax 0.3 not importable ({err}); pip install esrl[bench]",
         )
     env_name = case.env.removeprefix("gymnax/")
     num_actions = int(env_for(case).action_space().n)

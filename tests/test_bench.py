@@ -527,3 +527,20 @@ def test_tables_keep_quick_rows_apart_from_the_headline(rows):
     headline, quick = text.split("(--quick):")
     assert headline.count("| MLP 8x2 | plain |") == 1
     assert quick.count("| MLP 8x2 | plain |") == 1
+
+
+def test_evosax_missing_or_another_version_is_a_skipped_row(monkeypatch):
+    # evosax 0.2 (no evosax.algorithms) was reported as 'evosax not installed'
+    import sys
+
+    import jax
+
+    from esrl.bench_methods import build_evosax
+
+    monkeypatch.setitem(sys.modules, "evosax.algorithms", None)
+    skipped = build_evosax(TINY, jax.random.key(0))
+    assert skipped.method == "evosax_open_es"
+    assert "evosax 0.3 not importable" in skipped.note
+    assert "evosax.algorithms" in skipped.note and "esrl[bench]" in skipped.note
+    monkeypatch.setitem(sys.modules, "evosax", None)
+    assert "esrl[bench]" in build_evosax(TINY, jax.random.key(0)).note
