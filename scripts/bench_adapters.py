@@ -13,18 +13,19 @@ no-auto-reset ``step_env`` (``done`` with the time limit folded in).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import esrl
+from esrl.logger import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small batches, 5 repeats")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else None
+    if out and (out.is_dir() or not out.resolve().parent.is_dir()):  # before measuring
+        parser.error(f"--out {out}: not a file in an existing directory")
     warnings.filterwarnings("ignore")
     n = 64 if args.quick else 256
     cases = [
@@ -166,10 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"(compile {r['compile_s']:.1f} s)"
             )
         print(f"{case.env:<38} adapter/raw throughput = {ratios[case.env]:.3f}")
-    if args.out:
+    if out:
         report = {"device": str(jax.devices()[0]), "results": results, "ratios": ratios}
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json_atomic(out, report)
     return 0
 
 

@@ -544,3 +544,24 @@ def test_evosax_missing_or_another_version_is_a_skipped_row(monkeypatch):
     assert "evosax.algorithms" in skipped.note and "esrl[bench]" in skipped.note
     monkeypatch.setitem(sys.modules, "evosax", None)
     assert "esrl[bench]" in build_evosax(TINY, jax.random.key(0)).note
+
+
+def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
+    tmp_path, monkeypatch
+):
+    # --out in a missing directory (or a directory) failed after minutes of measuring
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_adapters.py"
+    spec = importlib.util.spec_from_file_location("bench_adapters_script", path)
+    adapters = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, adapters)  # for its dataclass
+    spec.loader.exec_module(adapters)
+    measured = []
+    monkeypatch.setattr(adapters, "measure", lambda *a: measured.append(a) or [])
+    for out in (tmp_path / "missing" / "a.json", tmp_path):
+        with pytest.raises(SystemExit):
+            adapters.main(["--quick", "--out", str(out)])
+    assert measured == []
