@@ -13,6 +13,7 @@ next to the final evaluation, achievements included where the env reports them.
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,10 +155,21 @@ def run_preset(preset: Preset, argv: list[str], doc: str = "") -> int:
             return int(e.code or 0)
     args = preset_argv(preset, argv)
     status = main(["train", *args])
-    if status == 0 and preset.baseline:
-        out = known.resume or _pre_parse(args).out
+    if not preset.baseline or status not in (0, 130):
+        return status
+    out = known.resume or _pre_parse(args).out
+    later = f"run this script with --resume {out} to make it (esrl train does not)"
+    if status == 130:  # the run's message suggests esrl train --resume
+        print(f"the random-policy comparison was not made; {later}", file=sys.stderr)
+        return status
+    try:
         report_baseline(out)
-    return status
+    except KeyboardInterrupt:
+        print(
+            f"interrupted before the random-policy comparison; {later}", file=sys.stderr
+        )
+        return 130
+    return 0
 
 
 def random_baseline(

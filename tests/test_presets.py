@@ -1,8 +1,10 @@
-"""The training-script presets (`esrl.preset`): argument handling, interrupts and the
-random-policy baseline, on tiny gymnax runs (the scripts' own runs are in
-test_scripts.py)."""
+"""The training-script presets (`esrl.preset`): argument errors, interrupts and the
+random-policy baseline, without compiling where the logic does not need it (the
+scripts' own tiny runs are in test_scripts.py)."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -20,3 +22,27 @@ def test_a_missing_value_is_reported_with_the_esrl_train_usage(option, capsys):
     # was the pre-parser's usage, listing only --agent --env --out --resume -h
     assert "usage: esrl train" in err and "--population N" in err
     assert f"esrl train: error: argument {option}: expected one argument" in err
+
+
+CRAFTAX = Preset(env="craftax/Craftax-Classic-Symbolic-v1", name="cx", baseline=True)
+
+
+@pytest.mark.parametrize("when", ["training", "baseline"])
+def test_an_interrupt_says_how_to_get_the_random_baseline(when, monkeypatch, capsys):
+    import esrl.cli
+    import esrl.preset
+
+    def train(argv):  # as esrl train returns after Ctrl-C or SIGTERM
+        print("interrupted ...; continue with: esrl train --resume d", file=sys.stderr)
+        return 130 if when == "training" else 0
+
+    def baseline(out):
+        assert when == "baseline", "no comparison after an interrupted run"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(esrl.cli, "main", train)
+    monkeypatch.setattr(esrl.preset, "report_baseline", baseline)
+    assert run_preset(CRAFTAX, ["--out", "d"]) == 130  # was a traceback from baseline
+    err = capsys.readouterr().err
+    # esrl train --resume, as the run says, would finish it without the comparison
+    assert "run this script with --resume d to make it (esrl train does not)" in err
