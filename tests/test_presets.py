@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 
+from esrl.checkpoint import save_checkpoint
 from esrl.preset import Preset, run_preset
 
 BRAX = Preset(env="brax/inverted_double_pendulum", name="brax", env_prefix="brax/")
@@ -46,3 +48,13 @@ def test_an_interrupt_says_how_to_get_the_random_baseline(when, monkeypatch, cap
     err = capsys.readouterr().err
     # esrl train --resume, as the run says, would finish it without the comparison
     assert "run this script with --resume d to make it (esrl train does not)" in err
+
+
+def test_help_with_resume_lists_the_options_of_the_runs_agent(tmp_path, capsys):
+    save_checkpoint(tmp_path, {"x": np.zeros(1)}, {"spec": {"agent": "ppo"}})
+    assert run_preset(BRAX, ["--resume", str(tmp_path), "--help"]) == 0
+    text = capsys.readouterr().out
+    # was eggroll's (the preset's agent): --generations, which a PPO run refuses
+    assert "--total-steps" in text and "--generations" not in text
+    assert run_preset(BRAX, ["--resume", str(tmp_path / "none"), "-h"]) == 0
+    assert "--generations" in capsys.readouterr().out  # no run there: the preset's
