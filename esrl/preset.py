@@ -4,10 +4,12 @@ A script in ``scripts/`` is a `Preset` and one call to `run_preset`: the preset 
 the environment, the agent used when ``--agent`` is left out, and per agent the options
 passed to ``esrl train`` unless the user gives them (ES agents also take the
 per-environment defaults of `esrl.cli.PRESETS`). ``--help`` prints the preset values
-and then every ``esrl train`` option of the chosen agent. With ``baseline=True`` a
-uniformly random policy is evaluated after training exactly as the trained policy is
-(same horizon, episodes and seed), written to ``DIR/random_baseline.json`` and printed
-next to the final evaluation, achievements included where the env reports them.
+and then every ``esrl train`` option of the chosen agent (of the run's, with
+``--resume DIR``). With ``baseline=True`` a uniformly random policy is evaluated after
+training with the run's evaluation settings (horizon, episodes and seed, but a key of
+its own: not the trained policy's episodes), written to ``DIR/random_baseline.json``
+and printed next to the final evaluation, achievements included where the env
+reports them.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Preset:
     env_prefix: str = ""
     """Prepended to an ``--env`` value without a slash (``brax/``: ``--env ant``)."""
     baseline: bool = False
-    """Evaluate a uniformly random policy the same way after training."""
+    """Evaluate a uniformly random policy with the run's settings after training."""
 
 
 def _given(argv: list[str]) -> set[str]:
@@ -87,7 +89,7 @@ def env_id(preset: Preset, env: str | None) -> str:
 
 
 def default_out(preset: Preset, env: str, agent: str) -> str:
-    """``runs/<name>_<agent>``, with the env's short name when it is not the preset's."""
+    """``runs/<name>_<agent>``; ``runs/<name>_<env>_<agent>`` for another env."""
     stem = preset.name
     if env != preset.env:
         stem += "_" + env.split("/")[-1].lower()
@@ -135,7 +137,8 @@ def preset_help(preset: Preset, agent: str) -> str:
     ]
     if preset.baseline:
         lines.append(
-            f"after training, a random policy is evaluated the same way: DIR/{BASELINE}"
+            "after training, a random policy is evaluated with the same settings: "
+            f"DIR/{BASELINE}"
         )
     lines.append("options (those of `esrl train`; this script fills in the above):")
     return "\n".join(textwrap.fill(t, 88, subsequent_indent="  ") for t in lines)

@@ -7,15 +7,18 @@ A thin preset over ``esrl train --env craftax/Craftax-Classic-Symbolic-v1 --poli
 gru``: Craftax is partially observable (a local view; day/night, sleep), so the
 policy is recurrent. ES takes the Craftax defaults of ``esrl train`` (64 members, lr
 0.02, 300-step episodes, 40 generations: about 2-3 minutes on a 2-core CPU, 40 % of it
-compiling). After training, a uniformly random policy is evaluated exactly like
-the trained one (same episodes, horizon and seed) and both are printed side by side:
-mean return and per-achievement success rates (DIR/random_baseline.json). ``--env
-craftax/Craftax-Symbolic-v1`` trains full Craftax. ``--agent ppo`` trains a greedy-
-evaluated GRU for 1M steps (about 6 minutes here); its auto-reset draws finished
-environments from 16 fresh reset states per step (``--reset-pool 16``), as one Craftax
-reset per environment and step would make it impractically slow on a CPU. Writes DIR/metrics.jsonl, summary.json, curve.png and a
-checkpoint that ``--resume DIR`` continues from; without ``--out`` the run goes to
-runs/craftax_<agent>, replacing an earlier run there.
+compiling). After training, a uniformly random policy is evaluated with the trained
+one's evaluation settings (episodes, horizon and seed; a key of its own, so other
+episodes) and both are printed side by side: mean return and achievements unlocked
+per episode (DIR/random_baseline.json; an interrupted run gets it when this script
+resumes it). ``--env Craftax-Symbolic-v1`` trains full Craftax. ``--agent ppo``
+trains a greedy-evaluated GRU for 1M steps (about 6 minutes here); its auto-reset
+draws finished environments from 16 fresh reset states per step (``--reset-pool
+16``), as one Craftax reset per environment and step would make it impractically slow
+on a CPU. Writes DIR/metrics.jsonl, summary.json, curve.png and a checkpoint that
+``--resume DIR`` continues from; without ``--out`` the run goes to
+runs/craftax_<agent> (runs/craftax_<env>_<agent> for another --env), replacing an
+earlier run there.
 """
 
 from __future__ import annotations
