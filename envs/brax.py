@@ -59,7 +59,25 @@ def _import_brax_envs():
     # extras; keep that out of users' output.
     with contextlib.redirect_stdout(io.StringIO()):
         import brax.envs
+        import brax.fluid
+    if not isinstance(brax.fluid.jp, _ClipKeywords):
+        brax.fluid.jp = _ClipKeywords()
     return brax.envs
+
+
+class _ClipKeywords:
+    """``jax.numpy`` whose ``clip`` also takes ``a_min``/``a_max``.
+
+    Brax's fluid forces (the generalized pipeline's swimmer) call
+    ``jp.clip(x, a_min=...)``, keywords that jax 0.10 removed (now ``min``/``max``).
+    """
+
+    def __getattr__(self, name: str):
+        return getattr(jnp, name)
+
+    @staticmethod
+    def clip(x, min=None, max=None, *, a_min=None, a_max=None):
+        return jnp.clip(x, a_min if min is None else min, a_max if max is None else max)
 
 
 def _box(shape: jax.ShapeDtypeStruct) -> spaces.Box:

@@ -459,3 +459,20 @@ def test_every_gymnax_env_passes_check_env(name):
 @pytest.mark.slow
 def test_brax_ant_passes_check_env():
     check_env(esrl.make("brax/ant"))
+
+
+def test_brax_fluid_clip_takes_the_keywords_brax_passes():
+    # was: brax/swimmer failed at its first step with "clip() got an unexpected
+    # keyword argument 'a_min'" (Brax's fluid forces; jax 0.10 renamed the keywords)
+    import brax.fluid
+
+    esrl.make("brax/swimmer")
+    x = jnp.array([-1.0, 0.5, 3.0])
+    assert brax.fluid.jp.clip(x, a_min=0.0, a_max=2.0).tolist() == [0.0, 0.5, 2.0]
+    assert brax.fluid.jp.clip(x, 0.0).tolist() == [0.0, 0.5, 3.0]
+    assert brax.fluid.jp.sum is jnp.sum
+
+
+@pytest.mark.slow
+def test_brax_swimmer_passes_check_env():
+    check_env(esrl.make("brax/swimmer"))
