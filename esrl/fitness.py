@@ -31,11 +31,21 @@ def centered_ranks(fitness: jax.Array) -> jax.Array:
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
     """(f - mean) / std after `sanitize`; all-equal fitness gives exact zeros."""
-    f = sanitize(fitness)
+    return _standardize(sanitize(fitness), eps)
+
+
+def _standardize(f: jax.Array, eps: float) -> jax.Array:
+    """(f - mean) / (std + eps) along axis 0, exact zeros where values are equal."""
+    # Scaled by a power of two (exact, so the same bits), so that a finite spread beyond
+    # ~1e19 (float32) neither overflows std's squares (every weight 0) nor the shift
+    # below (NaN weights).
+    _, e = jnp.frexp(jnp.max(jnp.abs(f), axis=0))
+    f = jnp.ldexp(f, -e)
     # Shifting by the minimum first makes equal values exactly 0: otherwise the mean's
     # rounding error (1 ulp) over a std of the same size scaled every weight to ~1.
-    f = f - f.min()
-    return (f - f.mean()) / (f.std() + eps)
+    f = f - f.min(axis=0)
+    eps = jnp.ldexp(jnp.asarray(eps, f.dtype), -e)
+    return (f - f.mean(axis=0)) / (f.std(axis=0) + eps)
 
 
 def group_normalize(rewards: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -45,9 +55,7 @@ def group_normalize(rewards: jax.Array, eps: float = 1e-8) -> jax.Array:
     groups are averaged, so easy and hard prompts weigh the same.
     """
     r = jax.vmap(sanitize, in_axes=1, out_axes=1)(rewards)
-    r = r - r.min(axis=0)  # a group of equal rewards gives exact zeros (see z_score)
-    r = (r - r.mean(axis=0)) / (r.std(axis=0) + eps)
-    return r.mean(axis=1)
+    return _standardize(r, eps).mean(axis=1)  # a group of equal rewards gives zeros
 
 
 SHAPERS = {"centered_ranks": centered_ranks, "z_score": z_score, "raw": sanitize}

@@ -99,3 +99,27 @@ def test_shapers_registry_names_the_functions():
         "z_score": z_score,
         "raw": sanitize,
     }
+
+
+@pytest.mark.parametrize("f", [[1e20, 0.0, 1.0, 2.0], [3e38, -3e38, 0.0, 1.0]])
+def test_z_scores_of_a_huge_finite_spread(f):
+    # float32 std squares the spread: beyond ~1e19 it overflowed to inf and every
+    # weight was 0 (no update); at 3e38 the shift overflowed and NaN reached the
+    # parameters
+    f = np.array(f, np.float32)
+    want = (f.astype(np.float64) - f.mean(dtype=np.float64)) / f.std(dtype=np.float64)
+    np.testing.assert_allclose(z_score(jnp.asarray(f)), want, rtol=1e-5, atol=1e-6)
+    groups = jnp.asarray(np.stack([f, np.zeros(4, np.float32)], axis=1))
+    np.testing.assert_allclose(group_normalize(groups), want / 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e8])
+def test_z_score_is_bit_identical_to_the_plain_formula_in_ordinary_ranges(scale):
+    # its power-of-two rescaling must not change the weights of ordinary fitness
+    f = jnp.asarray(np.random.default_rng(2).normal(3.0, 1.0, 50) * scale, jnp.float32)
+    g = f - f.min()
+    np.testing.assert_array_equal(z_score(f), (g - g.mean()) / (g.std() + 1e-8))
+    rewards = jnp.stack([f, f[::-1]], axis=1)
+    r = rewards - rewards.min(axis=0)
+    r = (r - r.mean(axis=0)) / (r.std(axis=0) + 1e-8)
+    np.testing.assert_array_equal(group_normalize(rewards), r.mean(axis=1))
