@@ -321,10 +321,13 @@ def run_command(
 
 def _route(argv: list[str]) -> Callable[[list[str]], int] | None:
     """The external runner ``esrl train`` should hand ``argv`` to, if any."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     pre.add_argument("--agent")
     pre.add_argument("--resume")
-    known, _ = pre.parse_known_args(argv)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except argparse.ArgumentError:  # e.g. --agent without a value: esrl train says so
+        return None
     agent = known.agent
     if agent is None and known.resume:
         from esrl.checkpoint import has_checkpoint, read_meta

@@ -58,3 +58,16 @@ def test_help_with_resume_lists_the_options_of_the_runs_agent(tmp_path, capsys):
     assert "--total-steps" in text and "--generations" not in text
     assert run_preset(BRAX, ["--resume", str(tmp_path / "none"), "-h"]) == 0
     assert "--generations" in capsys.readouterr().out  # no run there: the preset's
+
+
+@pytest.mark.parametrize("option", ["--agent", "--resume"])
+def test_esrl_train_reports_a_missing_value_with_its_usage(option, capsys):
+    from esrl.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--population", "4", option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    # was the router's usage: 'usage: esrl [--agent AGENT] [--resume RESUME]'
+    assert "usage: esrl train" in err and "--population N" in err
+    assert f"esrl train: error: argument {option}: expected one argument" in err
