@@ -133,8 +133,12 @@ class LSTMCell(nn.Module):
 CELLS = {"gru": GRUCell, "mingru": MinGRUCell, "lstm": LSTMCell}
 
 
-def initial_carry(kind: str, hidden: int, dtype=jnp.float32):
-    """The zero carry of one cell of ``kind`` ('mlp' has an empty carry)."""
+def initial_carry(kind: str, hidden: int, dtype=float):
+    """The zero carry of one cell of ``kind`` ('mlp' has an empty carry).
+
+    The default float dtype (float64 under jax_enable_x64) is what the cell returns
+    with params initialised in that mode; a scan needs the carry's dtype unchanged.
+    """
     if kind == "mlp":
         return ()
     if kind == "lstm":

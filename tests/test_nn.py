@@ -8,7 +8,15 @@ import pytest
 from flax import traverse_util
 
 from esrl import noise
-from esrl.nn import Dense, GRUCell, LSTMCell, MinGRUCell, RMSNorm, initial_carry
+from esrl.nn import (
+    Dense,
+    GRUCell,
+    LSTMCell,
+    MinGRUCell,
+    RMSNorm,
+    initial_carry,
+    reset_carry,
+)
 from esrl.noise import NoiseConfig
 from esrl.policy import Policy
 
@@ -176,3 +184,19 @@ def test_population_vmap_keeps_the_shared_product_one_batched_matmul():
     for e in dots:
         if e not in shared:
             assert all(v.aval.size <= 64 * 32 * 2 for v in e.invars)
+
+
+@pytest.mark.parametrize("kind", ["gru", "mingru", "lstm"])
+def test_initial_carry_has_the_dtype_a_step_returns_under_x64(kind):
+    # the carry was float32 while float64 params made the cell return float64, so
+    # a recurrent rollout under jax_enable_x64 failed (scan: carry dtypes differ)
+    policy = Policy(action_dim=2, hidden=4, cell=kind)
+    carry = policy.initial_carry()
+    params = jax.jit(policy.init)(jax.random.key(0), carry, jnp.ones(3))["params"]
+    step = lambda c, x: policy.apply({"params": params}, c, x)
+    carry, _ = jax.lax.scan(step, carry, jnp.ones((3, 3)))
+    assert {x.dtype for x in jax.tree.leaves(carry)} == {jnp.dtype(jnp.float64)}
+    reset = reset_carry(carry, jnp.asarray(True), kind, 4)
+    assert jax.tree.map(lambda x: x.dtype, reset) == jax.tree.map(
+        lambda x: x.dtype, carry
+    )
