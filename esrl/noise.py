@@ -17,6 +17,7 @@ the paper's 1/sigma is absorbed into the learning rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -72,7 +73,7 @@ class NoiseConfig:
 
 def perturbed_paths(params: Params, config: NoiseConfig) -> list[tuple[str, ...]]:
     """The parameter paths that receive noise, in a fixed (sorted) order."""
-    flat = traverse_util.flatten_dict(_as_dict(params))
+    flat = _flat(params)
     return [
         path
         for path in sorted(flat)
@@ -87,7 +88,7 @@ def check_rank(params: Params, config: NoiseConfig) -> None:
         raise ValueError(f"rank must be >= 1, got {config.rank}")
     if config.full_rank:
         return
-    flat = traverse_util.flatten_dict(_as_dict(params))
+    flat = _flat(params)
     for path in perturbed_paths(params, config):
         shape = flat[path].shape
         if len(shape) == 2 and config.rank > min(shape):
@@ -97,8 +98,22 @@ def check_rank(params: Params, config: NoiseConfig) -> None:
             )
 
 
-def _as_dict(params: Params) -> dict:
-    return params.unfreeze() if hasattr(params, "unfreeze") else params
+def _flat(params: Params) -> dict:
+    """``{path: leaf}`` of a (nested) dict of arrays; a clear error for anything else."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            "params must be a (nested) dict of arrays, as flax's init returns, "
+            f"got {type(params).__name__}"
+        )
+    params = params.unfreeze() if isinstance(params, core.FrozenDict) else params
+    flat = traverse_util.flatten_dict(params)
+    for path, leaf in flat.items():
+        if not hasattr(leaf, "dtype"):
+            raise TypeError(
+                "params must be a (nested) dict of arrays, as flax's init returns; "
+                f"{'/'.join(map(str, path))} is a {type(leaf).__name__}"
+            )
+    return flat
 
 
 def _is_lowrank(shape: tuple[int, ...], config: NoiseConfig) -> bool:
@@ -140,7 +155,7 @@ def pair_noise(key: jax.Array, generation, pair, params: Params, config: NoiseCo
     is sliced into every perturbed leaf (in `perturbed_paths` order): one RNG call
     instead of one per leaf keeps compiles small and the draw vectorised.
     """
-    flat = traverse_util.flatten_dict(_as_dict(params))
+    flat = _flat(params)
     paths = perturbed_paths(params, config)
     sizes = [_draw_size(flat[path].shape, config) for path in paths]
     draw = jax.random.normal(_pair_key(key, generation, pair, config), (sum(sizes),))
@@ -294,7 +309,7 @@ def gradient_estimate(
     """
     population = fitness.shape[0]
     weights = fitness[0::2] - fitness[1::2] if config.antithetic else fitness
-    flat = traverse_util.flatten_dict(_as_dict(params))
+    flat = _flat(params)
     paths = perturbed_paths(params, config)
     zeros = {path: jnp.zeros(flat[path].shape, weights.dtype) for path in paths}
     if unit is not None:
@@ -323,7 +338,7 @@ def keeps_noise(params: Params, config: NoiseConfig, population: int) -> bool:
 
 def _per_pair(params: Params, config: NoiseConfig) -> int:
     """Floats of one pair's draw (`pair_noise`)."""
-    flat = traverse_util.flatten_dict(_as_dict(params))
+    flat = _flat(params)
     paths = perturbed_paths(params, config)
     return sum(_draw_size(flat[path].shape, config) for path in paths)
 

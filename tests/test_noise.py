@@ -300,3 +300,16 @@ def test_pair_block_refuses_an_odd_first_member_concrete_or_traced():
     jax.tree.map(np.testing.assert_array_equal, block(2), members)
     with pytest.raises(jax.errors.JaxRuntimeError, match="first member 3 must be even"):
         block(3).block_until_ready()
+
+
+def test_params_that_are_not_a_dict_of_arrays_are_a_clear_error():
+    # were an AssertionError ('expected (frozen)dict') or AttributeError ('dtype')
+    from esrl.agents.eggroll import EggrollConfig
+
+    es = EggrollConfig(population=4).strategy()
+    with pytest.raises(TypeError, match="dict of arrays, as flax's init .* got list"):
+        es.init(KEY, [jnp.zeros((3, 2))])
+    with pytest.raises(TypeError, match="got ArrayImpl"):
+        noise.perturbed_paths(jnp.zeros(5), NoiseConfig())
+    with pytest.raises(TypeError, match="dict of arrays.*; layer/w is a tuple"):
+        es.init(KEY, {"layer": {"w": (jnp.zeros((3, 2)),)}})
