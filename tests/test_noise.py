@@ -313,3 +313,39 @@ def test_params_that_are_not_a_dict_of_arrays_are_a_clear_error():
         noise.perturbed_paths(jnp.zeros(5), NoiseConfig())
     with pytest.raises(TypeError, match="dict of arrays.*; layer/w is a tuple"):
         es.init(KEY, {"layer": {"w": (jnp.zeros((3, 2)),)}})
+
+
+@pytest.mark.parametrize("rank,reuse", [(1, 1), (2, 3)])
+def test_member_noise_is_the_documented_draw_of_its_pair(rank, reuse):
+    """E_i = sign * sigma * A B^T / sqrt(r), vectors sign * sigma * eps, from one draw.
+
+    The draw of pair i // 2 is normal(fold_in(fold_in(key, g // reuse), i // 2)),
+    sliced into the perturbed leaves in sorted path order: for a matrix (m, n), m * r
+    floats of A rank-major, then n * r of B; for any other leaf, its size.
+    Pinning the stream keeps runs (and the README's results) reproducible.
+    """
+    params, config = make_params(6, 5), NoiseConfig(rank=rank, noise_reuse=reuse)
+    g, sigma = 7, 0.3
+    shapes = {path: leaf.shape for path, leaf in flat(params).items()}
+    sizes = {
+        p: (s[0] + s[1]) * rank if len(s) == 2 else int(np.prod(s))
+        for p, s in shapes.items()
+        if p != ("steps",)
+    }
+    for member in range(4):
+        k = jax.random.fold_in(jax.random.fold_in(KEY, g // reuse), member // 2)
+        draw = np.asarray(jax.random.normal(k, (sum(sizes.values()),)))
+        sign = sigma if member % 2 == 0 else -sigma
+        tree = member_tree(KEY, g, member, params, config, sigma)
+        got = {path: noise.materialize(e) for path, e in tree.items()}
+        offset = 0
+        for path in sorted(sizes):
+            x, offset = draw[offset : offset + sizes[path]], offset + sizes[path]
+            if len(shapes[path]) == 2:
+                m, n = shapes[path]
+                a = x[: m * rank].reshape(rank, m).T  # A: (m, r)
+                b = x[m * rank :].reshape(rank, n).T  # B: (n, r)
+                want = sign * a @ b.T / np.sqrt(rank)
+            else:
+                want = sign * x.reshape(shapes[path])
+            np.testing.assert_allclose(got[path], want, rtol=1e-12, atol=1e-14)

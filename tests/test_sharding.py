@@ -75,6 +75,7 @@ ODD_SHARES = textwrap.dedent(
     import jax, numpy as np
     import esrl
     from esrl.agents.eggroll import EggrollConfig
+    from esrl.agents.openai_es import OpenAIESConfig
     from esrl.policy import PolicySpec
     from esrl.rollout import RolloutConfig
     from esrl.train import ESTrainer, TrainConfig
@@ -89,12 +90,27 @@ ODD_SHARES = textwrap.dedent(
         state, _ = jax.jit(trainer.generation)(trainer.init(jax.random.PRNGKey(0)))
         states[n, block] = [np.asarray(x) for x in jax.tree.leaves(state)]
     one = states[1, None]
-    print(json.dumps({str(k): all(map(np.array_equal, v, one)) for k, v in states.items()}))
+    equal = {str(k): all(map(np.array_equal, v, one)) for k, v in states.items()}
+    # full-rank noise, member by member (no pairs), sigma and lr schedules
+    strategy = OpenAIESConfig(
+        6, antithetic=False, sigma_decay=0.9, lr_decay=0.9, optimizer="adamw",
+        weight_decay=0.1,
+    ).strategy()
+    for n in (1, 3):
+        config = TrainConfig(num_devices=n, rollout=RolloutConfig(20),
+                             policy=PolicySpec(kind="lstm", hidden=4))
+        trainer = ESTrainer(env, strategy, config)
+        generation, state = jax.jit(trainer.generation), trainer.init(jax.random.PRNGKey(1))
+        for _ in range(2):
+            state, _ = generation(state)
+        states[n] = [np.asarray(x) for x in jax.tree.leaves(state)]
+    equal["openai_es"] = all(map(np.array_equal, states[3], states[1]))
+    print(json.dumps(equal))
     """
 )
 
 
-def test_odd_shares_and_blocks_equal_one_device():
+def test_odd_shares_blocks_and_openai_es_equal_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
@@ -103,4 +119,9 @@ def test_odd_shares_and_blocks_equal_one_device():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"(1, None)": True, "(4, None)": True, "(1, 3)": True}
+    assert result == {
+        "(1, None)": True,
+        "(4, None)": True,
+        "(1, 3)": True,
+        "openai_es": True,
+    }
