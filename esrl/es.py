@@ -172,6 +172,8 @@ class ES:
     ):
         """Update from raw ``fitness`` [N] (or pre-``shaped`` weights); returns metrics.
 
+        Only the perturbed leaves move: excluded and integer leaves stay as they are.
+
         ``unit``: the generation's unit noise, if its rollout kept it (the ``unit`` of
         the whole population's `esrl.noise.PairNoise`); otherwise it is regenerated.
         """
@@ -183,6 +185,12 @@ class ES:
         )
         updates, opt_state = self.optimizer.update(
             jax.tree.map(jnp.negative, grad), state.opt_state, state.params
+        )
+        # Unperturbed (excluded or integer) leaves never move, whatever the optimizer:
+        # adamw's decay mask sees adam's outputs, float even for an integer leaf.
+        moves = _perturbed_mask(state.params, c.noise)
+        updates = jax.tree.map(
+            lambda u, m: u if m else jnp.zeros_like(u), updates, moves
         )
         params = optax.apply_updates(state.params, updates)
         sigma = jnp.maximum(state.sigma * c.sigma_decay, c.sigma_min)

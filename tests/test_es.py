@@ -454,3 +454,30 @@ def test_adam_and_adamw_weight_decay_equal_a_naive_reference(optimizer):
     )  # fmt: skip
     np.testing.assert_array_equal(state.params["b"], make_params()["b"])
     np.testing.assert_allclose(state.params["w"], want["w"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_integer_leaves_are_never_updated(optimizer):
+    # adamw's decay mask is evaluated on adam's outputs, which are float for an
+    # integer leaf too: a counter of 3 in params became 2, then 1 (decay, truncated)
+    es = EggrollConfig(
+        population=8, optimizer=optimizer, weight_decay=0.5, lr=0.5
+    ).strategy()
+    params = {**make_params(), "steps": jnp.asarray(3, jnp.int32)}
+    state = es.init(KEY, params)
+    for _ in range(2):
+        state, _ = es.tell(state, jnp.arange(8.0))
+    assert state.params["steps"] == 3 and state.params["steps"].dtype == jnp.int32
+    assert not np.allclose(state.params["w"], params["w"])
+
+
+def test_a_custom_optimizer_never_moves_excluded_leaves():
+    # no estimate for them, and a decay that is not masked must not reach them either
+    es = ES(
+        ESConfig(population=8, noise=NoiseConfig(exclude=("b",))),
+        optimizer=optax.adamw(0.1, weight_decay=0.5),
+    )
+    state = es.init(KEY, make_params())
+    new, _ = es.tell(state, jnp.arange(8.0))
+    np.testing.assert_array_equal(new.params["b"], state.params["b"])
+    assert not np.allclose(new.params["w"], state.params["w"])
