@@ -44,7 +44,8 @@ class Policy(nn.Module):
     @nn.compact
     def __call__(self, carry, obs: jax.Array):
         act = ACTIVATIONS[self.activation]
-        x = jnp.ravel(obs).astype(jnp.float32)  # one example; batch with vmap
+        # one example (batch with vmap), in the default float dtype (float64 under x64)
+        x = jnp.ravel(obs).astype(jnp.result_type(float))
         if self.cell == "mlp":
             features = x
             for i in range(self.num_layers):

@@ -200,3 +200,16 @@ def test_initial_carry_has_the_dtype_a_step_returns_under_x64(kind):
     assert jax.tree.map(lambda x: x.dtype, reset) == jax.tree.map(
         lambda x: x.dtype, carry
     )
+
+
+def test_policy_computes_in_float64_under_x64():
+    # observations were cast to float32 first, so a float64 run lost their precision
+    policy = Policy(action_dim=2, hidden=8, num_layers=2)
+    obs = jnp.array([1.0 + 1e-12, -0.3, 2.0])
+    params = jax.jit(policy.init)(jax.random.key(0), (), obs)["params"]
+    x = obs
+    for name in ("actor_0", "actor_1", "head"):
+        x = x @ params[name]["kernel"] + params[name]["bias"]
+        x = jnp.tanh(x) if name != "head" else x
+    _, out = policy.apply({"params": params}, (), obs)
+    np.testing.assert_allclose(out.logits, x, rtol=1e-14, atol=1e-16)
