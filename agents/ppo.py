@@ -112,7 +112,7 @@ class Metrics(NamedTuple):
 
 
 def _zero_value(carry, obs: jax.Array) -> jax.Array:
-    return jnp.zeros(obs.shape[:1], jnp.float32)
+    return jnp.zeros(obs.shape[:1], float)  # the default float, as the critic's value
 
 
 class PPO:

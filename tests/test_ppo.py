@@ -407,3 +407,13 @@ def test_a_nan_loss_is_reported_once(tmp_path, capsys):
     assert err.count("the loss is NaN/inf") == 1 and "update 1:" in err
     assert [r["value_loss"] for r in read_metrics(tmp_path)] == [None] * 3
     assert not np.isfinite(jax.tree.leaves(result.state.params)[0]).all()
+
+
+def test_ppo_trains_under_x64():
+    # was: lax.cond in the value bootstrap failed, its zero branch float32 against the
+    # critic's float64
+    with jax.enable_x64(True):
+        config = PPOConfig(num_envs=4, num_steps=8, num_minibatches=2, total_steps=64)
+        ppo = PPO(config, "gymnax/CartPole-v1")
+        state, _ = ppo.train(ppo.init(jax.random.PRNGKey(0)), 2)
+        assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float64")}
