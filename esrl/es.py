@@ -142,7 +142,8 @@ class ES:
         by the rollout inside its loop: a gain for low-rank noise, whose reads fuse with
         the expansion; full-rank matrices are better expanded once, before the loop).
         An odd ``count`` (or no antithetic pairs) goes member by member; an even
-        ``count`` needs an even ``first`` (an odd one raises; a traced one when it runs).
+        ``count`` needs an even ``first`` (a concrete odd one raises; a traced one is
+        not checked: the trainer's block offsets are even by construction).
         """
         c = self.config
         return noise.population_perturbation(

@@ -227,20 +227,18 @@ def pair_block(
 ) -> PairNoise:
     """The `PairNoise` of members ``first .. first + population - 1`` (whole pairs).
 
-    Needs antithetic noise, an even ``population`` and an even ``first``; a traced
-    ``first`` (a device's or block's offset under jit) is checked when the program
-    runs, where an odd one raises (as a `jax.errors.JaxRuntimeError`).
+    Needs antithetic noise, an even ``population`` and an even ``first``. A traced
+    ``first`` (a device's or block's offset under jit) is the caller's to keep even:
+    checking it as the program runs would put a host callback in every generation.
     """
     if not config.antithetic or population % 2:
         raise ValueError(
             "pair_block needs antithetic noise and an even population, "
             f"got antithetic={config.antithetic}, population={population}"
         )
-    try:
-        _require_even(np.asarray(first))
-    except jax.errors.TracerArrayConversionError:
+    if not isinstance(first, jax.core.Tracer):
         # an odd first would pair members of two different pairs with each other
-        jax.debug.callback(_require_even, first)
+        _require_even(np.asarray(first))
     pairs = first // 2 + jnp.arange(population // 2)
     unit = jax.vmap(lambda j: pair_noise(key, generation, j, params, config))(pairs)
     signs = jnp.tile(jnp.array([1.0, -1.0]), population // 2)

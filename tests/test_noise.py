@@ -285,7 +285,7 @@ def test_kept_and_regenerated_noise_give_bit_identical_estimates(rank, x64):
         jax.tree.map(np.testing.assert_array_equal, kept, regenerated)
 
 
-def test_pair_block_refuses_an_odd_first_member_concrete_or_traced():
+def test_pair_block_refuses_an_odd_concrete_first_member():
     # An odd first would pair members of two different antithetic pairs.
     params, config = make_params(), NoiseConfig(rank=2)
     for first in (3, np.int64(3), jnp.asarray(3)):
@@ -298,8 +298,6 @@ def test_pair_block_refuses_an_odd_first_member_concrete_or_traced():
         lambda i: noise.member_perturbation(KEY, 0, i, params, config, 0.1)
     )(2 + jnp.arange(4))
     jax.tree.map(np.testing.assert_array_equal, block(2), members)
-    with pytest.raises(jax.errors.JaxRuntimeError, match="first member 3 must be even"):
-        block(3).block_until_ready()
 
 
 def test_params_that_are_not_a_dict_of_arrays_are_a_clear_error():
