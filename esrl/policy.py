@@ -47,7 +47,7 @@ class Policy(nn.Module):
         # one example (batch with vmap), in the default float dtype (float64 under x64)
         x = jnp.ravel(obs).astype(jnp.result_type(float))
         if self.cell == "mlp":
-            features = x
+            features = trunk = x  # the critic's input: its own MLP
             for i in range(self.num_layers):
                 features = act(Dense(self.hidden, name=f"actor_{i}")(features))
         else:
@@ -55,6 +55,7 @@ class Policy(nn.Module):
             carry, features = CELLS[self.cell](self.hidden, name="cell")(
                 carry, features
             )
+            trunk = features  # the critic branches off the cell's output
             for i in range(self.num_layers - 1):
                 features = act(Dense(self.hidden, name=f"actor_{i}")(features))
         small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
@@ -66,7 +67,7 @@ class Policy(nn.Module):
             log_std = perturbed(log_std, perturbation(self, "log_std"))
         value = jnp.zeros((), logits.dtype)
         if self.critic:
-            value = self._critic(x if self.cell == "mlp" else features, act)
+            value = self._critic(trunk, act)
         return carry, PolicyOutput(logits, log_std, value)
 
     def _critic(self, x: jax.Array, act) -> jax.Array:

@@ -145,6 +145,23 @@ def test_policy_members_equal_materialised_policy(kind, full_rank):
     assert_members_match_dense(policy, params, (carry, obs), config)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "gru", "lstm"])
+def test_the_value_depends_on_no_actor_layer(kind):
+    # was: a recurrent policy's critic read the last actor layer's output, so the value
+    # loss trained the actor's dense layers (PureJaxRL branches both off the cell)
+    policy = Policy(action_dim=2, hidden=8, num_layers=3, cell=kind, critic=True)
+    carry = policy.initial_carry()
+    obs = jax.random.normal(jax.random.key(0), (5,))
+    params = jax.jit(policy.init)(jax.random.key(1), carry, obs)["params"]
+    value = lambda p: policy.apply({"params": p}, carry, obs)[1].value
+    grads = jax.grad(value)(params)
+    for name in ("actor_0", "actor_1", "head"):
+        assert all(not g.any() for g in jax.tree.leaves(grads[name])), name
+    assert any(g.any() for g in jax.tree.leaves(grads["critic_0"]))
+    if kind != "mlp":  # the shared torso: embedding and cell
+        assert any(g.any() for g in jax.tree.leaves(grads["cell"]))
+
+
 def test_dense_without_perturbation_is_an_ordinary_layer_with_gradients():
     module = Dense(4)
     x = jax.random.normal(jax.random.key(0), (3, 5))
