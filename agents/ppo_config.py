@@ -6,7 +6,6 @@ minibatches divide an update's batch, when it is built, before anything compiles
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from esrl.checks import require
@@ -64,9 +63,7 @@ class PPOConfig:
         require(self, "> 0", "lr", "clip_eps", "max_grad_norm")
         require(self, "in [0, 1]", "gamma", "gae_lambda")
         require(self, ">= 0", "vf_coef", "ent_coef")
-        for name in ("lr", "vf_coef", "ent_coef"):  # inf: the first step is all NaN
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        require(self, "finite", "lr", "vf_coef", "ent_coef")  # inf: the first step NaN
         if self.reset_pool is not None and not 1 <= self.reset_pool <= self.num_envs:
             raise ValueError(
                 f"reset_pool must be in [1, num_envs], got {self.reset_pool}"

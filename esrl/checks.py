@@ -13,6 +13,7 @@ space, sampled actions accepted, identical transitions for identical keys.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ RULES = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
     "in [0, 1]": lambda v: 0 <= v <= 1,
+    "finite": math.isfinite,
 }
 """The ranges `require` checks, by the words its error message uses."""
 

@@ -9,7 +9,6 @@ learning rate, and optax minimises, so the optimizer receives -g.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +69,10 @@ class ESConfig:
             )
         require(self, "> 0", "sigma", "lr", "sigma_decay", "lr_decay")
         require(self, ">= 0", "weight_decay", "sigma_min")
-        for name in ("sigma", "lr", "sigma_decay", "lr_decay", "weight_decay"):
-            if math.isinf(getattr(self, name)):  # would turn every parameter to NaN
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        # inf would turn every parameter to NaN
+        require(
+            self, "finite", "sigma", "lr", "sigma_decay", "lr_decay", "weight_decay"
+        )
         if self.sigma_min > self.sigma:
             raise ValueError(
                 f"sigma_min {self.sigma_min} exceeds sigma {self.sigma}: sigma would "
