@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +97,33 @@ def save_checkpoint(directory: str | os.PathLike, tree: Any, meta: dict) -> Path
     }
     data = safetensors.numpy.save(arrays, metadata=header)
     final = checkpoint_path(directory)
-    tmp = directory / f".{FILENAME}.tmp-{os.getpid()}"
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:  # a full disk, Ctrl-C: no partial copy stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    # and those of earlier processes killed mid-save (SIGKILL, OOM) go now
-    for stale in directory.glob(f".{FILENAME}.tmp-*"):
-        stale.unlink(missing_ok=True)
+
+    replace_atomically(final, write)
     _fsync_dir(directory)
     return final
+
+
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a temporary file, then ``os.replace`` it over ``path``.
+
+    A kill or an error part way (a full disk, Ctrl-C) leaves ``path`` as it was and no
+    temporary file; those of earlier processes killed hard (SIGKILL, OOM) go now.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def read_meta(directory: str | os.PathLike) -> dict:

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,6 +34,7 @@ from rich.progress import (
 )
 
 from esrl.checkpoint import FILENAME as CHECKPOINT
+from esrl.checkpoint import replace_atomically
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -63,27 +63,10 @@ def to_json(value: Any) -> Any:
     return item
 
 
-def _replace(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write`` a temporary file, then ``os.replace`` it over ``path``.
-
-    A kill or an error part way leaves ``path`` as it was and no temporary file (one
-    left by a process killed hard goes at the next write).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and ``os.replace``."""
     text = json.dumps(to_json(data), indent=2, allow_nan=False) + "\n"
-    _replace(path, lambda tmp: tmp.write_text(text))
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _parse(text: str) -> list[dict]:
@@ -116,7 +99,7 @@ def _keep_until(path: Path, iteration: int) -> None:
     kept = [r for r in records if r.get("iteration", 0) <= iteration]
     if len(kept) != len(records) or (text and not text.endswith("\n")):
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        _replace(path, lambda tmp: tmp.write_text(text))
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
@@ -141,7 +124,7 @@ def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _fmt(value: Any) -> str:
