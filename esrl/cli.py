@@ -279,7 +279,7 @@ def run_command(
     anything compiles; Ctrl-C or SIGTERM returns 130 after the run saved its checkpoint.
     """
     from esrl.checkpoint import read_meta
-    from esrl.runs import run_spec, sigterm_as_interrupt
+    from esrl.runs import sigterm_as_interrupt
 
     try:
         import_plugins(tuple(args.plugin))
@@ -291,9 +291,7 @@ def run_command(
                     "--resume continues the run and --overwrite replaces it; "
                     "pass one of them"
                 )
-            meta = read_meta(args.resume)
-            run_spec(meta, args.resume)  # an LLM run's checkpoint holds none
-            spec = resume_spec(args, meta)
+            spec = resume_spec(args, read_meta(args.resume))
         else:
             spec = spec_from_args(args)
         out = args.resume or args.out or default_out(spec)

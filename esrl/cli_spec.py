@@ -92,9 +92,10 @@ def _env_horizon(env_id: str) -> int:
 
 def resume_spec(args: argparse.Namespace, meta: dict):
     """The checkpoint's spec with a new total; any other differing option is an error."""
+    from esrl.runs import run_spec
     from esrl.train import RunSpec
 
-    saved = meta["spec"]
+    saved = run_spec(meta, args.resume)  # an LLM run's checkpoint holds none
     for name, path in _SPEC_FIELDS.items():
         given, stored = getattr(args, name, None), _lookup(saved, path)
         if given is not None and given != stored:
