@@ -326,13 +326,9 @@ def _route(argv: list[str]) -> Callable[[list[str]], int] | None:
         known, _ = pre.parse_known_args(argv)
     except argparse.ArgumentError:  # e.g. --agent without a value: esrl train says so
         return None
-    agent = known.agent
-    if agent is None and known.resume:
-        from esrl.checkpoint import has_checkpoint, read_meta
+    from esrl.runs import run_agent
 
-        if has_checkpoint(known.resume):
-            meta = read_meta(known.resume)
-            agent = meta.get("agent") or meta.get("spec", {}).get("agent")
+    agent = known.agent or run_agent(known.resume)
     return _external(agent) if agent in EXTERNAL_AGENTS else None
 
 

@@ -144,22 +144,15 @@ def preset_help(preset: Preset, agent: str) -> str:
     return "\n".join(textwrap.fill(t, 88, subsequent_indent="  ") for t in lines)
 
 
-def _run_agent(run_dir: str | None) -> str | None:
-    """The agent of the run in ``run_dir``, if it holds one."""
-    from esrl.checkpoint import has_checkpoint, read_meta
-
-    if run_dir is None or not has_checkpoint(run_dir):
-        return None
-    return read_meta(run_dir).get("spec", {}).get("agent")
-
-
 def run_preset(preset: Preset, argv: list[str], doc: str = "") -> int:
     """A script's whole body: help, or train with the preset and report; exit status."""
     from esrl.cli import main
 
     known = _pre_parse(argv)
     if known.help:  # --resume DIR --help: the options of the run's agent
-        agent = known.agent or _run_agent(known.resume) or preset.agent
+        from esrl.runs import run_agent
+
+        agent = known.agent or run_agent(known.resume) or preset.agent
         print(doc.strip() + "\n\n" + preset_help(preset, agent) + "\n")
         try:
             return main(["train", "--agent", agent, "--help"])

@@ -49,6 +49,14 @@ def run_spec(meta: dict, out_dir: str | Path) -> dict:
     return meta["spec"]
 
 
+def run_agent(run_dir: str | Path | None) -> str | None:
+    """The agent of the run in ``run_dir``, if it holds a checkpoint that names one."""
+    if run_dir is None or not has_checkpoint(run_dir):
+        return None
+    meta = read_meta(run_dir)
+    return meta.get("agent") or meta.get("spec", {}).get("agent")
+
+
 def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None:
     """Checkpoint ``state`` with the spec and counters (main process only)."""
     if out_dir is not None and dist.is_main_process():
