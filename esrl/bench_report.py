@@ -248,6 +248,17 @@ def _peer_table(title: str, x: str, rows: list[dict]) -> str:
     return f"{title}:\n\n" + _table(header, lines)
 
 
+def load(path: str | Path) -> dict:
+    """A benchmark JSON (as `write` writes it); a ValueError says why a file is not."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not readable as JSON ({err})") from None
+    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
+        raise ValueError("not a benchmark JSON (no device and results)")
+    return doc
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m esrl.bench_report [FILE]``: print the tables of a benchmark JSON."""
     import sys
@@ -257,11 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     if not path.is_file():
         raise SystemExit(f"{path}: no such file; write one with scripts/benchmark.py")
     try:
-        doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{path}: not readable as JSON ({err})") from None
-    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
-        raise SystemExit(f"{path}: not a benchmark JSON (no device and results)")
+        doc = load(path)
+    except ValueError as err:
+        raise SystemExit(f"{path}: {err}") from None
     command = f"; `{doc['command']}`" if doc.get("command") else ""
     print(f"{doc['device']}{command}\n")
     print(tables(doc["results"]))

@@ -17,7 +17,6 @@ memory on a GPU) and FILE.png next to it. Runs unmodified on a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from esrl.bench import Case, device_description, positive_int, run_case
-from esrl.bench_report import plot, write
+from esrl.bench_report import load, plot, write
 
 P, E, O = ("plain", None), ("eggroll", 1), ("openai_es", None)
 PPO, EVOSAX = ("ppo", None), ("evosax_open_es", None)
@@ -84,13 +83,9 @@ def unwritable(out: Path) -> str | None:
 def previous(path: Path, device: str) -> dict:
     """An earlier run's JSON for --update, its metadata completed; ValueError if unfit."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"not readable as JSON ({err}); rerun without --update"
-        ) from None
-    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
-        raise ValueError("not a benchmark JSON (no device and results)")
+        doc = load(path)
+    except ValueError as err:
+        raise ValueError(f"{err}; rerun without --update") from None
     if doc["device"] != device:
         raise ValueError(f"was measured on {doc['device']}, not here")
     if not all(isinstance(r, dict) and "section" in r for r in doc["results"]):
