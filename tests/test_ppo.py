@@ -21,11 +21,12 @@ from esrl.checkpoint import load_checkpoint, read_meta
 from esrl.cli_ppo import build_parser, resume_spec, spec_from_args
 from esrl.env import Environment
 from esrl.gae import gae
-from esrl.logger import RunLogger, read_metrics
+from esrl.logger import read_metrics
 from esrl.policy import PolicySpec
 from esrl.train_ppo import PPORunSpec, _compiled, run_chunk, train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
+from interrupts import ctrl_c_at_record
 from memory_env import MemoryEnv
 
 GRU = PolicySpec(kind="gru", hidden=32)
@@ -277,14 +278,7 @@ def test_an_interrupt_among_a_chunks_records_keeps_metrics_at_the_checkpoint(
     tmp_path, monkeypatch
 ):
     """PPO logs a chunk's updates one by one before keeping the chunk's state."""
-    log = RunLogger.log
-
-    def ctrl_c_after_4(self, record):
-        log(self, record)
-        if record["iteration"] == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunLogger, "log", ctrl_c_after_4)
+    ctrl_c_at_record(monkeypatch, 4, written=True)
     out = tmp_path / "run"
     argv = [
         "train", "--agent", "ppo", "--env", "gymnax/CartPole-v1", "--hidden", "8",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from esrl.agents.eggroll import EggrollConfig
+from interrupts import ctrl_c_at_record
 from memory_env import MemoryEnv
 
 from esrl.checkpoint import checkpoint_path, read_meta
@@ -94,14 +95,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     assert main([*SMALL, "--generations", "3", "--out", str(split)]) == 0
     assert read_meta(split)["counters"]["generation"] == 3
 
-    log = RunLogger.log
-
-    def ctrl_c_at_5(self, record):
-        if record["iteration"] == 5:
-            raise KeyboardInterrupt
-        log(self, record)
-
-    monkeypatch.setattr(RunLogger, "log", ctrl_c_at_5)
+    log = ctrl_c_at_record(monkeypatch, 5, written=False)
     resume = ["train", "--resume", str(split), "--no-progress"]
     assert main([*resume, "--generations", "6"]) == 130
     assert read_meta(split)["counters"]["generation"] == 4  # saved on Ctrl-C
@@ -128,14 +122,7 @@ def test_an_interrupt_after_a_record_leaves_metrics_matching_the_checkpoint(
     tmp_path, monkeypatch
 ):
     """Ctrl-C (or SIGTERM) after generation 3's record, before its state is kept."""
-    log = RunLogger.log
-
-    def ctrl_c_after_3(self, record):
-        log(self, record)
-        if record["iteration"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunLogger, "log", ctrl_c_after_3)
+    ctrl_c_at_record(monkeypatch, 3, written=True)
     out = tmp_path / "run"
     assert main([*SMALL, "--generations", "5", "--out", str(out)]) == 130
     assert read_meta(out)["counters"]["generation"] == 2
