@@ -1,15 +1,18 @@
-// A hand-fused CPU rollout of esrl's MLP policy (4 -> hidden -> hidden -> 2, tanh), plain
-// and EGGROLL rank 1, for scripts/fused_probe.py. Not part of the library: it measures how
-// close to plain inference a kernel that XLA:CPU does not emit could bring EGGROLL.
+// Hand-fused CPU rollouts of esrl's benchmark policies, plain and EGGROLL rank 1, for
+// scripts/fused_probe.py. Not part of the library: they measure how close to plain
+// inference a kernel that XLA:CPU does not emit could bring EGGROLL.
+//   mlp: 4 -> hidden -> hidden -> 2, tanh (MLP 256x2)
+//   gru: 4 -> embed (tanh) -> GRU cell -> dense (tanh) -> 2 (GRU 256, as esrl.policy)
 //
-// Per step, each thread takes its members in chunks: the hidden matmul is one OpenBLAS
+// Per step, each thread takes its members in chunks: every wide matmul is one OpenBLAS
 // sgemm per chunk (numpy's bundled scipy-openblas, single-threaded); everything else is
-// fused into the loops that read the chunk while it is in cache: bias, the perturbed
-// bias, the rank-1 term s_i * b_pair (s_i = sign_i sigma x_i . a_pair), tanh, the next
-// layer's row reduction and the narrow head. The two members of a pair are neighbours,
-// so the second read of the pair's noise comes from cache.
-// The "environment" is a cheap synthetic update of the observation from the logits.
+// fused into the loops that read the chunk while it is in cache: biases, perturbed
+// biases, the rank-1 terms s_i * b_pair (s_i = sign_i sigma x_i . a_pair), activations,
+// gates, the next layers' row reductions and the narrow head. The two members of a pair
+// are neighbours, so the second read of the pair's noise comes from cache. The
+// "environment" is a cheap synthetic update of the observation from the logits.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -20,6 +23,8 @@ extern "C" void scipy_cblas_sgemm64_(int, int, int, int64_t, int64_t, int64_t, f
 extern "C" void scipy_openblas_set_num_threads64_(int);
 
 namespace {
+
+constexpr int IN = 4, OUT = 2;  // CartPole's observation and action sizes
 
 // tanh as a rational function (the approximation Eigen and XLA:CPU use), vectorisable.
 inline float fast_tanh(float x) {
@@ -39,79 +44,155 @@ inline float fast_tanh(float x) {
   return x * p / q;
 }
 
-constexpr int IN = 4, OUT = 2;  // CartPole's observation and action sizes
+inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
 
-struct Net {
-  int hidden;
-  const float *w1, *c1, *w2, *c2, *w3, *c3;  // kernels (in, out) row-major, biases
+// One perturbable dense layer: kernel (in, out) row-major, bias, and the unit noise of
+// every pair, part-major (a: [pairs, in], b and e: [pairs, out]) so that the reads of
+// consecutive pairs stream through memory.
+struct Layer {
+  int in, out;
+  const float *w, *c, *a, *b, *e;
 };
 
-// The noise, part-major: each part (a1 b1 e1 a2 b2 e2 a3 b3 e3) holds every pair's row,
-// so the reads of consecutive pairs stream through memory.
-struct Noise {
-  const float *a1, *b1, *e1, *a2, *b2, *e2, *a3, *b3, *e3;
-  Noise(const float* z, int64_t pairs, int H) {
-    const float** parts[] = {&a1, &b1, &e1, &a2, &b2, &e2, &a3, &b3, &e3};
-    const int width[] = {IN, H, H, H, H, H, H, OUT, OUT};
-    for (int i = 0; i < 9; i++) *parts[i] = z, z += pairs * width[i];
-  }
+struct Net {
+  int hidden, count;
+  Layer layer[5];
 };
 
 // sigma times member m's antithetic sign (even members +, odd members -).
 inline float signed_sigma(int64_t m, float sigma) { return (m & 1) ? -sigma : sigma; }
 
+// The synthetic environment: the next observation from the logits.
+inline void env_step(float* x, const float* y) {
+  for (int k = 0; k < IN; k++) x[k] = 0.9f * x[k] + 0.1f * y[k % OUT];
+}
+
+// First layer (4 inputs, computed directly): h = tanh(x W + c [+ s b + sg e]); returns
+// sg * h . next_a (the next layer's row reduction).
 template <bool NOISE>
-void rollout_block(const Net& n, const Noise& z, float sigma, float* obs, int64_t first,
-                   int64_t count, int steps, int chunk, float* logits) {
+inline float first_layer(const Layer& L, const float* x, int64_t p, float sg, float* h,
+                         const float* next_a) {
+  float s = 0.f, acc = 0.f;
+  if (NOISE)
+    for (int k = 0; k < IN; k++) s += x[k] * L.a[p * IN + k];
+  s *= sg;
+  const float *b = L.b + p * L.out, *e = L.e + p * L.out;
+  for (int j = 0; j < L.out; j++) {
+    float v = L.c[j];
+    for (int k = 0; k < IN; k++) v += x[k] * L.w[k * L.out + j];
+    if (NOISE) v += s * b[j] + sg * e[j];
+    v = fast_tanh(v);
+    h[j] = v;
+    if (NOISE) acc += v * next_a[j];
+  }
+  return sg * acc;
+}
+
+// Last hidden layer's epilogue and the head: out = tanh(y + c [+ s b + sg e]) W3 + ...
+template <bool NOISE>
+inline void last_layer(const Layer& L, const Layer& head, const float* y, float s,
+                       int64_t p, float sg, float* out) {
+  const float *b = L.b + p * L.out, *e = L.e + p * L.out, *a3 = head.a + p * head.in;
+  float o[OUT] = {}, acc = 0.f;
+  for (int j = 0; j < L.out; j++) {
+    float v = y[j] + L.c[j];
+    if (NOISE) v += s * b[j] + sg * e[j];
+    v = fast_tanh(v);
+    for (int k = 0; k < OUT; k++) o[k] += v * head.w[j * OUT + k];
+    if (NOISE) acc += v * a3[j];
+  }
+  for (int k = 0; k < OUT; k++) {
+    out[k] = o[k] + head.c[k];
+    if (NOISE) out[k] += sg * (acc * head.b[p * OUT + k] + head.e[p * OUT + k]);
+  }
+}
+
+void sgemm(int M, const Layer& L, const float* x, float* y) {
+  scipy_cblas_sgemm64_(101, 111, 111, M, L.out, L.in, 1.f, x, L.in, L.w, L.out, 0.f, y,
+                       L.out);
+}
+
+template <bool NOISE>
+void mlp_block(const Net& n, float sigma, float* obs, int64_t first, int64_t count,
+               int steps, int chunk, float* logits) {
+  const Layer &l1 = n.layer[0], &l2 = n.layer[1], &head = n.layer[2];
   const int H = n.hidden;
   std::vector<float> x1((size_t)chunk * H), x2((size_t)chunk * H), s(chunk);
   for (int t = 0; t < steps; t++) {
     for (int64_t c = 0; c < count; c += chunk) {
       const int M = (int)std::min<int64_t>(chunk, count - c);
-      for (int m = 0; m < M; m++) {  // layer 1 (narrow input): direct, + next reduction
-        const int64_t mem = first + c + m;
-        const int64_t p = mem / 2;
-        const float sg = signed_sigma(mem, sigma);
-        float x[IN];
-        for (int k = 0; k < IN; k++) x[k] = obs[(c + m) * IN + k];
-        float s1 = 0.f, acc = 0.f;
-        if (NOISE)
-          for (int k = 0; k < IN; k++) s1 += x[k] * z.a1[p * IN + k];
-        s1 *= sg;
-        float* __restrict__ h = &x1[(size_t)m * H];
-        for (int j = 0; j < H; j++) {
-          float v = n.c1[j];
-          for (int k = 0; k < IN; k++) v += x[k] * n.w1[k * H + j];
-          if (NOISE) v += s1 * z.b1[p * H + j] + sg * z.e1[p * H + j];
-          v = fast_tanh(v);
-          h[j] = v;
-          if (NOISE) acc += v * z.a2[p * H + j];
-        }
-        s[m] = sg * acc;
+      for (int m = 0; m < M; m++) {
+        const int64_t mem = first + c + m, p = mem / 2;
+        s[m] = first_layer<NOISE>(l1, obs + (c + m) * IN, p, signed_sigma(mem, sigma),
+                                  &x1[(size_t)m * H], l2.a + p * H);
       }
-      scipy_cblas_sgemm64_(101, 111, 111, M, H, H, 1.f, x1.data(), H, n.w2, H, 0.f,
-                           x2.data(), H);
-      for (int m = 0; m < M; m++) {  // layer 2 epilogue, + head (its matmul and reduction)
+      sgemm(M, l2, x1.data(), x2.data());
+      for (int m = 0; m < M; m++) {
         const int64_t mem = first + c + m;
-        const int64_t p = mem / 2;
+        float* y = logits + (c + m) * OUT;
+        last_layer<NOISE>(l2, head, &x2[(size_t)m * H], s[m], mem / 2,
+                          signed_sigma(mem, sigma), y);
+        env_step(obs + (c + m) * IN, y);
+      }
+    }
+  }
+}
+
+template <bool NOISE>
+void gru_block(const Net& n, float sigma, float* obs, int64_t first, int64_t count,
+               int steps, int chunk, float* logits) {
+  const Layer &embed = n.layer[0], &in = n.layer[1], &rec = n.layer[2];
+  const Layer &dense = n.layer[3], &head = n.layer[4];
+  const int H = n.hidden;
+  std::vector<float> h((size_t)count * H, 0.f), sh(count, 0.f);  // carry, h . rec.a
+  std::vector<float> e((size_t)chunk * H), xi((size_t)chunk * 3 * H);
+  std::vector<float> hh((size_t)chunk * 3 * H), y((size_t)chunk * H), si(chunk), sd(chunk);
+  for (int t = 0; t < steps; t++) {
+    for (int64_t c = 0; c < count; c += chunk) {
+      const int M = (int)std::min<int64_t>(chunk, count - c);
+      float* hc = &h[(size_t)c * H];
+      for (int m = 0; m < M; m++) {
+        const int64_t mem = first + c + m, p = mem / 2;
+        si[m] = first_layer<NOISE>(embed, obs + (c + m) * IN, p, signed_sigma(mem, sigma),
+                                   &e[(size_t)m * H], in.a + p * H);
+      }
+      sgemm(M, in, e.data(), xi.data());
+      sgemm(M, rec, hc, hh.data());
+      for (int m = 0; m < M; m++) {  // gates, + the recurrent and dense row reductions
+        const int64_t mem = first + c + m, p = mem / 2;
         const float sg = signed_sigma(mem, sigma);
-        const float* __restrict__ h = &x2[(size_t)m * H];
-        const float s2 = s[m];
-        float y[OUT] = {}, acc = 0.f;
+        const float *x3 = &xi[(size_t)m * 3 * H], *h3 = &hh[(size_t)m * 3 * H];
+        const float *ib = in.b + p * 3 * H, *ie = in.e + p * 3 * H;
+        const float *hb = rec.b + p * 3 * H, *he = rec.e + p * 3 * H;
+        const float *ra = rec.a + p * H, *da = dense.a + p * H;
+        float* hm = hc + (size_t)m * H;
+        float acc_h = 0.f, acc_d = 0.f;
         for (int j = 0; j < H; j++) {
-          float v = h[j] + n.c2[j];
-          if (NOISE) v += s2 * z.b2[p * H + j] + sg * z.e2[p * H + j];
-          v = fast_tanh(v);
-          for (int o = 0; o < OUT; o++) y[o] += v * n.w3[j * OUT + o];
-          if (NOISE) acc += v * z.a3[p * H + j];
+          float g[3], q[3];  // input and recurrent parts of r, z, n
+          for (int k = 0; k < 3; k++) {
+            const int i = k * H + j;
+            g[k] = x3[i] + in.c[i];
+            q[k] = h3[i] + rec.c[i];
+            if (NOISE) {
+              g[k] += si[m] * ib[i] + sg * ie[i];
+              q[k] += sh[c + m] * hb[i] + sg * he[i];
+            }
+          }
+          const float r = fast_sigmoid(g[0] + q[0]), z = fast_sigmoid(g[1] + q[1]);
+          const float v = (1.f - z) * fast_tanh(g[2] + r * q[2]) + z * hm[j];
+          hm[j] = v;
+          if (NOISE) acc_h += v * ra[j], acc_d += v * da[j];
         }
-        float* __restrict__ out = logits + (c + m) * OUT;
-        for (int o = 0; o < OUT; o++) {
-          out[o] = y[o] + n.c3[o];
-          if (NOISE) out[o] += sg * (acc * z.b3[p * OUT + o] + z.e3[p * OUT + o]);
-        }
-        float* x = obs + (c + m) * IN;  // the synthetic environment
-        for (int k = 0; k < IN; k++) x[k] = 0.9f * x[k] + 0.1f * out[k % OUT];
+        sh[c + m] = sg * acc_h;
+        sd[m] = sg * acc_d;
+      }
+      sgemm(M, dense, hc, y.data());
+      for (int m = 0; m < M; m++) {
+        const int64_t mem = first + c + m;
+        float* out = logits + (c + m) * OUT;
+        last_layer<NOISE>(dense, head, &y[(size_t)m * H], sd[m], mem / 2,
+                          signed_sigma(mem, sigma), out);
+        env_step(obs + (c + m) * IN, out);
       }
     }
   }
@@ -119,18 +200,26 @@ void rollout_block(const Net& n, const Noise& z, float sigma, float* obs, int64_
 
 }  // namespace
 
-// Roll out `members` members for `steps` steps from `obs` [members, 4] (updated in
-// place); `logits` [members, 2] receives the last step's policy outputs. Members are
-// split over `threads` threads in whole pairs. `noise` holds the parts of `Noise`.
-extern "C" void probe_rollout(int hidden, const float* w1, const float* c1,
-                              const float* w2, const float* c2, const float* w3,
-                              const float* c3, const float* noise, float sigma,
-                              int use_noise, float* obs, int64_t members, int steps,
-                              int chunk, int threads, float* logits) {
+// Roll out `members` members of policy `kind` (0 mlp: 3 layers, 1 gru: 5 layers) for
+// `steps` steps from `obs` [members, 4] (updated in place); `logits` [members, 2]
+// receives the last step's outputs. `dims` holds each layer's (in, out); `weights` each
+// layer's kernel and bias; `noise` each layer's a, b, e over all pairs, in layer order.
+// Members are split over `threads` threads in whole pairs.
+extern "C" void probe_rollout(int kind, int hidden, const int* dims,
+                              const float* const* weights, const float* noise,
+                              float sigma, int use_noise, float* obs, int64_t members,
+                              int steps, int chunk, int threads, float* logits) {
   scipy_openblas_set_num_threads64_(1);
-  const Net n{hidden, w1, c1, w2, c2, w3, c3};
-  const Noise z(noise, members / 2, hidden);
-  const int64_t per = (members / 2 + threads - 1) / threads * 2;
+  Net n{hidden, kind == 0 ? 3 : 5, {}};
+  const int64_t pairs = members / 2;
+  for (int i = 0; i < n.count; i++) {
+    Layer& L = n.layer[i];
+    L.in = dims[2 * i], L.out = dims[2 * i + 1];
+    L.w = weights[2 * i], L.c = weights[2 * i + 1];
+    L.a = noise, L.b = L.a + pairs * L.in, L.e = L.b + pairs * L.out;
+    noise = L.e + pairs * L.out;
+  }
+  const int64_t per = (pairs + threads - 1) / threads * 2;
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; t++) {
     const int64_t first = t * per, count = std::min(per, members - first);
@@ -138,10 +227,9 @@ extern "C" void probe_rollout(int hidden, const float* w1, const float* c1,
     pool.emplace_back([=] {
       float* o = obs + first * IN;
       float* y = logits + first * OUT;
-      if (use_noise)
-        rollout_block<true>(n, z, sigma, o, first, count, steps, chunk, y);
-      else
-        rollout_block<false>(n, z, sigma, o, first, count, steps, chunk, y);
+      auto block = kind == 0 ? (use_noise ? mlp_block<true> : mlp_block<false>)
+                             : (use_noise ? gru_block<true> : gru_block<false>);
+      block(n, sigma, o, first, count, steps, chunk, y);
     });
   }
   for (auto& th : pool) th.join();
