@@ -11,6 +11,23 @@ Episode boundaries: a time-limit truncation bootstraps from V(final obs) (see
 `esrl.gae`), and a recurrent policy's carry is zeroed right after the step whose
 ``done`` ended the episode, both while acting and when the sequence is replayed for the
 loss (`PPO.unroll`), so training sees exactly the hidden states the actor had.
+
+Non-finite data: one environment's NaN or inf never poisons the parameters (as a NaN
+fitness never does in ES). A step is dropped from the update (zero weight in every loss
+term and in the advantage statistics) when its reward, observation, value or log-prob
+is non-finite, or when the value it bootstraps from is (V(next obs), or V(final obs) at
+a time-limit cut; a terminal step needs none). GAE stops at a dropped step, so nothing
+flows back into the steps before it (`esrl.gae.gae`). A non-finite observation is
+replaced by zeros before the policy sees it (so actions stay finite), and a step whose
+observation, value or log-prob was non-finite is treated like an episode end for the
+recurrent carry: it is zeroed after that step while acting and when replayed (the
+environment itself runs on until its own episode ends). Running observation and return
+statistics skip non-finite entries, and an episode with a non-finite return is left out
+of the training-return metric. Last, a gradient step whose gradient is still
+non-finite is skipped (parameters and optimizer state unchanged). `Metrics` counts the
+dropped transitions and skipped steps of every update. With finite data all of this is
+the identity (a minibatch with every step valid takes the unmasked loss): the numbers
+are the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from esrl.env import AutoReset, Environment, wraps
 from esrl.gae import (
     Batch,
     Losses,
+    all_finite,
     discounted_returns,
     gae,
     log_prob,
@@ -94,6 +112,9 @@ class Transition(NamedTuple):
     skips computing it and holds 0)."""
     episode_return: jax.Array
     """Undiscounted return of the episode so far, this reward included."""
+    finite: jax.Array
+    """The observation, value and log-prob were finite (else the step is dropped and
+    the carry zeroed after it)."""
 
 
 class Learner(NamedTuple):
@@ -107,8 +128,19 @@ class Metrics(NamedTuple):
     """Per-update metrics; ``return_sum / episodes`` is the mean training return."""
 
     return_sum: jax.Array
+    """Sum of the finite returns of the episodes that ended."""
     episodes: jax.Array
+    """Episodes that ended with a finite return."""
     losses: Losses
+    dropped: jax.Array
+    """Transitions left out of the loss (non-finite data, see the module docstring)."""
+    skipped: jax.Array
+    """Gradient steps not applied because the gradient was non-finite."""
+
+
+def _keep(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """``x`` [*batch, ...] where ``mask`` [*batch], else 0."""
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
 
 
 def _zero_value(carry, obs: jax.Array) -> jax.Array:
@@ -158,7 +190,7 @@ class PPO:
         )
         obs_stats = init_obs_stats(obs.shape[1:])
         if c.normalize_obs:
-            obs_stats = merge_batch(obs_stats, obs)
+            obs_stats = merge_batch(obs_stats, obs, all_finite(obs))
         zeros = jnp.zeros((c.num_envs,), jnp.float32)
         return PPOState(
             params=params,
@@ -184,6 +216,14 @@ class PPO:
             return normalize_obs(state.obs_stats, obs)
         return obs.astype(jnp.float32)
 
+    def observe(self, state: PPOState, obs: jax.Array, batch_dims: int = 1):
+        """`normalize`, with zeros for an observation that is not all finite.
+
+        Returns the policy's input and whether each observation was finite [*batch].
+        """
+        ok = all_finite(obs, batch_dims)
+        return _keep(ok, self.normalize(state, obs)), ok
+
     def act(self, params, carry, obs: jax.Array) -> tuple[Any, PolicyOutput]:
         """The policy on a batch: carry [N, ...], obs [N, ...] -> (carry, outputs)."""
         return jax.vmap(self.policy.apply, in_axes=(None, 0, 0))(params, carry, obs)
@@ -195,15 +235,15 @@ class PPO:
         kind, hidden = self.config.policy.kind, self.config.policy.hidden
         return jax.vmap(partial(reset_carry, kind=kind, hidden=hidden))(carry, done)
 
-    def unroll(self, params, carry, obs: jax.Array, done: jax.Array) -> PolicyOutput:
-        """Replay sequences obs [T, N, ...], resetting the carry after each done [T, N]."""
-        _, out = jax.lax.scan(partial(self._unroll_step, params), carry, (obs, done))
+    def unroll(self, params, carry, obs: jax.Array, reset: jax.Array) -> PolicyOutput:
+        """Replay sequences obs [T, N, ...], resetting the carry after each reset [T, N]."""
+        _, out = jax.lax.scan(partial(self._unroll_step, params), carry, (obs, reset))
         return out
 
     def _unroll_step(self, params, carry, xs):
-        obs, done = xs
+        obs, reset = xs
         carry, out = self.act(params, carry, obs)
-        return self.reset_done(carry, done), out
+        return self.reset_done(carry, reset), out
 
     def rollout(self, state: PPOState, key: jax.Array) -> tuple[Runner, Transition]:
         """``num_steps`` steps of every environment with the current policy."""
@@ -214,9 +254,11 @@ class PPO:
 
     def _rollout_step(self, state: PPOState, runner: Runner, key: jax.Array):
         k_act, k_env = jax.random.split(key)
-        obs = self.normalize(state, runner.obs)
+        obs, obs_ok = self.observe(state, runner.obs)
         carry, out = self.act(state.params, runner.carry, obs)
         action = sample_action(k_act, out, self.action_space)
+        logp = log_prob(out, action, self.discrete)
+        finite = obs_ok & jnp.isfinite(out.value) & jnp.isfinite(logp)
         env_action = action if self.discrete else clip_action(action, self.action_space)
         next_obs, env_state, reward, term, trunc, info = self.vec.step(
             k_env, runner.env_state, env_action, self.env_params
@@ -229,11 +271,11 @@ class PPO:
             carry, info["final_obs"],
         )  # fmt: skip
         transition = Transition(
-            runner.obs, action, log_prob(out, action, self.discrete), out.value,
-            reward, term, trunc, info["final_obs"], final_value, ep_return,
+            runner.obs, action, logp, out.value, reward, term, trunc,
+            info["final_obs"], final_value, ep_return, finite,
         )  # fmt: skip
         next_runner = Runner(
-            env_state, next_obs, self.reset_done(carry, done),
+            env_state, next_obs, self.reset_done(carry, done | ~finite),
             jnp.where(done, 0.0, ep_return),
         )  # fmt: skip
         return next_runner, transition
@@ -252,18 +294,21 @@ class PPO:
         batch, disc_return, reward_stats = self._batch(state, traj, runner)
         learner = Learner(state.params, state.opt_state)
         keys = jax.random.split(k_epochs, self.config.update_epochs)
-        learner, losses = jax.lax.scan(
+        learner, (losses, skipped) = jax.lax.scan(
             partial(self._epoch, state.carry, batch), learner, keys
         )
         obs_stats = state.obs_stats
         if self.config.normalize_obs:
-            obs_stats = merge_batch(
-                obs_stats, traj.obs.reshape(-1, *traj.obs.shape[2:])
-            )
+            obs = traj.obs.reshape(-1, *traj.obs.shape[2:])
+            obs_stats = merge_batch(obs_stats, obs, all_finite(obs))
+        done = jnp.logical_or(traj.terminated, traj.truncated)
+        ended = done & jnp.isfinite(traj.episode_return)
         metrics = Metrics(
-            jnp.sum(jnp.where(batch.done, traj.episode_return, 0.0)),
-            jnp.sum(batch.done),
+            jnp.sum(jnp.where(ended, traj.episode_return, 0.0)),
+            jnp.sum(ended),
             jax.tree.map(jnp.mean, losses),
+            jnp.sum(~batch.valid),
+            jnp.sum(skipped),
         )
         new_state = state.replace(
             params=learner.params,
@@ -281,25 +326,38 @@ class PPO:
         return new_state, metrics
 
     def _batch(self, state: PPOState, traj: Transition, runner: Runner):
-        """Advantages and targets; a time-limit cut bootstraps from V(final obs)."""
+        """Advantages and targets; a time-limit cut bootstraps from V(final obs).
+
+        Steps with non-finite data or bootstrap value are invalid: finite placeholders
+        (0) in the batch, no weight in the loss (see the module docstring).
+        """
         c = self.config
         done = jnp.logical_or(traj.terminated, traj.truncated)
         last = self._value(state, runner.carry, runner.obs)
         next_value = jnp.concatenate([traj.value[1:], last[None]])
         next_value = jnp.where(traj.truncated, traj.final_value, next_value)
+        last_ok = all_finite(runner.obs) & jnp.isfinite(last)
+        next_ok = jnp.concatenate([traj.finite[1:], last_ok[None]])
+        final_ok = all_finite(traj.final_obs, 2) & jnp.isfinite(traj.final_value)
+        next_ok = jnp.where(traj.truncated, final_ok, next_ok)
+        next_value = jnp.where(next_ok, next_value, 0.0)
+        valid = traj.finite & jnp.isfinite(traj.reward) & (traj.terminated | next_ok)
         reward, disc, reward_stats = traj.reward, state.disc_return, state.reward_stats
         if c.normalize_reward:
             disc, returns = discounted_returns(disc, reward, done, c.gamma)
-            reward_stats = merge_batch(reward_stats, returns.reshape(-1))
+            returns = returns.reshape(-1)
+            reward_stats = merge_batch(reward_stats, returns, jnp.isfinite(returns))
             reward = scale_reward(reward_stats, reward)
         advantage, target = gae(
             reward, traj.value, next_value, traj.terminated, traj.truncated,
-            c.gamma, c.gae_lambda,
+            c.gamma, c.gae_lambda, valid,
         )  # fmt: skip
-        obs = self.normalize(state, traj.obs)
+        obs, _ = self.observe(state, traj.obs, batch_dims=2)
+        keep = partial(_keep, valid)
         batch = Batch(
-            obs, done, traj.action, traj.log_prob, traj.value, advantage, target
-        )
+            obs, done | ~traj.finite, keep(traj.action), keep(traj.log_prob),
+            keep(traj.value), advantage, target, valid,
+        )  # fmt: skip
         return batch, disc, reward_stats
 
     def _epoch(self, carry0, batch: Batch, learner: Learner, key: jax.Array):
@@ -316,19 +374,31 @@ class PPO:
             minibatches = jax.tree.map(partial(split_rows, perm=perm, m=m), batch)
         return jax.lax.scan(self._grad_step, learner, (carries, minibatches))
 
-    def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, Losses]:
+    def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, tuple]:
+        """One optimizer step on a minibatch; returns (losses, whether skipped)."""
         carry0, batch = minibatch
+        # All valid: the unmasked loss, the very computation (and numbers, bit for bit)
+        # of a finite run before masking existed; XLA compiles masked means differently.
+        everything = partial(self._apply_grad, carry0, batch._replace(valid=None))
+        masked = partial(self._apply_grad, carry0, batch)
+        return jax.lax.cond(jnp.all(batch.valid), everything, masked, learner)
+
+    def _apply_grad(self, carry0, batch: Batch, learner: Learner):
         grads, losses = jax.grad(self.loss, has_aux=True)(learner.params, carry0, batch)
         updates, opt_state = self.optimizer.update(
             grads, learner.opt_state, learner.params
         )
-        return Learner(optax.apply_updates(learner.params, updates), opt_state), losses
+        new = Learner(optax.apply_updates(learner.params, updates), opt_state)
+        # The last guard: a step with a non-finite gradient changes nothing (a cond,
+        # not a where, which would change the compiled numbers of finite runs).
+        ok = jnp.isfinite(optax.tree.norm(grads))
+        return jax.lax.cond(ok, lambda: new, lambda: learner), (losses, ~ok)
 
     def loss(self, params, carry0, batch: Batch) -> tuple[jax.Array, Losses]:
         """Clipped surrogate + (clipped) value loss - entropy bonus on one minibatch."""
         c = self.config
         if self.recurrent:
-            out = self.unroll(params, carry0, batch.obs, batch.done)
+            out = self.unroll(params, carry0, batch.obs, batch.reset)
         else:
             out = self.act(params, (), batch.obs)[1]
         return ppo_loss(

@@ -9,6 +9,12 @@ at the episode boundary::
 
     delta_t = r_t + gamma * (1 - terminated_t) * next_values_t - values_t
     A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+
+Non-finite data (a NaN reward or observation from one environment) never reaches the
+parameters: `gae` stops the recursion at a step the caller marks invalid (its advantage
+and target are 0), `ppo_loss` gives such a step zero weight in every term and in the
+advantage statistics, a non-finite discounted return restarts its accumulator and
+`merge_batch` leaves masked rows out of running statistics.
 """
 
 from __future__ import annotations
@@ -35,12 +41,16 @@ class Batch(NamedTuple):
     """Training data of one update ([T, N, ...], or flat [B, ...] for an MLP)."""
 
     obs: jax.Array
-    done: jax.Array
+    reset: jax.Array
+    """A recurrent policy's carry is zeroed after this step (episode end or invalid)."""
     action: jax.Array
     log_prob: jax.Array
     value: jax.Array
     advantage: jax.Array
     target: jax.Array
+    valid: jax.Array | None = None
+    """Steps that count in the loss (the others hold finite placeholders, e.g. 0);
+    None: all of them."""
 
 
 class Losses(NamedTuple):
@@ -61,28 +71,35 @@ def gae(
     truncated: jax.Array,
     gamma: float,
     lam: float,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Advantages and value targets (advantages + values) by a reverse `lax.scan`.
 
+    Where ``valid`` is False the advantage and target are 0 whatever the data (NaN
+    included) and the recursion stops there: the step before keeps its own TD error,
+    bootstrapped from its ``next_values`` (which the caller vouches for).
+
     Args:
-        rewards, values, next_values, terminated, truncated: [T, ...] time-major; any
-            trailing axes (environments) are batched.
+        rewards, values, next_values, terminated, truncated, valid: [T, ...]
+            time-major; any trailing axes (environments) are batched.
     """
     not_terminal = 1.0 - terminated.astype(values.dtype)
     not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(values.dtype)
     deltas = rewards + gamma * not_terminal * next_values - values
+    if valid is None:
+        valid = jnp.ones(deltas.shape, bool)
     _, advantages = jax.lax.scan(
         _gae_step,
         jnp.zeros_like(values[0]),
-        (deltas, gamma * lam * not_done),
+        (deltas, gamma * lam * not_done, valid),
         reverse=True,
     )
-    return advantages, advantages + values
+    return advantages, jnp.where(valid, advantages + values, 0.0)
 
 
 def _gae_step(next_advantage: jax.Array, xs) -> tuple[jax.Array, jax.Array]:
-    delta, decay = xs
-    advantage = delta + decay * next_advantage
+    delta, decay, valid = xs
+    advantage = jnp.where(valid, delta + decay * next_advantage, 0.0)
     return advantage, advantage
 
 
@@ -90,6 +107,9 @@ def discounted_returns(
     initial: jax.Array, rewards: jax.Array, done: jax.Array, gamma: float
 ) -> tuple[jax.Array, jax.Array]:
     """Running discounted returns of the current episodes, reset after each ``done``.
+
+    A non-finite return (a NaN or inf reward) restarts the accumulator too, so it
+    does not last until the episode ends.
 
     Args:
         initial: [N] the accumulators carried over from the previous rollout.
@@ -103,14 +123,28 @@ def discounted_returns(
 def _return_step(acc: jax.Array, xs, gamma: float) -> tuple[jax.Array, jax.Array]:
     reward, done = xs
     ret = acc * gamma + reward
-    return jnp.where(done, 0.0, ret), ret
+    return jnp.where(done | ~jnp.isfinite(ret), 0.0, ret), ret
 
 
-def merge_batch(stats: ObsStats, batch: jax.Array) -> ObsStats:
-    """Fold a batch [B, *shape] into running statistics (`esrl.normalize`'s Welford)."""
-    ones = jnp.ones((1, batch.shape[0]), bool)
-    moments = accumulate(zero_moments(stats, (1,)), stats, batch[None], ones)
+def merge_batch(
+    stats: ObsStats, batch: jax.Array, mask: jax.Array | None = None
+) -> ObsStats:
+    """Fold a batch [B, *shape] into running statistics (`esrl.normalize`'s Welford),
+    only the rows where ``mask`` [B] (default: all)."""
+    mask = jnp.ones(batch.shape[:1], bool) if mask is None else mask
+    moments = accumulate(zero_moments(stats, (1,)), stats, batch[None], mask[None])
     return update_obs_stats(stats, moments)
+
+
+def all_finite(x: jax.Array, batch_dims: int = 1) -> jax.Array:
+    """Whether every entry of each example is finite: [*batch, ...] -> [*batch]."""
+    return jnp.all(jnp.isfinite(x), axis=tuple(range(batch_dims, x.ndim)))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` where ``mask`` (0 if nowhere); the other entries count for nothing
+    (keep them finite under `jax.grad`: their zero cotangent times NaN is NaN)."""
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def scale_reward(stats: ObsStats, reward: jax.Array) -> jax.Array:
@@ -148,23 +182,33 @@ def ppo_loss(
     ent_coef: float = 0.01,
     normalize_advantages: bool = True,
 ) -> tuple[jax.Array, Losses]:
-    """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy."""
+    """Clipped surrogate + vf_coef * (clipped) value loss - ent_coef * entropy.
+
+    With ``batch.valid``, every term, diagnostic and the advantage statistics are
+    means over the valid steps only; the others must hold finite numbers (their
+    gradient is multiplied by 0) and count for nothing. ``valid=None``: all steps.
+    """
     log_ratio = log_prob(out, batch.action, discrete) - batch.log_prob
+    mean, std = jnp.mean, jnp.std
+    if batch.valid is not None:
+        mean = partial(masked_mean, mask=batch.valid)
+        std = lambda x: jnp.sqrt(mean(jnp.square(x - mean(x))))
+        log_ratio = jnp.where(batch.valid, log_ratio, 0.0)  # no overflow to ignore
     ratio = jnp.exp(log_ratio)
     adv = batch.advantage
     if normalize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = (adv - mean(adv)) / (std(adv) + 1e-8)
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    policy_loss = -jnp.mean(jnp.minimum(ratio * adv, clipped * adv))
+    policy_loss = -mean(jnp.minimum(ratio * adv, clipped * adv))
     value_loss = jnp.square(out.value - batch.target)
     if clip_value:
         v_clip = batch.value + jnp.clip(out.value - batch.value, -clip_eps, clip_eps)
         value_loss = jnp.maximum(value_loss, jnp.square(v_clip - batch.target))
-    value_loss = 0.5 * jnp.mean(value_loss)
-    ent = jnp.mean(entropy(out, discrete))
+    value_loss = 0.5 * mean(value_loss)
+    ent = mean(entropy(out, discrete))
     total = policy_loss + vf_coef * value_loss - ent_coef * ent
-    approx_kl = jnp.mean(ratio - 1.0 - log_ratio)
-    clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
+    approx_kl = mean(ratio - 1.0 - log_ratio)
+    clip_fraction = mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32))
     return total, Losses(policy_loss, value_loss, ent, approx_kl, clip_fraction)
 
 

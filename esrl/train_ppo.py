@@ -6,14 +6,15 @@ policy (`esrl.rollout`, exactly as ES is evaluated), moves the progress bar and 
 the whole `PPOState` atomically (`esrl.checkpoint`). Chunks end at multiples of
 ``eval_every`` (or at the run's last update) and everything random is drawn from the
 checkpointed state key (the evaluation stream is separate), so a resumed run
-reproduces the uninterrupted one.
+reproduces the uninterrupted one. Each metrics line counts the transitions the update
+left out for non-finite data and the gradient steps it skipped (``dropped_transitions``,
+``skipped_steps``; see `esrl.agents.ppo`); the first update with any says so once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +30,6 @@ from esrl.checkpoint import load_checkpoint
 from esrl.checks import require
 from esrl.cli import import_plugins
 from esrl.env import Environment
-from esrl.gae import Losses
 from esrl.logger import RunLogger, to_json
 from esrl.policy import PolicySpec
 from esrl.runs import check_run_dir, report_interrupt, save_run
@@ -166,17 +166,33 @@ def _records(m: Metrics, c: _Counters, batch: int, dt: float, now: float) -> lis
             "train_return_mean": mean,
             "train_episodes": episodes,
             **{k: float(v[i]) for k, v in losses.items()},
+            "dropped_transitions": int(m.dropped[i]),
+            "skipped_steps": int(m.skipped[i]),
             "env_steps_per_s": batch * n / max(dt, 1e-9),
         })  # fmt: skip
     return out
 
 
-def _first_nonfinite(records: list[dict]) -> int | None:
-    """The first iteration whose losses are NaN/inf (its gradient step made the
-    parameters NaN, and every later update keeps them so), or None."""
+def _nonfinite_warning(records: list[dict]) -> str | None:
+    """What the first update that met non-finite data did about it, or None."""
     for r in records:
-        if not all(math.isfinite(r[k]) for k in Losses._fields):
-            return r["iteration"]
+        dropped, skipped = r["dropped_transitions"], r["skipped_steps"]
+        what = []
+        if dropped:
+            what.append(
+                f"{dropped} transitions with a non-finite reward, observation or value "
+                "were left out of the loss"
+            )
+        if skipped:
+            what.append(
+                f"{skipped} gradient steps with a non-finite gradient were skipped"
+            )
+        if what:
+            return (
+                f"update {r['iteration']}: {' and '.join(what)} (the parameters never "
+                "see them; metrics.jsonl counts dropped_transitions and skipped_steps "
+                "per update); check the environment's rewards and observations"
+            )
     return None
 
 
@@ -291,13 +307,9 @@ def fit(prepared: Prepared) -> TrainResult:
             key = eval_key(spec.seed, c.update + n)
             # NaN becomes None, as in ES: metrics.jsonl and summary.json stay strict JSON
             records[-1]["eval_return"] = to_json(agent.evaluate(key, new_state))
-            if not warned and (bad := _first_nonfinite(records)) is not None:
-                warned = True  # once: the parameters stay NaN from then on
-                logger.message(
-                    f"update {bad}: the loss is NaN/inf, so are the parameters from "
-                    "here on; check the environment's rewards and observations, or "
-                    "lower --lr"
-                )
+            if not warned and (warning := _nonfinite_warning(records)) is not None:
+                warned = True  # once: metrics.jsonl has the counts of every update
+                logger.message(warning)
             for record in records:
                 logger.log(record)
             state, c = new_state, c._replace(
