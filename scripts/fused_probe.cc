@@ -112,6 +112,40 @@ void sgemm(int M, const Layer& L, const float* x, float* y) {
                        L.out);
 }
 
+// The GRU cell's gates for one member, h updated in place: x3 = x W_in and h3 = h W_rec
+// ([r, z, n] each), si and sh their row reductions. Also writes the recurrent (sh) and
+// dense (sd) row reductions of the new h.
+template <bool NOISE>
+inline void gates(const Layer& in, const Layer& rec, const float* __restrict__ x3,
+                   const float* __restrict__ h3, float si, float sh_in, int64_t p,
+                   float sg, float* __restrict__ h, const float* __restrict__ da,
+                   float* sh_out, float* sd_out) {
+  const int H = rec.in;
+  const float *__restrict__ ic = in.c, *__restrict__ rc = rec.c;
+  const float *__restrict__ ib = in.b + p * 3 * H, *__restrict__ ie = in.e + p * 3 * H;
+  const float *__restrict__ hb = rec.b + p * 3 * H, *__restrict__ he = rec.e + p * 3 * H;
+  const float* __restrict__ ra = rec.a + p * H;
+  float acc_h = 0.f, acc_d = 0.f;
+  for (int j = 0; j < H; j++) {
+    float xr = x3[j] + ic[j], xz = x3[H + j] + ic[H + j], xn = x3[2 * H + j] + ic[2 * H + j];
+    float hr = h3[j] + rc[j], hz = h3[H + j] + rc[H + j], hn = h3[2 * H + j] + rc[2 * H + j];
+    if (NOISE) {
+      xr += si * ib[j] + sg * ie[j];
+      xz += si * ib[H + j] + sg * ie[H + j];
+      xn += si * ib[2 * H + j] + sg * ie[2 * H + j];
+      hr += sh_in * hb[j] + sg * he[j];
+      hz += sh_in * hb[H + j] + sg * he[H + j];
+      hn += sh_in * hb[2 * H + j] + sg * he[2 * H + j];
+    }
+    const float r = fast_sigmoid(xr + hr), z = fast_sigmoid(xz + hz);
+    const float v = (1.f - z) * fast_tanh(xn + r * hn) + z * h[j];
+    h[j] = v;
+    if (NOISE) acc_h += v * ra[j], acc_d += v * da[j];
+  }
+  *sh_out = sg * acc_h;
+  *sd_out = sg * acc_d;
+}
+
 template <bool NOISE>
 void mlp_block(const Net& n, float sigma, float* obs, int64_t first, int64_t count,
                int steps, int chunk, float* logits) {
@@ -160,31 +194,9 @@ void gru_block(const Net& n, float sigma, float* obs, int64_t first, int64_t cou
       sgemm(M, rec, hc, hh.data());
       for (int m = 0; m < M; m++) {  // gates, + the recurrent and dense row reductions
         const int64_t mem = first + c + m, p = mem / 2;
-        const float sg = signed_sigma(mem, sigma);
-        const float *x3 = &xi[(size_t)m * 3 * H], *h3 = &hh[(size_t)m * 3 * H];
-        const float *ib = in.b + p * 3 * H, *ie = in.e + p * 3 * H;
-        const float *hb = rec.b + p * 3 * H, *he = rec.e + p * 3 * H;
-        const float *ra = rec.a + p * H, *da = dense.a + p * H;
-        float* hm = hc + (size_t)m * H;
-        float acc_h = 0.f, acc_d = 0.f;
-        for (int j = 0; j < H; j++) {
-          float g[3], q[3];  // input and recurrent parts of r, z, n
-          for (int k = 0; k < 3; k++) {
-            const int i = k * H + j;
-            g[k] = x3[i] + in.c[i];
-            q[k] = h3[i] + rec.c[i];
-            if (NOISE) {
-              g[k] += si[m] * ib[i] + sg * ie[i];
-              q[k] += sh[c + m] * hb[i] + sg * he[i];
-            }
-          }
-          const float r = fast_sigmoid(g[0] + q[0]), z = fast_sigmoid(g[1] + q[1]);
-          const float v = (1.f - z) * fast_tanh(g[2] + r * q[2]) + z * hm[j];
-          hm[j] = v;
-          if (NOISE) acc_h += v * ra[j], acc_d += v * da[j];
-        }
-        sh[c + m] = sg * acc_h;
-        sd[m] = sg * acc_d;
+        gates<NOISE>(in, rec, &xi[(size_t)m * 3 * H], &hh[(size_t)m * 3 * H], si[m],
+                     sh[c + m], p, signed_sigma(mem, sigma), hc + (size_t)m * H,
+                     dense.a + p * H, &sh[c + m], &sd[m]);
       }
       sgemm(M, dense, hc, y.data());
       for (int m = 0; m < M; m++) {
