@@ -127,15 +127,16 @@ inline void gates(const Layer& in, const Layer& rec, const float* __restrict__ x
   const float* __restrict__ ra = rec.a + p * H;
   float acc_h = 0.f, acc_d = 0.f;
   for (int j = 0; j < H; j++) {
-    float xr = x3[j] + ic[j], xz = x3[H + j] + ic[H + j], xn = x3[2 * H + j] + ic[2 * H + j];
-    float hr = h3[j] + rc[j], hz = h3[H + j] + rc[H + j], hn = h3[2 * H + j] + rc[2 * H + j];
+    const int z_ = H + j, n_ = 2 * H + j;  // the z and n gates' columns
+    float xr = x3[j] + ic[j], xz = x3[z_] + ic[z_], xn = x3[n_] + ic[n_];
+    float hr = h3[j] + rc[j], hz = h3[z_] + rc[z_], hn = h3[n_] + rc[n_];
     if (NOISE) {
       xr += si * ib[j] + sg * ie[j];
-      xz += si * ib[H + j] + sg * ie[H + j];
-      xn += si * ib[2 * H + j] + sg * ie[2 * H + j];
+      xz += si * ib[z_] + sg * ie[z_];
+      xn += si * ib[n_] + sg * ie[n_];
       hr += sh_in * hb[j] + sg * he[j];
-      hz += sh_in * hb[H + j] + sg * he[H + j];
-      hn += sh_in * hb[2 * H + j] + sg * he[2 * H + j];
+      hz += sh_in * hb[z_] + sg * he[z_];
+      hn += sh_in * hb[n_] + sg * he[n_];
     }
     const float r = fast_sigmoid(xr + hr), z = fast_sigmoid(xz + hz);
     const float v = (1.f - z) * fast_tanh(xn + r * hn) + z * h[j];
