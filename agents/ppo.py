@@ -143,6 +143,29 @@ def _keep(mask: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
 
 
+def _unmasked_if_all_valid(step, learner: Learner, carry0, batch: Batch):
+    """``step(carry0, batch, learner)``, with the unmasked loss where every step is
+    valid: the very computation (and numbers, bit for bit) of a finite run before
+    masking existed, as XLA compiles masked means differently. Under ``vmap`` (over
+    seeds) always masked: a batched cond would run both."""
+
+    @jax.custom_batching.custom_vmap
+    def choose(learner, carry0, batch):
+        everything = partial(step, carry0, batch._replace(valid=None))
+        masked = partial(step, carry0, batch)
+        return jax.lax.cond(jnp.all(batch.valid), everything, masked, learner)
+
+    @choose.def_vmap
+    def _batched(axis_size, in_batched, learner, carry0, batch):
+        axes = jax.tree.map(lambda batched: 0 if batched else None, tuple(in_batched))
+        out = jax.vmap(lambda lr, c, b: step(c, b, lr), in_axes=axes)(
+            learner, carry0, batch
+        )
+        return out, jax.tree.map(lambda _: True, out)
+
+    return choose(learner, carry0, batch)
+
+
 def _zero_value(carry, obs: jax.Array) -> jax.Array:
     return jnp.zeros(obs.shape[:1], float)  # the default float, as the critic's value
 
@@ -376,12 +399,7 @@ class PPO:
 
     def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, tuple]:
         """One optimizer step on a minibatch; returns (losses, whether skipped)."""
-        carry0, batch = minibatch
-        # All valid: the unmasked loss, the very computation (and numbers, bit for bit)
-        # of a finite run before masking existed; XLA compiles masked means differently.
-        everything = partial(self._apply_grad, carry0, batch._replace(valid=None))
-        masked = partial(self._apply_grad, carry0, batch)
-        return jax.lax.cond(jnp.all(batch.valid), everything, masked, learner)
+        return _unmasked_if_all_valid(self._apply_grad, learner, *minibatch)
 
     def _apply_grad(self, carry0, batch: Batch, learner: Learner):
         grads, losses = jax.grad(self.loss, has_aux=True)(learner.params, carry0, batch)

@@ -224,3 +224,20 @@ def test_a_gaussian_policy_still_learns_with_one_env_sending_nan():
     score = jax.jit(partial(ppo.evaluate, episodes=256, horizon=1))
     after = float(score(jax.random.key(1), state))
     assert float(score(jax.random.key(1), start)) < -0.5 and after > -0.05, after
+
+
+def test_vmap_over_seeds_masks_as_separate_runs_do():
+    """Under vmap the gradient step always takes the masked loss (a batched cond
+    would compute both): the same numbers as separate runs, to rounding."""
+    cfg = dataclasses.replace(SMALL, total_steps=2 * 128)
+    ppo = poisoned(cfg, MemoryEnv(delay=2), "reward")
+    train = partial(ppo.train, num_updates=2)
+    keys = jax.random.split(jax.random.key(0), 2)
+    states, metrics = jax.jit(jax.vmap(train))(jax.vmap(ppo.init)(keys))
+    assert all_finite(states.params)
+    for i, key in enumerate(keys):
+        state, m = jax.jit(train)(jax.jit(ppo.init)(key))
+        np.testing.assert_array_equal(metrics.dropped[i], m.dropped)
+        mine = jax.tree.map(lambda x, i=i: x[i], states.params)
+        close = partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
+        jax.tree.map(close, mine, state.params)
