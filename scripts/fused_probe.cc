@@ -107,6 +107,19 @@ inline void last_layer(const Layer& L, const Layer& head, const float* y, float 
   }
 }
 
+// A chunk of M members from member `first` on: the last hidden layer's epilogue (y: its
+// matmul [M, out], s: its row reductions), the head, and the environment step.
+template <bool NOISE>
+void finish_chunk(const Layer& L, const Layer& head, const float* y, const float* s,
+                  int64_t first, int M, float sigma, float* obs, float* logits) {
+  for (int m = 0; m < M; m++) {
+    const int64_t mem = first + m;
+    last_layer<NOISE>(L, head, y + (size_t)m * L.out, s[m], mem / 2,
+                      signed_sigma(mem, sigma), logits + m * OUT);
+    env_step(obs + m * IN, logits + m * OUT);
+  }
+}
+
 void sgemm(int M, const Layer& L, const float* x, float* y) {
   scipy_cblas_sgemm64_(101, 111, 111, M, L.out, L.in, 1.f, x, L.in, L.w, L.out, 0.f, y,
                        L.out);
@@ -162,13 +175,8 @@ void mlp_block(const Net& n, float sigma, float* obs, int64_t first, int64_t cou
                                   &x1[(size_t)m * H], l2.a + p * H);
       }
       sgemm(M, l2, x1.data(), x2.data());
-      for (int m = 0; m < M; m++) {
-        const int64_t mem = first + c + m;
-        float* y = logits + (c + m) * OUT;
-        last_layer<NOISE>(l2, head, &x2[(size_t)m * H], s[m], mem / 2,
-                          signed_sigma(mem, sigma), y);
-        env_step(obs + (c + m) * IN, y);
-      }
+      finish_chunk<NOISE>(l2, head, x2.data(), s.data(), first + c, M, sigma,
+                          obs + c * IN, logits + c * OUT);
     }
   }
 }
@@ -200,13 +208,8 @@ void gru_block(const Net& n, float sigma, float* obs, int64_t first, int64_t cou
                      dense.a + p * H, &sh[c + m], &sd[m]);
       }
       sgemm(M, dense, hc, y.data());
-      for (int m = 0; m < M; m++) {
-        const int64_t mem = first + c + m;
-        float* out = logits + (c + m) * OUT;
-        last_layer<NOISE>(dense, head, &y[(size_t)m * H], sd[m], mem / 2,
-                          signed_sigma(mem, sigma), out);
-        env_step(obs + (c + m) * IN, out);
-      }
+      finish_chunk<NOISE>(dense, head, y.data(), sd.data(), first + c, M, sigma,
+                          obs + c * IN, logits + c * OUT);
     }
   }
 }
