@@ -235,8 +235,9 @@ def test_vmap_over_seeds_masks_as_separate_runs_do():
     keys = jax.random.split(jax.random.key(0), 2)
     states, metrics = jax.jit(jax.vmap(train))(jax.vmap(ppo.init)(keys))
     assert all_finite(states.params)
+    train_one, init_one = jax.jit(train), jax.jit(ppo.init)
     for i, key in enumerate(keys):
-        state, m = jax.jit(train)(jax.jit(ppo.init)(key))
+        state, m = train_one(init_one(key))
         np.testing.assert_array_equal(metrics.dropped[i], m.dropped)
         mine = jax.tree.map(lambda x, i=i: x[i], states.params)
         close = partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5)
