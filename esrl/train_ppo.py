@@ -192,6 +192,7 @@ def _nonfinite_warning(records: list[dict]) -> str | None:
                 f"update {r['iteration']}: {' and '.join(what)} (the parameters never "
                 "see them; metrics.jsonl counts dropped_transitions and skipped_steps "
                 "per update); check the environment's rewards and observations"
+                + (", or lower --lr" if skipped else "")
             )
     return None
 

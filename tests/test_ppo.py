@@ -403,10 +403,20 @@ def test_nan_rewards_are_dropped_and_reported_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("non-finite reward, observation or value") == 1
     assert "update 1: 64 transitions" in err and "NaN/inf" not in err
+    assert "lower --lr" not in err  # only said when gradient steps were skipped
     records = read_metrics(tmp_path)
     assert [r["dropped_transitions"] for r in records] == [64] * 3
     assert [r["value_loss"] for r in records] == [0.0] * 3  # no valid step: 0, not NaN
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(result.state.params))
+
+
+def test_the_warning_names_skipped_steps_and_suggests_a_lower_lr():
+    from esrl.train_ppo import _nonfinite_warning
+
+    clean = {"iteration": 1, "dropped_transitions": 0, "skipped_steps": 0}
+    assert _nonfinite_warning([clean]) is None
+    msg = _nonfinite_warning([clean, {**clean, "iteration": 2, "skipped_steps": 3}])
+    assert msg.startswith("update 2: 3 gradient steps") and "lower --lr" in msg
 
 
 def test_ppo_trains_under_x64():
