@@ -289,8 +289,16 @@ def paired_ratio(base: Timing, t: Timing, work: float = 1.0) -> dict | None:
     if base.heavy or t.heavy or len(base.times_s) != len(t.times_s):
         return None
     r = [work * b / s for b, s in zip(base.times_s, t.times_s)]
-    q1, median, q3 = statistics.quantiles(r, method="inclusive") if r[1:] else r * 3
+    q1, median, q3 = quartiles(r)
     return {"median": median, "q1": q1, "q3": q3, "rounds": len(r)}
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile), inclusive; one value is all three."""
+    if not values[1:]:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, method="inclusive")
+    return q1, median, q3
 
 
 def rows_for(

@@ -28,7 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from esrl import bench
 
 SOURCE = Path(__file__).with_name("fused_probe.cc")
 KINDS = ("mlp", "gru")
@@ -42,17 +45,10 @@ def build(out_dir: str) -> ctypes.CDLL:
     if not libs:
         raise SystemExit("fused_probe needs numpy's bundled OpenBLAS (a numpy wheel)")
     lib = os.path.join(out_dir, "fused_probe.so")
-    cmd = [
-        "g++",
-        "-O3",
-        "-march=native",
-        "-ffast-math",
-        "-std=c++17",
-        "-shared",
-        "-fPIC",
-    ]
-    cmd += [str(SOURCE), "-o", lib, libs[0], f"-Wl,-rpath,{os.path.dirname(libs[0])}"]
-    subprocess.run(cmd + ["-lpthread"], check=True)
+    flags = ["-O3", "-march=native", "-ffast-math", "-std=c++17", "-shared", "-fPIC"]
+    cmd = ["g++", *flags, str(SOURCE), "-o", lib, libs[0]]
+    rpath = f"-Wl,-rpath,{os.path.dirname(libs[0])}"  # the .so finds OpenBLAS there
+    subprocess.run([*cmd, rpath, "-lpthread"], check=True)
     dll = ctypes.CDLL(lib)
     dll.probe_rollout.restype = None
     return dll
@@ -150,24 +146,21 @@ def check(dll) -> None:
                     raise SystemExit(f"fused_probe ({kind}) differs from the reference")
 
 
-def _quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-    return q[0], statistics.median(xs), q[2]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Build, check, time round-robin, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", choices=KINDS, default="mlp")
-    ap.add_argument("--population", type=int, default=2048)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--chunk", type=int, default=128, help="members per sgemm")
-    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--population", type=bench.positive_int, default=2048)
+    ap.add_argument("--hidden", type=bench.positive_int, default=256)
+    ap.add_argument("--steps", type=bench.positive_int, default=500)
+    ap.add_argument(
+        "--chunk", type=bench.positive_int, default=128, help="members per sgemm"
+    )
+    ap.add_argument("--rounds", type=bench.positive_int, default=11)
     ap.add_argument("--xla", action="store_true", help="also time esrl's own methods")
     args = ap.parse_args(argv)
-    if args.population % 2 or args.population < 2:
-        raise SystemExit("--population must be even (antithetic pairs)")
+    if args.population % 2:
+        ap.error("--population must be even (antithetic pairs)")
     with tempfile.TemporaryDirectory() as d:
         dll = build(d)
         check(dll)
@@ -192,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | s / gen (median) | paired ratio to plain (IQR) |\n|---|---|---|")
     for name, ts in times.items():
         base = times[name.replace("eggroll", "plain")]
-        lo, mid, hi = _quartiles([b / t for b, t in zip(base, ts)])
+        lo, mid, hi = bench.quartiles([b / t for b, t in zip(base, ts)])
         print(
             f"| {name} | {statistics.median(ts):.3f} | {mid:.3f} ({lo:.3f}-{hi:.3f}) |"
         )
@@ -200,10 +193,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _xla_calls(args) -> dict:
     """esrl's compiled plain and eggroll generations on CartPole, timed per call."""
-    import jax
-
-    from esrl import bench
-
     case = bench.Case(kind=args.kind, hidden=args.hidden,
                       population=args.population, horizon=args.steps)  # fmt: skip
     calls = {}

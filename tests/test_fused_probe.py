@@ -52,6 +52,11 @@ def test_probe_main_prints_both_rows(capsys):
     assert "| fused plain |" in out and "| fused eggroll |" in out
 
 
-def test_probe_refuses_odd_population():
-    with pytest.raises(SystemExit, match="even"):
-        probe.main(["--population", "5"])
+@pytest.mark.parametrize(
+    "argv, says",
+    [(["--population", "5"], "must be even"), (["--chunk", "0"], "integer >= 1")],
+)
+def test_probe_refuses_bad_sizes_before_building(argv, says, capsys):
+    with pytest.raises(SystemExit):
+        probe.main(argv)
+    assert says in capsys.readouterr().err
