@@ -42,11 +42,10 @@ from esrl.agents.ppo_config import PPOConfig
 from flax import struct
 
 from esrl import spaces
-from esrl.env import AutoReset, Environment, wraps
+from esrl.env import AutoReset, Environment, all_finite, wraps
 from esrl.gae import (
     Batch,
     Losses,
-    all_finite,
     discounted_returns,
     gae,
     log_prob,

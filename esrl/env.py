@@ -77,6 +77,19 @@ def where_done(done: jax.Array, reset, current):
     return jax.tree.map(select, reset, current)
 
 
+def all_finite(x: jax.Array, batch_dims: int = 1) -> jax.Array:
+    """Whether every entry of each example is finite: [*batch, ...] -> [*batch]."""
+    return jnp.all(jnp.isfinite(x), axis=tuple(range(batch_dims, x.ndim)))
+
+
+def cut_broken(obs, reward, terminated, truncated, batch_dims: int = 0):
+    """``(truncated, done)`` for an auto-reset: an episode whose observation or reward is
+    no longer finite (a physics blow-up, say) is cut like a time limit, to be reset."""
+    done = jnp.logical_or(terminated, truncated)
+    broken = ~(all_finite(obs, batch_dims) & jnp.isfinite(reward)) & ~done
+    return truncated | broken, done | broken
+
+
 class Wrapper(Environment):
     """Forwards everything to ``env``; subclasses override what they change.
 
@@ -128,6 +141,9 @@ def wraps(env: Environment, cls: type) -> bool:
 class AutoReset(Wrapper):
     """Resets the wrapped environment whenever an episode ends, keeping the final obs.
 
+    An episode whose observation or reward stops being finite is cut (``truncated``) and
+    reset too, rather than left sending NaN until it ends (`cut_broken`).
+
     Every step also computes a reset (selected where the episode ended): cheap for
     gymnax and Brax, expensive for Craftax. For batches of Craftax environments use
     `esrl.vec.VecEnv` with ``reset_pool`` instead.
@@ -138,7 +154,7 @@ class AutoReset(Wrapper):
         obs, state, reward, terminated, truncated, info = self.env.step(
             key_step, state, action, params
         )
-        done = jnp.logical_or(terminated, truncated)
+        truncated, done = cut_broken(obs, reward, terminated, truncated)
         obs_reset, state_reset = self.env.reset(key_reset, params)
         next_obs = where_done(done, obs_reset, obs)
         next_state = where_done(done, state_reset, state)

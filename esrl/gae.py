@@ -136,11 +136,6 @@ def merge_batch(
     return update_obs_stats(stats, moments)
 
 
-def all_finite(x: jax.Array, batch_dims: int = 1) -> jax.Array:
-    """Whether every entry of each example is finite: [*batch, ...] -> [*batch]."""
-    return jnp.all(jnp.isfinite(x), axis=tuple(range(batch_dims, x.ndim)))
-
-
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of ``x`` where ``mask`` (0 if nowhere); the other entries count for nothing
     (keep them finite under `jax.grad`: their zero cotangent times NaN is NaN)."""

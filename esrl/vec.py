@@ -5,15 +5,19 @@ every finished environment gets its own fresh reset (exact, one reset per env pe
 fine for gymnax and Brax). With ``reset_pool=K`` only K reset states are generated per
 step and each finished environment takes one of them at random ("optimistic reset"):
 K resets per batch instead of ``num_envs``, which is what makes Craftax affordable.
+
+With auto-reset, an environment whose observation or reward stops being finite (a physics
+blow-up, say) is cut like a time limit (``truncated``) and reset, rather than left sending
+NaN until its episode ends (`esrl.env.cut_broken`); its last observation stays in
+``info["final_obs"]``.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from esrl.env import Environment, where_done, without_autoreset
+from esrl.env import Environment, cut_broken, where_done, without_autoreset
 from esrl.registry import as_environment
 
 
@@ -67,7 +71,7 @@ class VecEnv:
         )(keys, state, action, params)
         if not self.autoreset:
             return obs, state, reward, terminated, truncated, info
-        done = jnp.logical_or(terminated, truncated)
+        truncated, done = cut_broken(obs, reward, terminated, truncated, 1)
         pool = self.reset_pool or self.num_envs
         obs_reset, state_reset = jax.vmap(self.env.reset, in_axes=(0, None))(
             jax.random.split(key_reset, pool), params

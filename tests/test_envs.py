@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -338,6 +340,46 @@ def test_vecenv_resets_only_finished_and_keeps_final_obs(reset_pool):
         np.testing.assert_array_equal(info["final_obs"][i], [obs0[i, 0], 1.0])
     if reset_pool == 1:  # one pooled reset shared by both finished envs
         assert obs[0, 0] == obs[2, 0]
+
+
+class Fragile(Counter):
+    """A `Counter` that action 2 breaks for good (its state and observation turn NaN)
+    and action 3 gives a NaN reward (its state stays sound)."""
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = super().step(
+            key, state, action, params
+        )
+        t = jnp.where(action == 2, jnp.nan, state["t"])
+        state = {"tag": state["tag"], "t": t}
+        reward = jnp.where(action == 3, jnp.nan, reward)
+        return obs.at[1].set(t), state, reward, terminated, truncated, info
+
+    def action_space(self, params=None):
+        return spaces.Discrete(4)
+
+
+@pytest.mark.parametrize("action", [2, 3])
+@pytest.mark.parametrize("wrap", ["vec", "autoreset"])
+def test_autoreset_cuts_and_resets_a_broken_episode(wrap, action):
+    """A NaN observation or reward ends the episode as a truncation and resets it,
+    instead of leaving the environment sending NaN until its time limit."""
+    vec = VecEnv(Fragile(), 3)
+    obs0, state = vec.reset(jax.random.key(0))
+    key = jax.random.key(1)
+    if wrap == "vec":
+        step = partial(vec.step, key)
+    else:  # the same three environments, each in its own AutoReset
+        step = partial(jax.vmap(AutoReset(Fragile()).step), jax.random.split(key, 3))
+    out = jax.jit(step)(state, jnp.array([0, action, 1]))
+    obs, state, reward, terminated, truncated, info = out
+    np.testing.assert_array_equal(terminated, [False, False, True])
+    np.testing.assert_array_equal(truncated, [False, True, False])
+    assert np.isfinite(obs).all() and np.isfinite(state["t"]).all()
+    assert obs[1, 1] == 0.0 and obs[1, 0] != obs0[1, 0]  # a fresh reset
+    np.testing.assert_array_equal(obs[0], [obs0[0, 0], 1.0])  # untouched
+    assert np.isnan(info["final_obs"][1, 1]) == (action == 2)
+    assert np.isnan(reward[1]) == (action == 3)
 
 
 def test_autoreset_wrapper_resets_and_keeps_final_obs():

@@ -197,6 +197,8 @@ def test_tokenizer_round_trips_any_text(text):
 def test_benchmark_rows_follow_the_benchmark_contract():
     from esrl.envs.llm.bench import generation_benchmark
 
+    from esrl.bench_report import ratios
+
     rows = generation_benchmark(
         population=4, prompts=2, max_new_tokens=3, repeats=1, model_config=CONFIG,
         methods=("plain", "eggroll"),
@@ -204,5 +206,8 @@ def test_benchmark_rows_follow_the_benchmark_contract():
     assert [r["method"] for r in rows] == ["plain", "eggroll"]
     assert rows[0]["ratio_to_plain"] == 1.0 and rows[1]["rank"] == 1
     assert all(r["env_steps_per_s"] > 0 and r["hidden"] == CONFIG.width for r in rows)
+    [ratio] = ratios(rows)  # the benchmark's report reads them
+    assert ratio["eggroll_to_plain"] == pytest.approx(rows[1]["ratio_to_plain"])
+    assert (ratio["num_layers"], ratio["horizon"]) == (CONFIG.layers, 3)
     with pytest.raises(ValueError, match="plain"):
         generation_benchmark(methods=("eggroll",))

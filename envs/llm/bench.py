@@ -53,7 +53,9 @@ def generation_benchmark(
     params=None,
     methods: tuple[str, ...] = METHODS,
 ) -> list[dict]:
-    """Rows in the benchmark format: env, method, population, hidden, rank, tokens/s."""
+    """Rows in the benchmark format (`esrl.bench_report` reads them): the case (env,
+    kind, hidden, num_layers, horizon = tokens generated), method, population, rank,
+    tokens/s."""
     if set(methods) - set(METHODS) or "plain" not in methods:
         raise ValueError(f"methods must include 'plain' and be among {METHODS}")
     config = model_config or LMConfig()
@@ -83,9 +85,12 @@ def generation_benchmark(
     return [
         {
             "env": "llm/countdown-3",
+            "kind": "mingru",
+            "hidden": config.width,
+            "num_layers": config.layers,
+            "horizon": max_new_tokens,
             "method": m,
             "population": population,
-            "hidden": config.width,
             "rank": rank if m == "eggroll" else None,
             "env_steps_per_s": rates[m],
             "ratio_to_plain": rates[m] / rates["plain"],
