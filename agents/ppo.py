@@ -20,8 +20,10 @@ a time-limit cut; a terminal step needs none). GAE stops at a dropped step, so n
 flows back into the steps before it (`esrl.gae.gae`). A non-finite observation is
 replaced by zeros before the policy sees it (so actions stay finite), and a step whose
 observation, value or log-prob was non-finite is treated like an episode end for the
-recurrent carry: it is zeroed after that step while acting and when replayed (the
-environment itself runs on until its own episode ends). Running observation and return
+recurrent carry: it is zeroed after that step while acting and when replayed. An
+environment whose observation or reward is non-finite is itself cut there (a
+truncation) and reset by `esrl.vec.VecEnv`, so a blown-up simulation does not send NaN
+until its time limit. Running observation and return
 statistics skip non-finite entries, and an episode with a non-finite return is left out
 of the training-return metric. Last, a gradient step whose gradient is still
 non-finite is skipped (parameters and optimizer state unchanged). `Metrics` counts the
