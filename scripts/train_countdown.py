@@ -3,6 +3,7 @@
     python scripts/train_countdown.py --out runs/countdown            # EGGROLL
     python scripts/train_countdown.py --agent openai_es --out runs/oes
     python scripts/train_countdown.py --resume runs/countdown          # continue
+    python scripts/train_countdown.py --out runs/countdown --overwrite # start afresh
 
 Greedy decoding, rewards normalised per prompt across the population, held-out
 accuracy on a fixed set measured before and after (``summary.json``:
@@ -69,12 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=f.eval_every)
     parser.add_argument("--seed", type=int, default=f.seed)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds a run (its "
+                        "checkpoint, metrics, summary and curve are removed when the "
+                        "new run starts)")  # fmt: skip
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")  # fmt: skip
     args = parser.parse_args(argv)
     if args.resume is None and args.out is None:
         parser.error("pass --out DIR for a new run or --resume DIR to continue one")
     if args.resume is not None:  # the saved configuration is used as it is
         given = [k for k, v in vars(args).items() if v != parser.get_default(k)]
-        ignored = [k for k in given if k not in ("resume", "generations")]
+        ignored = [k for k in given if k not in ("resume", "generations", "progress")]
         if ignored:
             parser.error(
                 f"--{ignored[0].replace('_', '-')} cannot be used with --resume (the "
@@ -130,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = resumed(args.resume, args.generations) if resume else build(args)
         task = countdown_task(int(run.env.rsplit("-", 1)[1]))
-        prepared = prepare_finetune(run, task, args.resume or args.out, resume)
+        prepared = prepare_finetune(
+            run, task, args.resume or args.out, resume,
+            overwrite=args.overwrite, progress=args.progress,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"train_countdown.py: error: {e}", file=sys.stderr)
         return 2

@@ -162,7 +162,8 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert records[0]["eval_return"] == summary["eval_accuracy_initial"]
     assert (out / "curve.png").is_file() and (out / "checkpoint.safetensors").is_file()
     assert script.main([*common, "--out", str(out), "--generations", "2"]) == 2
-    assert "error:" in capsys.readouterr().err  # the run is kept: resume it instead
+    err = capsys.readouterr().err  # the run is kept: resume it or --overwrite it
+    assert "already holds a run" in err and "--overwrite" in err
     script.main(["--resume", str(out), "--generations", "3"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["generations"] == 3
@@ -184,6 +185,12 @@ def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
     assert script.resumed(out, args.generations).finetune.generations == 300
     args = script.parse_args(["--resume", str(out)])
     assert script.resumed(out, args.generations).finetune.generations == 3
+    # --overwrite starts afresh: nothing of the old run's 3 generations is left
+    script.main([*common, "--out", str(out), "--generations", "1", "--overwrite",
+                 "--no-progress"])  # fmt: skip
+    assert json.loads((out / "summary.json").read_text())["generations"] == 1
+    iterations = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").open()]
+    assert iterations == [0, 1, 1]  # the initial eval, generation 1, its final eval
 
 
 def test_countdown_breakdown_script_reports_both_models(tmp_path, capsys, monkeypatch):

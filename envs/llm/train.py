@@ -21,8 +21,9 @@ from esrl.envs.llm.finetune import FinetuneConfig, Finetuner, finetune
 from esrl.envs.llm.model import RecurrentLM, load_model
 from esrl.envs.llm.tasks import Task
 
-from esrl.checkpoint import has_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from esrl.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from esrl.logger import SUMMARY, RunLogger
+from esrl.runs import check_run_dir
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,12 @@ def to_plain(value: Any) -> Any:
 class _Recorder:
     """Counters, metrics and checkpoints of one run (wall time spans resumes)."""
 
-    def __init__(self, run: RunConfig, out_dir: Path, counters: dict, initial: float):
-        self.run, self.out_dir, self.counters, self.initial = (
-            run,
-            out_dir,
-            counters,
-            initial,
-        )
+    def __init__(
+        self, run: RunConfig, out_dir: Path, counters: dict, initial: float,
+        progress: bool = True,
+    ):  # fmt: skip
+        self.run, self.out_dir, self.counters = run, out_dir, counters
+        self.initial, self.progress = initial, progress
         counters.setdefault("train_tokens", counters["env_steps"])  # older checkpoints
         self.wall0 = counters["wall_time_s"] - time.perf_counter()
         self.first: int | None = None
@@ -105,7 +105,7 @@ class _Recorder:
         self.first = done + 1
         title = f"{self.run.agent} {self.run.env}"
         self.logger = RunLogger(self.out_dir, self.run.finetune.generations, done,
-                                title=title)  # fmt: skip
+                                title=title, progress=self.progress)  # fmt: skip
         if done == 0:
             self.logger.log({"iteration": 0, "env_steps": 0, "wall_time_s": 0.0,
                              "eval_return": self.initial})  # fmt: skip
@@ -181,22 +181,23 @@ class Prepared(NamedTuple):
 
 
 def prepare_finetune(
-    run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False
+    run: RunConfig,
+    task: Task,
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> Prepared:
     """Check the run directory, model and configuration; restore a resumed state.
 
-    Bad input raises here (ValueError, FileNotFoundError), before any generation.
+    A fresh run refuses a directory that holds a run unless ``overwrite`` (the old
+    run's checkpoint and outputs are removed when the new one starts). Bad input
+    raises here (ValueError, FileNotFoundError), before any generation.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(
-            f"{str(out_dir)!r} is a file, not a directory; choose another --out"
-        )
-    if not resume and has_checkpoint(out_dir):
-        raise ValueError(
-            f"{out_dir} already holds a run; continue it with --resume {out_dir} "
-            "or choose another --out"
-        )
+    # (a resumed run's saved configuration is checked below, not as esrl train's)
+    check_run_dir(out_dir, resume=False, overwrite=overwrite or resume)
     model_config, params = load_model(run.model_dir)
     finetuner = Finetuner(
         RecurrentLM(model_config), task, run.agent_config.strategy(), run.finetune
@@ -205,7 +206,8 @@ def prepare_finetune(
     if not resume:
         counters = {"env_steps": 0, "wall_time_s": 0.0, "compile_s": 0.0,
                     "train_s": 0.0, "train_tokens": 0}  # fmt: skip
-        return Prepared(finetuner, state, _Recorder(run, out_dir, counters, 0.0), True)
+        recorder = _Recorder(run, out_dir, counters, 0.0, progress)
+        return Prepared(finetuner, state, recorder, True)
     _check_resumable(out_dir, run)
     state, meta = load_checkpoint(out_dir, template=state)
     done, total = int(state.generation), run.finetune.generations
@@ -214,15 +216,18 @@ def prepare_finetune(
             f"--generations {total} is fewer than the {done} generations the run in "
             f"{out_dir} has done; --generations is the total"
         )
-    recorder = _Recorder(run, out_dir, meta["counters"], meta["eval_accuracy_initial"])
+    initial = meta["eval_accuracy_initial"]
+    recorder = _Recorder(run, out_dir, meta["counters"], initial, progress)
     return Prepared(finetuner, state, recorder, False)
 
 
 def run_finetune(
-    run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False
+    run: RunConfig, task: Task, out_dir: str | Path, resume: bool = False, **options
 ) -> dict:
-    """Fine-tune, evaluate before and after on the held-out set; returns the summary."""
-    return train_prepared(prepare_finetune(run, task, out_dir, resume))
+    """Fine-tune, evaluate before and after on the held-out set; returns the summary.
+
+    ``options``: `prepare_finetune`'s ``overwrite`` and ``progress``."""
+    return train_prepared(prepare_finetune(run, task, out_dir, resume, **options))
 
 
 def _finished_summary(out_dir: Path, generation: int) -> dict | None:
