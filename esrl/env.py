@@ -85,8 +85,11 @@ def all_finite(x: jax.Array, batch_dims: int = 1) -> jax.Array:
 def cut_broken(obs, reward, terminated, truncated, batch_dims: int = 0):
     """``(truncated, done)`` for an auto-reset: an episode whose observation or reward is
     no longer finite (a physics blow-up, say) is cut like a time limit, to be reset."""
+    finite = jnp.isfinite(reward)
+    for leaf in jax.tree.leaves(obs):  # Dict and Tuple observations too
+        finite &= all_finite(leaf, batch_dims)
     done = jnp.logical_or(terminated, truncated)
-    broken = ~(all_finite(obs, batch_dims) & jnp.isfinite(reward)) & ~done
+    broken = ~finite & ~done
     return truncated | broken, done | broken
 
 

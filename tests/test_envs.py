@@ -382,6 +382,25 @@ def test_autoreset_cuts_and_resets_a_broken_episode(wrap, action):
     assert np.isnan(reward[1]) == (action == 3)
 
 
+class DictFragile(Fragile):
+    """`Fragile` with a Dict observation (``{"tag", "t"}``)."""
+
+    def reset(self, key, params=None):
+        obs, state = super().reset(key, params)
+        return {"tag": obs[0], "t": obs[1]}, state
+
+    def step(self, key, state, action, params=None):
+        obs, *rest = super().step(key, state, action, params)
+        return {"tag": obs[0], "t": obs[1]}, *rest
+
+
+def test_autoreset_cuts_a_broken_dict_observation():
+    env = AutoReset(DictFragile())
+    _, state = env.reset(jax.random.key(0))
+    obs, _, _, _, truncated, info = jax.jit(env.step)(jax.random.key(1), state, 2)
+    assert bool(truncated) and obs["t"] == 0.0 and np.isnan(info["final_obs"]["t"])
+
+
 def test_autoreset_wrapper_resets_and_keeps_final_obs():
     env = AutoReset(Counter())
     obs0, state = env.reset(jax.random.key(0))
