@@ -4,8 +4,10 @@
 ``VectorEnv`` that auto-resets in the same step (``AutoresetMode.SAME_STEP``) and, the
 gymnasium 1.x way, reports the observation that ended an episode in
 ``infos["final_obs"]`` (object array, mask ``infos["_final_obs"]``) and that step's
-info in ``infos["final_info"]``. Reset and step are jitted once; the environment's
-randomness comes from a JAX key seeded by ``seed`` (or by ``reset(seed=...)``).
+info in ``infos["final_info"]``; an environment whose observation or reward turns
+non-finite is truncated and reset there (`esrl.vec.VecEnv`). Reset and step are jitted
+once; the environment's randomness comes from a JAX key seeded by ``seed`` (or by
+``reset(seed=...)``).
 
 gymnasium's vector wrappers that accept only next-step auto-reset refuse the VectorEnv.
 ``RecordEpisodeStatistics`` (gymnasium 1.3) runs but counts as if next-step: from an
