@@ -13,23 +13,18 @@ Episode boundaries: a time-limit truncation bootstraps from V(final obs) (see
 loss (`PPO.unroll`), so training sees exactly the hidden states the actor had.
 
 Non-finite data: one environment's NaN or inf never poisons the parameters (as a NaN
-fitness never does in ES). A step is dropped from the update (zero weight in every loss
-term and in the advantage statistics) when its reward, observation, value or log-prob
-is non-finite, or when the value it bootstraps from is (V(next obs), or V(final obs) at
-a time-limit cut; a terminal step needs none). GAE stops at a dropped step, so nothing
-flows back into the steps before it (`esrl.gae.gae`). A non-finite observation is
-replaced by zeros before the policy sees it (so actions stay finite), and a step whose
-observation, value or log-prob was non-finite is treated like an episode end for the
-recurrent carry: it is zeroed after that step while acting and when replayed. An
-environment whose observation or reward is non-finite is itself cut there (a
-truncation) and reset by `esrl.vec.VecEnv`, so a blown-up simulation does not send NaN
-until its time limit. Running observation and return
-statistics skip non-finite entries, and an episode with a non-finite return is left out
-of the training-return metric. Last, a gradient step whose gradient is still
-non-finite is skipped (parameters and optimizer state unchanged). `Metrics` counts the
-dropped transitions and skipped steps of every update. With finite data all of this is
-the identity (a minibatch with every step valid takes the unmasked loss): the numbers
-are the same, bit for bit.
+fitness never does in ES). A step is dropped (zero weight in every loss term and in the
+advantage statistics; GAE stops there, `esrl.gae.gae`) when its reward, observation,
+value or log-prob is non-finite, or the value it bootstraps from is (V(next obs), or
+V(final obs) at a time-limit cut). A non-finite observation reaches the policy as
+zeros, a step with a non-finite observation, value or log-prob restarts a recurrent
+carry after it (acting and replay), and `esrl.vec.VecEnv` cuts and resets an
+environment whose observation or reward is non-finite. Running statistics skip
+non-finite entries, an episode with a non-finite return is left out of the
+training-return metric, and a gradient step whose gradient is still non-finite is
+skipped. `Metrics` counts the dropped transitions and skipped steps of every update.
+With finite data all of this is the identity (a minibatch with every step valid takes
+the unmasked loss): the same numbers, bit for bit.
 """
 
 from __future__ import annotations
@@ -50,12 +45,14 @@ from esrl.gae import (
     Losses,
     discounted_returns,
     gae,
+    keep_where,
     log_prob,
     merge_batch,
     ppo_loss,
     scale_reward,
     split_envs,
     split_rows,
+    unmasked_if_all_valid,
 )
 from esrl.nn import initial_carry, reset_carry
 from esrl.normalize import ObsStats, init_obs_stats, normalize_obs
@@ -139,34 +136,6 @@ class Metrics(NamedTuple):
     """Gradient steps not applied because the gradient was non-finite."""
 
 
-def _keep(mask: jax.Array, x: jax.Array) -> jax.Array:
-    """``x`` [*batch, ...] where ``mask`` [*batch], else 0."""
-    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
-
-
-def _unmasked_if_all_valid(step, learner: Learner, carry0, batch: Batch):
-    """``step(carry0, batch, learner)``, with the unmasked loss where every step is
-    valid: the very computation (and numbers, bit for bit) of a finite run before
-    masking existed, as XLA compiles masked means differently. Under ``vmap`` (over
-    seeds) always masked: a batched cond would run both."""
-
-    @jax.custom_batching.custom_vmap
-    def choose(learner, carry0, batch):
-        everything = partial(step, carry0, batch._replace(valid=None))
-        masked = partial(step, carry0, batch)
-        return jax.lax.cond(jnp.all(batch.valid), everything, masked, learner)
-
-    @choose.def_vmap
-    def _batched(axis_size, in_batched, learner, carry0, batch):
-        axes = jax.tree.map(lambda batched: 0 if batched else None, tuple(in_batched))
-        out = jax.vmap(lambda lr, c, b: step(c, b, lr), in_axes=axes)(
-            learner, carry0, batch
-        )
-        return out, jax.tree.map(lambda _: True, out)
-
-    return choose(learner, carry0, batch)
-
-
 def _zero_value(carry, obs: jax.Array) -> jax.Array:
     return jnp.zeros(obs.shape[:1], float)  # the default float, as the critic's value
 
@@ -246,7 +215,7 @@ class PPO:
         Returns the policy's input and whether each observation was finite [*batch].
         """
         ok = all_finite(obs, batch_dims)
-        return _keep(ok, self.normalize(state, obs)), ok
+        return keep_where(ok, self.normalize(state, obs)), ok
 
     def act(self, params, carry, obs: jax.Array) -> tuple[Any, PolicyOutput]:
         """The policy on a batch: carry [N, ...], obs [N, ...] -> (carry, outputs)."""
@@ -377,7 +346,7 @@ class PPO:
             c.gamma, c.gae_lambda, valid,
         )  # fmt: skip
         obs, _ = self.observe(state, traj.obs, batch_dims=2)
-        keep = partial(_keep, valid)
+        keep = partial(keep_where, valid)
         batch = Batch(
             obs, done | ~traj.finite, keep(traj.action), keep(traj.log_prob),
             keep(traj.value), advantage, target, valid,
@@ -400,7 +369,7 @@ class PPO:
 
     def _grad_step(self, learner: Learner, minibatch) -> tuple[Learner, tuple]:
         """One optimizer step on a minibatch; returns (losses, whether skipped)."""
-        return _unmasked_if_all_valid(self._apply_grad, learner, *minibatch)
+        return unmasked_if_all_valid(self._apply_grad, learner, *minibatch)
 
     def _apply_grad(self, carry0, batch: Batch, learner: Learner):
         grads, losses = jax.grad(self.loss, has_aux=True)(learner.params, carry0, batch)

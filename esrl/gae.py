@@ -142,6 +142,34 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def keep_where(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """``x`` [*batch, ...] where ``mask`` [*batch], else 0."""
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, 0)
+
+
+def unmasked_if_all_valid(step, learner, carry0, batch: Batch):
+    """``step(carry0, batch, learner)``, with the unmasked loss where every step is
+    valid: the very computation (and numbers, bit for bit) of a finite run before
+    masking existed, as XLA compiles masked means differently. Under ``vmap`` (over
+    seeds) always masked: a batched cond would run both."""
+
+    @jax.custom_batching.custom_vmap
+    def choose(learner, carry0, batch):
+        everything = partial(step, carry0, batch._replace(valid=None))
+        masked = partial(step, carry0, batch)
+        return jax.lax.cond(jnp.all(batch.valid), everything, masked, learner)
+
+    @choose.def_vmap
+    def _batched(axis_size, in_batched, learner, carry0, batch):
+        axes = jax.tree.map(lambda batched: 0 if batched else None, tuple(in_batched))
+        out = jax.vmap(lambda lr, c, b: step(c, b, lr), in_axes=axes)(
+            learner, carry0, batch
+        )
+        return out, jax.tree.map(lambda _: True, out)
+
+    return choose(learner, carry0, batch)
+
+
 def scale_reward(stats: ObsStats, reward: jax.Array) -> jax.Array:
     """reward / std of the discounted returns (keeps the sign and zero of rewards)."""
     return reward / obs_std(stats)
