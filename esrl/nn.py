@@ -84,19 +84,27 @@ class RMSNorm(nn.Module):
 
 
 class GRUCell(nn.Module):
-    """GRU (Cho et al. 2014): fused input and recurrent matrices, both perturbable."""
+    """GRU (Cho et al. 2014), reset gate applied after the recurrent product (as cuDNN's
+    and flax's): fused input and recurrent matrices, both perturbable.
+
+    The recurrent product has a bias only in the candidate (``candidate_bias``, inside
+    ``r * (...)``): biases on its gate parts would duplicate the input's, and under ES
+    each would add a second perturbation of the same gate bias.
+    """
 
     hidden: int
 
     @nn.compact
     def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         xi = Dense(3 * self.hidden, name="input")(x)
-        hh = Dense(3 * self.hidden, name="recurrent")(h)
+        hh = Dense(3 * self.hidden, use_bias=False, name="recurrent")(h)
+        bias = self.param("candidate_bias", nn.initializers.zeros, (self.hidden,))
+        bias = perturbed(bias, perturbation(self, "candidate_bias"))
         xr, xz, xn = jnp.split(xi, 3, axis=-1)
         hr, hz, hn = jnp.split(hh, 3, axis=-1)
         r = nn.sigmoid(xr + hr)
         z = nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
+        n = jnp.tanh(xn + r * (hn + bias))
         h = (1.0 - z) * n + z * h
         return h, h
 

@@ -142,13 +142,14 @@ inline void gates(const Layer& in, const Layer& rec, const float* __restrict__ x
   for (int j = 0; j < H; j++) {
     const int z_ = H + j, n_ = 2 * H + j;  // the z and n gates' columns
     float xr = x3[j] + ic[j], xz = x3[z_] + ic[z_], xn = x3[n_] + ic[n_];
-    float hr = h3[j] + rc[j], hz = h3[z_] + rc[z_], hn = h3[n_] + rc[n_];
+    // the recurrent product's bias (and its noise) is the candidate's alone
+    float hr = h3[j], hz = h3[z_], hn = h3[n_] + rc[n_];
     if (NOISE) {
       xr += si * ib[j] + sg * ie[j];
       xz += si * ib[z_] + sg * ie[z_];
       xn += si * ib[n_] + sg * ie[n_];
-      hr += sh_in * hb[j] + sg * he[j];
-      hz += sh_in * hb[z_] + sg * he[z_];
+      hr += sh_in * hb[j];
+      hz += sh_in * hb[z_];
       hn += sh_in * hb[n_] + sg * he[n_];
     }
     const float r = fast_sigmoid(xr + hr), z = fast_sigmoid(xz + hz);

@@ -82,6 +82,9 @@ def make(kind: str, members: int, hidden: int, seed: int = 0) -> dict:
     pairs = members // 2
     weights = [(f32(i, o, scale=i**-0.5), f32(o, scale=0.1)) for i, o in dims]
     noise = [(f32(pairs, i), f32(pairs, o), f32(pairs, o)) for i, o in dims]
+    if kind == "gru":  # as esrl's GRUCell: the recurrent bias is the candidate's alone
+        weights[2][1][: 2 * hidden] = 0
+        noise[2][2][:, : 2 * hidden] = 0
     parts = np.concatenate([x.ravel() for layer in noise for x in layer])
     return {"kind": kind, "hidden": hidden, "weights": weights, "noise": noise,
             "parts": parts, "obs": f32(members, 4)}  # fmt: skip

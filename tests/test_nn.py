@@ -115,7 +115,8 @@ def test_recurrent_cell_low_rank_step_equals_materialised(cell, hidden, inputs, 
     params = jax.jit(module.init)(jax.random.key(1), carry, x)["params"]
     if kind != "mingru":  # both matrices of GRU and LSTM are perturbed
         perts = population(KEY, 0, params, NoiseConfig(rank=rank), 0.1, population=2)
-        assert set(perts) == {"input", "recurrent"}
+        biases = {"candidate_bias"} if kind == "gru" else set()
+        assert set(perts) == {"input", "recurrent"} | biases
     assert_members_match_dense(module, params, (carry, x), NoiseConfig(rank=rank))
 
 
@@ -123,11 +124,13 @@ def test_gru_cell_matches_the_textbook_equations():
     module = GRUCell(3)
     h, x = jnp.array([0.1, -0.2, 0.3]), jnp.array([1.0, -1.0])
     p = module.init(jax.random.key(0), h, x)["params"]
+    assert "bias" not in p["recurrent"]  # the gates' biases are the input's alone
+    p = {**p, "candidate_bias": jnp.array([0.5, -1.0, 2.0])}
     gi = x @ p["input"]["kernel"] + p["input"]["bias"]
-    gh = h @ p["recurrent"]["kernel"] + p["recurrent"]["bias"]
+    gh = h @ p["recurrent"]["kernel"]
     r = jax.nn.sigmoid(gi[:3] + gh[:3])
     z = jax.nn.sigmoid(gi[3:6] + gh[3:6])
-    n = jnp.tanh(gi[6:] + r * gh[6:])
+    n = jnp.tanh(gi[6:] + r * (gh[6:] + p["candidate_bias"]))
     new, out = module.apply({"params": p}, h, x)
     np.testing.assert_allclose(new, (1 - z) * n + z * h, rtol=1e-12)
     np.testing.assert_array_equal(new, out)
