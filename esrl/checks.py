@@ -7,7 +7,8 @@ once each under ``jit(vmap(...))`` on a batch whose first two members share thei
 and action (so determinism is checked in the same call): observations inside their
 space, sampled actions accepted, identical transitions for identical keys.
 
-`require` is the one-line range check that every config's ``__post_init__`` uses.
+`require` is the one-line range check that every config's ``__post_init__`` uses;
+`is_int` the integer test behind the library's "must be an int" errors.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def require(config: Any, rule: str, *names: str) -> None:
         value = getattr(config, name)
         if not RULES[rule](value):
             raise ValueError(f"{name} must be {rule}, got {value}")
+
+
+def is_int(x: Any) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 _BATCH = 3  # members 0 and 1 share key and action, member 2 differs

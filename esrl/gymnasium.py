@@ -27,6 +27,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from esrl import spaces
+from esrl.checks import is_int
 from esrl.env import Environment, without_autoreset
 from esrl.vec import VecEnv
 
@@ -85,7 +86,7 @@ def _to_jax(action: Any, space: spaces.Space) -> Any:
 
 
 def _key(seed: Any) -> jax.Array:
-    if not isinstance(seed, (int, np.integer)):
+    if not is_int(seed):
         raise TypeError(
             f"seed must be an int, got {seed!r}; per-environment keys are derived from "
             "one seed"
@@ -257,6 +258,6 @@ def to_gymnasium(
     env = make(env) if isinstance(env, str) else as_environment(env)
     if num_envs is None:
         return GymnasiumEnv(env, seed=seed, params=params)
-    if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+    if not is_int(num_envs) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int or None, got {num_envs!r}")
     return GymnasiumVectorEnv(env, int(num_envs), seed=seed, params=params)

@@ -15,8 +15,8 @@ NaN until its episode ends (`esrl.env.cut_broken`); its last observation stays i
 from __future__ import annotations
 
 import jax
-import numpy as np
 
+from esrl.checks import is_int
 from esrl.env import Environment, cut_broken, where_done, without_autoreset
 from esrl.registry import as_environment
 
@@ -34,10 +34,10 @@ class VecEnv:
         autoreset: bool = True,
         reset_pool: int | None = None,
     ):
-        if not _is_int(num_envs) or num_envs < 1:
+        if not is_int(num_envs) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         if reset_pool is not None:
-            if not _is_int(reset_pool) or not 1 <= reset_pool <= num_envs:
+            if not is_int(reset_pool) or not 1 <= reset_pool <= num_envs:
                 raise ValueError(
                     f"reset_pool must be in [1, num_envs], got {reset_pool!r} (an int "
                     f"at most num_envs = {num_envs})"
@@ -94,8 +94,3 @@ class VecEnv:
     def action_space(self, params=None):
         """The space of one environment's action."""
         return self.env.action_space(params)
-
-
-def _is_int(x) -> bool:
-    """A Python or NumPy integer, not a bool."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)

@@ -21,7 +21,8 @@ well under a second.
 from __future__ import annotations
 
 from fractions import Fraction
-from numbers import Integral
+
+from esrl.checks import is_int
 
 MAX_ANSWER_CHARS = 256
 """Longest answer expression (characters, after stripping) that is parsed at all."""
@@ -180,19 +181,14 @@ def countdown_answer_correct(answer: str, numbers: list[int], target: int) -> bo
     return sorted(literals) == sorted(numbers) and value == target
 
 
-def _is_int(value) -> bool:
-    """Python and NumPy integers, not bools (``numbers.Integral`` covers np.int64)."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
 def _validate(completion, numbers, target) -> None:
     if not isinstance(completion, str):
         raise TypeError(
             f"completion must be a str (decode token ids first), got {type(completion)}"
         )
-    if not _is_int(target):
+    if not is_int(target):
         raise TypeError(f"target must be an int, got {target!r}")
-    if not all(_is_int(n) for n in numbers):
+    if not all(is_int(n) for n in numbers):
         raise TypeError(f"numbers must be a list of ints, got {numbers!r}")
 
 
