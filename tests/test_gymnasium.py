@@ -45,6 +45,8 @@ def test_single_env_numpy_io_and_seeding():
     assert all(isinstance(v, np.ndarray) for v in info.values())
     with pytest.raises(TypeError, match="seed must be an int"):
         env.reset(seed=[1, 2])
+    with pytest.raises(TypeError, match="seed must be an int"):
+        env.reset(seed=True)  # a bool is not a seed (it was seed 1 before)
 
 
 def test_single_env_over_autoreset_returns_the_terminal_observation():
@@ -105,6 +107,8 @@ def test_vector_env_shapes_and_final_observations():
 def test_vector_env_rejects_bad_num_envs():
     with pytest.raises(ValueError, match="num_envs must be a positive int"):
         to_gymnasium("gymnax/CartPole-v1", num_envs=0)
+    with pytest.raises(ValueError, match="num_envs must be a positive int"):
+        to_gymnasium("gymnax/CartPole-v1", num_envs=True)
     # A NumPy integer (from np.prod, a config array) is an int too.
     env = to_gymnasium("gymnax/CartPole-v1", num_envs=np.int64(3))
     assert env.num_envs == 3 and type(env.num_envs) is int
