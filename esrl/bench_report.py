@@ -190,7 +190,7 @@ def tables(rows: list[dict]) -> str:
              for r in by_section["envs"]],
         ))  # fmt: skip
     other = [r for s, rs in by_section.items() if s not in SECTIONS for r in rs]
-    if other:  # e.g. scripts/benchmark_gpu.py's rows, which have no section
+    if other:  # e.g. an older benchmark's rows, which have no section
         parts.append("Other cases:\n\n" + _table(
             ["env", "policy", "population", "steps", "method", "env steps/s", "s / gen",
              "ratio to plain", "paired ratio (IQR)"],

@@ -17,6 +17,7 @@ memory on a GPU) and FILE.png next to it. Runs unmodified on a GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -90,8 +91,8 @@ def previous(path: Path, device: str) -> dict:
         raise ValueError(f"was measured on {doc['device']}, not here")
     if not all(isinstance(r, dict) and "section" in r for r in doc["results"]):
         raise ValueError(
-            "has rows without a section (written by benchmark_gpu.py or an older "
-            "benchmark.py), which --update cannot tell apart; rerun without --update"
+            "has rows without a section (written by an older benchmark.py), which "
+            "--update cannot tell apart; rerun without --update"
         )
     sections = list(dict.fromkeys(r["section"] for r in doc["results"]))
     repeats = doc.get("repeats", {})
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     device, rows, start = device_description(), [], time.time()
     replaced: list[dict] = []  # --update: old rows of the sections being rerun
     meta = {"command": shlex.join(command), "quick": args.quick,
-            "repeats": dict.fromkeys(sections, repeats), "sections": sections}  # fmt: skip
+            "repeats": dict.fromkeys(sections, repeats), "sections": sections,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}  # fmt: skip
     if problem := unwritable(out):  # before minutes of measuring, not after
         parser.error(f"--out {out}: {problem}")
     if args.update and out.exists():
