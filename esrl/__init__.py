@@ -1,5 +1,9 @@
 """esrl: evolution strategies at hyperscale on vectorized JAX environments."""
 
+from esrl.xla import avoid_triton_gemm
+
+avoid_triton_gemm()  # before any computation starts a backend (see its docstring)
+
 from esrl.checks import EnvCheckError, check_env
 from esrl.env import AutoReset, Environment, Wrapper
 from esrl.gymnasium import to_gymnasium

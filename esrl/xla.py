@@ -17,10 +17,13 @@ Two CPU options, both measured side by side in one process (MLP 256x2, populatio
 
 The options apply per executable, never to the rest of the process, and a jaxlib that
 does not know one of them compiles with the others.
+
+On a GPU, one process-wide flag, for safety rather than speed (`avoid_triton_gemm`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -52,3 +55,24 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
 def aot(fn: Callable, *args, **jit_kwargs) -> jax.stages.Compiled:
     """``jax.jit(fn, **jit_kwargs)`` lowered for ``args`` and compiled (`compile_lowered`)."""
     return compile_lowered(jax.jit(fn, **jit_kwargs).lower(*args))
+
+
+TRITON_GEMM = "xla_gpu_enable_triton_gemm"
+
+
+def avoid_triton_gemm(environ: dict = os.environ) -> None:
+    """Add ``--xla_gpu_enable_triton_gemm=false`` to XLA_FLAGS, unless it names it.
+
+    jax 0.11.2's XLA aborts the whole process (a failed check in
+    ``triton_tiling_propagation.cc``) compiling some EGGROLL and OpenAI-ES programs
+    with its Triton GEMM fusion on a GPU (an H100: a trainer's generation at hidden 8,
+    a width-256 OpenAI-ES rollout); without it GEMMs go to cuBLAS, which made the
+    benchmark's plain MLP rollout 28% slower and left EGGROLL's ratio to it about
+    where it was (README, Benchmark). XLA reads XLA_FLAGS when JAX starts its first
+    backend, so ``import esrl`` calls this before any computation; a choice the user
+    made (``--xla_gpu_enable_triton_gemm=true`` keeps Triton) is left alone, and the
+    CPU backend ignores the flag.
+    """
+    flags = environ.get("XLA_FLAGS", "")
+    if TRITON_GEMM not in flags:
+        environ["XLA_FLAGS"] = f"{flags} --{TRITON_GEMM}=false".strip()

@@ -7,6 +7,9 @@ its end, so no test depends on an earlier run: the process that starts pytest ma
 before xdist starts its workers, which inherit it through the environment, as do the
 subprocesses tests start. JAX writes an entry in place, so a worker reading an entry
 the other worker is still writing gets a warning and compiles the program itself.
+
+On a GPU, float32 matmuls run at full precision here (JAX's default there is TF32, ~1e-3
+relative): the tests compare programs with references, not speeds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import shutil
 import tempfile
 
 import jax
+
+import esrl  # noqa: F401 - sets its XLA_FLAGS before any computation (esrl.xla)
 
 
 def pytest_configure(config):
@@ -28,6 +33,7 @@ def pytest_configure(config):
         "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"]
     )
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_unconfigure(config):

@@ -103,6 +103,34 @@ def test_xla_aot_computes_what_jit_computes():
     assert jnp.allclose(static(args[0]), args[0] * 3)
 
 
+def test_import_keeps_xla_from_triton_gemms_unless_told_otherwise():
+    # jax 0.11.2's XLA aborted the process compiling esrl programs on an H100 with
+    # its Triton GEMM fusion (a trainer's generation, the README example)
+    import os
+    import subprocess
+    import sys
+
+    from esrl.xla import avoid_triton_gemm
+
+    for before, after in [
+        ({}, "--xla_gpu_enable_triton_gemm=false"),
+        ({"XLA_FLAGS": "--xla_dump_to=/tmp/d"},
+         "--xla_dump_to=/tmp/d --xla_gpu_enable_triton_gemm=false"),
+        ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"},
+         "--xla_gpu_enable_triton_gemm=true"),  # the user's choice
+    ]:  # fmt: skip
+        environ = dict(before)
+        avoid_triton_gemm(environ)
+        assert environ == {"XLA_FLAGS": after}
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    code = (
+        "import os, esrl, jax; jax.numpy.ones(2).sum(); print(os.environ['XLA_FLAGS'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert out.strip() == "--xla_gpu_enable_triton_gemm=false"  # and the CPU accepts it
+
+
 def test_xla_drops_only_the_options_this_jaxlib_does_not_know(monkeypatch):
     # one unknown option made every executable compile with none of them
     import jax
@@ -121,6 +149,7 @@ def test_xla_drops_only_the_options_this_jaxlib_does_not_know(monkeypatch):
                     )
             return "compiled"
 
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # on a GPU too
     monkeypatch.setattr(
         xla, "CPU_OPTIONS", {"known": 1, "unknown_a": 2, "unknown_b": 3}
     )
@@ -294,6 +323,9 @@ def test_plain_rolls_out_in_the_blocks_the_es_methods_use(monkeypatch):
     # ran the whole population in one block, so above 2048 members it was not the
     # same rollout as the one EGGROLL and OpenAI-ES were compared to
     import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("blocks are the CPU's; a GPU rolls out the whole share at once")
 
     from esrl import bench_methods, train
     from esrl.bench import env_for
