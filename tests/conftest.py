@@ -8,6 +8,12 @@ before xdist starts its workers, which inherit it through the environment, as do
 subprocesses tests start. JAX writes an entry in place, so a worker reading an entry
 the other worker is still writing gets a warning and compiles the program itself.
 
+XLA's CPU backend compiles the tests' programs with LLVM optimisation level 0 (unless
+XLA_FLAGS already sets one), inherited the same way: most of a test's time is compiling
+programs it runs for a few tiny steps: two of the heaviest files took 75 s against 106 s
+back to back on 2 cores. It changes how fast the machine code runs, not what it
+computes; only the benchmark scripts time programs, and they never run under it.
+
 On a GPU, float32 matmuls run at full precision here (JAX's default there is TF32, ~1e-3
 relative): the tests compare programs with references, not speeds.
 """
@@ -28,6 +34,9 @@ def pytest_configure(config):
         config.jax_cache_dir = tempfile.mkdtemp(prefix="esrl-test-jax-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache_dir
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_backend_optimization_level" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0"
     # set here too: jax may have read the environment before it was set
     jax.config.update(
         "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"]
