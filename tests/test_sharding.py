@@ -51,9 +51,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def four_cpu_devices() -> dict:
+    """This environment with 4 fake CPU devices (and the session's other XLA flags)."""
+    flags = (
+        f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    )
+    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+
+
 def test_four_devices_equal_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = four_cpu_devices()
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -111,8 +118,7 @@ ODD_SHARES = textwrap.dedent(
 
 
 def test_odd_shares_blocks_and_openai_es_equal_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = four_cpu_devices()
     proc = subprocess.run(
         [sys.executable, "-c", ODD_SHARES],
         env=env, capture_output=True, text=True, timeout=600, check=False,
