@@ -73,6 +73,11 @@ def avoid_triton_gemm(environ: dict = os.environ) -> None:
     made (``--xla_gpu_enable_triton_gemm=true`` keeps Triton) is left alone, and the
     CPU backend ignores the flag.
     """
+    default_flag(TRITON_GEMM, "false", environ)
+
+
+def default_flag(name: str, value: str, environ: dict = os.environ) -> None:
+    """Add ``--name=value`` to XLA_FLAGS in ``environ`` unless they set ``name`` already."""
     flags = environ.get("XLA_FLAGS", "")
-    if TRITON_GEMM not in flags:
-        environ["XLA_FLAGS"] = f"{flags} --{TRITON_GEMM}=false".strip()
+    if not re.search(rf"--{name}(=|\s|$)", flags):
+        environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()

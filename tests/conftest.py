@@ -27,6 +27,7 @@ import tempfile
 import jax
 
 import esrl  # noqa: F401 - sets its XLA_FLAGS before any computation (esrl.xla)
+from esrl import xla
 
 
 def pytest_configure(config):
@@ -34,9 +35,7 @@ def pytest_configure(config):
         config.jax_cache_dir = tempfile.mkdtemp(prefix="esrl-test-jax-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache_dir
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_backend_optimization_level" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0"
+        xla.default_flag("xla_backend_optimization_level", "0")
     # set here too: jax may have read the environment before it was set
     jax.config.update(
         "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"]

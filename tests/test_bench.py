@@ -118,6 +118,8 @@ def test_import_keeps_xla_from_triton_gemms_unless_told_otherwise():
          "--xla_dump_to=/tmp/d --xla_gpu_enable_triton_gemm=false"),
         ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"},
          "--xla_gpu_enable_triton_gemm=true"),  # the user's choice
+        ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm_any=true"},  # another flag
+         "--xla_gpu_enable_triton_gemm_any=true --xla_gpu_enable_triton_gemm=false"),
     ]:  # fmt: skip
         environ = dict(before)
         avoid_triton_gemm(environ)

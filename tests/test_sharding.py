@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+from esrl.xla import default_flag
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -53,10 +55,9 @@ SCRIPT = textwrap.dedent(
 
 def four_cpu_devices() -> dict:
     """This environment with 4 fake CPU devices (and the session's other XLA flags)."""
-    flags = (
-        f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    )
-    return {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    default_flag("xla_force_host_platform_device_count", "4", env)
+    return env
 
 
 def test_four_devices_equal_one(tmp_path):
