@@ -309,7 +309,10 @@ def gradient_estimate(
     weights = fitness[0::2] - fitness[1::2] if config.antithetic else fitness
     flat = _flat(params)
     paths = perturbed_paths(params, config)
-    zeros = {path: jnp.zeros(flat[path].shape, weights.dtype) for path in paths}
+    # sums in the noise's dtype (float64 under x64, even for float32 fitness): the
+    # chunks' scan needs a carry whose dtype the contraction keeps
+    dtype = jnp.promote_types(weights.dtype, jnp.result_type(float))
+    zeros = {path: jnp.zeros(flat[path].shape, dtype) for path in paths}
     if unit is not None:
         sums = _contract(zeros, weights, unit)
     else:

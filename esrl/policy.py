@@ -98,6 +98,10 @@ class PolicySpec:
             raise ValueError(f"hidden width must be >= 1, got {self.hidden}")
         if self.num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+        if self.kind != "mlp" and self.num_layers < 1:
+            raise ValueError(
+                f"a {self.kind} policy needs num_layers >= 1 (its cell is the first)"
+            )
 
 
 def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:

@@ -80,6 +80,7 @@ class RolloutConfig:
 
     def __post_init__(self):
         require(self, ">= 1", "horizon", "episodes", "chunk")
+        require(self, "> 0", "obs_clip")  # inf: no clipping
 
 
 class RolloutResult(NamedTuple):

@@ -233,3 +233,13 @@ def test_policy_computes_in_float64_under_x64():
         x = jnp.tanh(x) if name != "head" else x
     _, out = policy.apply({"params": params}, (), obs)
     np.testing.assert_allclose(out.logits, x, rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.parametrize("kind", ["gru", "mingru", "lstm"])
+def test_a_recurrent_policy_without_layers_is_a_clear_error(kind):
+    # num_layers=0 built the same network as num_layers=1 (the cell is a layer)
+    from esrl.policy import PolicySpec
+
+    with pytest.raises(ValueError, match=f"a {kind} policy needs num_layers >= 1"):
+        PolicySpec(kind=kind, num_layers=0)
+    PolicySpec(kind="mlp", num_layers=0)  # a linear policy

@@ -247,6 +247,19 @@ def test_chunked_estimate_equals_the_single_contraction(monkeypatch, full_rank):
     jax.tree.map(assert_close, chunked, whole)
 
 
+@pytest.mark.parametrize("full_rank", [False, True])
+def test_chunked_estimate_takes_float32_fitness_under_x64(monkeypatch, full_rank):
+    # A rollout's returns are float32 under x64 too (z_score and raw keep them so),
+    # while the noise is float64: the chunks' scan failed on its carry's dtype.
+    params, config = make_params(6, 5), NoiseConfig(rank=2, full_rank=full_rank)
+    fitness = jax.random.normal(jax.random.key(4), (14,), jnp.float32)
+    whole = gradient_estimate(KEY, 1, params, fitness, config)
+    monkeypatch.setattr(noise, "ESTIMATE_CHUNK_FLOATS", 150)  # 2-3 pairs per chunk
+    chunked = noise.gradient_estimate(KEY, 1, params, fitness, config)
+    assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12)
+    jax.tree.map(assert_close, chunked, whole)
+
+
 @pytest.mark.parametrize("rank", [1, 3])
 def test_estimate_from_the_rollouts_kept_noise_equals_the_explicit_sum(rank):
     params, config = make_params(6, 5), NoiseConfig(rank=rank)

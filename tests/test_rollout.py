@@ -225,3 +225,11 @@ def test_box_actions_with_traced_env_params():
             key, env, policy, params, _member(perts, i), i, 0, config
         )
         assert res.returns[i] == pytest.approx(ret, rel=1e-5) and length == 20
+
+
+@pytest.mark.parametrize("clip", [0.0, -1.0, float("nan")])
+def test_an_obs_clip_that_is_not_positive_is_a_clear_error(clip):
+    # clip 0 turned every normalised observation to 0, clip -1 every one to -1
+    with pytest.raises(ValueError, match="obs_clip must be > 0"):
+        RolloutConfig(normalize_obs=True, obs_clip=clip)
+    RolloutConfig(normalize_obs=True, obs_clip=float("inf"))  # no clipping
