@@ -136,7 +136,43 @@ def _space_problems(name: str, obs_space: Any, act_space: Any) -> list[str]:
                 f"{name}.{label} returned {space!r}{holding}: a {kind} is not an "
                 "esrl.spaces space; return an esrl.spaces Box, Discrete, Dict or Tuple"
             )
+            continue
+        for where, box in _boxes(space, label):
+            problem = _box_problem(box)
+            if problem is not None:
+                problems.append(f"{name}.{where}: Box {problem}")
     return problems
+
+
+def _boxes(space: Any, label: str):
+    """Yield ``(label, Box)`` for every Box in ``space``, following Dict and Tuple."""
+    if isinstance(space, spaces.Dict):
+        for k, sub in space.spaces.items():
+            yield from _boxes(sub, f"{label}[{k!r}]")
+    elif isinstance(space, spaces.Tuple):
+        for i, sub in enumerate(space.spaces):
+            yield from _boxes(sub, f"{label}[{i}]")
+    elif isinstance(space, spaces.Box):
+        yield label, space
+
+
+def _box_problem(box: spaces.Box) -> str | None:
+    """What is wrong with a Box's shape or bounds (later checks rely on them)."""
+    shape = box.shape
+    if not isinstance(shape, (tuple, list)) or not all(map(is_int, shape)):
+        return f"shape {shape!r} must be a tuple of ints, such as (4,)"
+    for side in ("low", "high"):
+        bound = np.shape(getattr(box, side))
+        try:
+            fits = np.broadcast_shapes(bound, tuple(shape)) == tuple(shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            return (
+                f"{side} has shape {bound}, which does not broadcast to the Box "
+                f"shape {tuple(shape)}"
+            )
+    return None
 
 
 def _foreign(space: Any) -> Any:

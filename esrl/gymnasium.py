@@ -76,13 +76,28 @@ def _to_numpy(x: Any, space: gymnasium.spaces.Space) -> Any:
     return np.asarray(x, dtype=space.dtype)
 
 
-def _to_jax(action: Any, space: spaces.Space) -> Any:
-    """A NumPy action as the JAX array the esrl action space expects."""
+def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
+    """A NumPy action as the JAX array the esrl action space expects.
+
+    ``batch`` is the leading shape (``(num_envs,)`` for a VectorEnv); after it, the
+    action must broadcast to the space's shape (a wrong one would step a batch).
+    """
     if isinstance(space, spaces.Dict):
-        return {k: _to_jax(action[k], s) for k, s in space.spaces.items()}
+        return {k: _to_jax(action[k], s, batch) for k, s in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
-        return tuple(_to_jax(a, s) for a, s in zip(action, space.spaces))
-    return jnp.asarray(action, dtype=space.dtype)
+        return tuple(_to_jax(a, s, batch) for a, s in zip(action, space.spaces))
+    action = jnp.asarray(action, dtype=space.dtype)
+    want = tuple(space.shape)
+    try:
+        fits = np.broadcast_shapes(action.shape[len(batch) :], want) == want
+    except ValueError:
+        fits = False
+    if action.shape[: len(batch)] != batch or not fits:
+        raise ValueError(
+            f"action has shape {action.shape}, but the action space {space!r} needs "
+            f"shape {batch + want}"
+        )
+    return action
 
 
 def _key(seed: Any) -> jax.Array:
@@ -143,9 +158,12 @@ class GymnasiumEnv(gymnasium.Env):
 class _Driver:
     """The JAX side of a gymnasium wrapper: key, state and the jitted reset and step."""
 
-    def __init__(self, reset, step, params, action_space, observation_space, seed):
+    def __init__(
+        self, reset, step, params, action_space, observation_space, seed, batch=()
+    ):
         self.params = params
         self.action_space = action_space
+        self.batch = batch  # leading action shape: (num_envs,) for a VectorEnv
         self.observation_space = observation_space
         self.rng = _key(seed)
         self.state = None
@@ -165,7 +183,7 @@ class _Driver:
         if self.state is None:
             raise RuntimeError("call reset() before step()")
         self.rng, key = jax.random.split(self.rng)
-        action = _to_jax(action, self.action_space)
+        action = _to_jax(action, self.action_space, self.batch)
         obs, self.state, reward, terminated, truncated, info = self._step(
             key, self.state, action, self.params
         )
@@ -203,7 +221,13 @@ class GymnasiumVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         vec = VecEnv(env, num_envs, autoreset=True)
         self._driver = _Driver(
-            vec.reset, vec.step, self.params, self._space, self.observation_space, seed
+            vec.reset,
+            vec.step,
+            self.params,
+            self._space,
+            self.observation_space,
+            seed,
+            (num_envs,),
         )
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

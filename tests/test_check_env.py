@@ -228,3 +228,36 @@ def test_observation_structure_mismatch_says_what_it_got(space, message):
 
     with pytest.raises(EnvCheckError, match=f"Walk.reset: {message}"):
         check_env(Mismatch())
+
+
+@pytest.mark.parametrize(
+    ("label", "box", "message"),
+    [  # check_env raised numpy's own TypeError / ValueError, naming nothing
+        (
+            "observation_space",
+            spaces.Box(-1.0, 1.0, 4),
+            "Walk.observation_space: Box shape 4 must be a tuple of ints",
+        ),
+        (
+            "observation_space",
+            spaces.Box(jnp.zeros(3), 1.0, (4,)),
+            (
+                "Walk.observation_space: Box low has shape (3,), which does not "
+                "broadcast to the Box shape (4,)"
+            ),
+        ),
+        (
+            "action_space",
+            spaces.Box(-1.0, 1.0, 2),
+            "Walk.action_space: Box shape 2 must be a tuple of ints",
+        ),
+    ],
+)
+def test_a_box_with_a_bad_shape_or_bounds_is_named(label, box, message):
+    class BadBox(Walk):
+        pass
+
+    setattr(BadBox, label, lambda self, params=None: box)
+    with pytest.raises(EnvCheckError) as info:
+        check_env(BadBox())
+    assert message in str(info.value)

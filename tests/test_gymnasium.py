@@ -184,3 +184,24 @@ def test_seeds_beyond_32_bits_are_distinct_and_negative_ones_refused():
     np.testing.assert_array_equal(env.reset(seed=2**100)[0], first[2**100])
     with pytest.raises(ValueError, match="seed must be >= 0"):
         env.reset(seed=-1)
+
+
+def test_actions_of_the_wrong_shape_are_refused_by_name():
+    # A (3,) action made Pendulum's obs (3,) and its state batched; CartPole failed
+    # with "Cannot concatenate arrays with different numbers of dimensions".
+    env = to_gymnasium("gymnax/Pendulum-v1")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action has shape \(3,\), but .* \(1,\)"):
+        env.step(np.zeros(3, np.float32))
+    obs, *_ = env.step(np.float32(0.5))  # a scalar still broadcasts to (1,)
+    assert obs.shape == (3,)
+    cartpole = to_gymnasium("gymnax/CartPole-v1")
+    cartpole.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action has shape \(2,\), but .* \(\)"):
+        cartpole.step(np.array([0, 1]))
+    vec = to_gymnasium("gymnax/Pendulum-v1", num_envs=2)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action has shape \(2, 3\), but .* \(2, 1\)"):
+        vec.step(np.zeros((2, 3), np.float32))
+    obs, *_ = vec.step(np.zeros(2, np.float32))  # one scalar per environment
+    assert obs.shape == (2, 3)
