@@ -16,10 +16,12 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Self
 
 import jax
@@ -127,6 +129,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def unwritable(out: Path) -> str | None:
+    """Why no file can be written to ``out``, or None (scripts ask before measuring)."""
+    if out.is_dir():
+        return "is a directory; give a FILE.json"
+    try:
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as err:
+        return f"cannot write there ({err.strerror or err})"
+    return None
 
 
 def chunk_for(horizon: int, most: int = 32) -> int:

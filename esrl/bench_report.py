@@ -195,7 +195,7 @@ def tables(rows: list[dict]) -> str:
             ["env", "policy", "population", "steps", "method", "env steps/s", "s / gen",
              "ratio to plain", "paired ratio (IQR)"],
             [[r["env"], _policy(r), str(r["population"]), str(r["horizon"]), _label(r),
-              _fmt(r["env_steps_per_s"]), _fmt(r["time_per_generation_s"], 4),
+              _fmt(r["env_steps_per_s"]), _fmt(r.get("time_per_generation_s"), 4),
               _fmt(r["ratio_to_plain"]), _paired(r)] for r in other],
         ))  # fmt: skip
     parts.append("\n".join(

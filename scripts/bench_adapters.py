@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 import esrl
+from esrl.bench import unwritable
 from esrl.logger import write_json_atomic
 
 
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else None
-    if out and (out.is_dir() or not out.resolve().parent.is_dir()):  # before measuring
-        parser.error(f"--out {out}: not a file in an existing directory")
+    if out and (problem := unwritable(out)):  # before measuring
+        parser.error(f"--out {out}: {problem}")
     warnings.filterwarnings("ignore")
     n = 64 if args.quick else 256
     cases = [

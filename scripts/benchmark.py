@@ -17,13 +17,14 @@ memory on a GPU) and FILE.png next to it. Runs unmodified on a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from esrl import bench
 from esrl.bench import Case, device_description, positive_int, run_case
 from esrl.bench_report import load, plot, write
 
@@ -71,14 +72,9 @@ def unwritable(out: Path) -> str | None:
     """Why the JSON (and the plot next to it) cannot be written to ``out``, or None."""
     if out.suffix.lower() == ".png":
         return "the plot goes next to the JSON as FILE.png; give the JSON another name"
-    if out.is_dir():
-        return "is a directory; give a FILE.json"
-    try:
+    with contextlib.suppress(OSError):  # `write` makes missing directories too
         out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as err:
-        return f"cannot write there ({err.strerror or err})"
-    return None
+    return bench.unwritable(out)
 
 
 def previous(path: Path, device: str) -> dict:

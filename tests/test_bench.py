@@ -3,6 +3,7 @@
 import argparse
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -569,3 +570,50 @@ def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
         with pytest.raises(SystemExit):
             adapters.main(["--quick", "--out", str(out)])
     assert measured == []
+
+
+def test_tables_read_contract_rows_without_timing_detail():
+    # rows with the DESIGN.md keys and the case but no time per generation (those of
+    # esrl.envs.llm.bench.generation_benchmark) were a KeyError in the report
+    rows = [
+        {"env": "llm/countdown-3", "kind": "mingru", "hidden": 64, "num_layers": 2,
+         "horizon": 3, "method": m, "population": 4, "rank": rank,
+         "env_steps_per_s": speed, "ratio_to_plain": speed / 20.0}
+        for m, rank, speed in (("plain", None, 20.0), ("eggroll", 1, 10.0))
+    ]  # fmt: skip
+    text = tables(rows)
+    line = "| llm/countdown-3 | MINGRU 64 | 4 | 3 | eggroll r1 | 10.00 | - | 0.50 |"
+    assert line in text
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_unwritable_says_why_no_file_can_be_written_there(tmp_path):
+    # scripts check --out with it before minutes of measuring
+    from esrl.bench import unwritable
+
+    (tmp_path / "file").write_text("x")
+    assert unwritable(tmp_path / "b.json") is None
+    assert "is a directory" in unwritable(tmp_path)
+    cannot = ("file", "missing")  # below a file, in a missing directory, in /proc
+    for out in [tmp_path / d / "b.json" for d in cannot] + [Path("/proc/b.json")]:
+        assert "cannot write there" in unwritable(out)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_bench_adapters_refuses_a_directory_it_cannot_write_in(monkeypatch, capsys):
+    # its own check let an existing directory that takes no files through (even root
+    # cannot create one in /proc): the JSON failed after minutes of measuring
+    import importlib.util
+    import sys
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_adapters.py"
+    spec = importlib.util.spec_from_file_location("bench_adapters_script", path)
+    adapters = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, adapters)  # for its dataclass
+    spec.loader.exec_module(adapters)
+    measured = []
+    monkeypatch.setattr(adapters, "measure", lambda *a: measured.append(a) or [])
+    with pytest.raises(SystemExit):
+        adapters.main(["--quick", "--out", "/proc/a.json"])
+    assert measured == [] and "cannot write there" in capsys.readouterr().err
