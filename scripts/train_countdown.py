@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = train_prepared(prepared)
     except KeyboardInterrupt:
         out = args.resume or args.out
-        if has_checkpoint(out):
+        # until a fresh run saves, a checkpoint in --out is the run --overwrite replaces
+        if has_checkpoint(out) and (resume or prepared.recorder.saved is not None):
             print(f"interrupted; continue with --resume {out}")
         else:  # e.g. during the initial evaluation
             print("interrupted before the first checkpoint; start again")

@@ -119,6 +119,26 @@ def test_interrupt_before_the_first_checkpoint_does_not_offer_resume(
     assert "--resume" not in capsys.readouterr().out
 
 
+def test_interrupted_overwrite_does_not_offer_to_resume_the_old_run(
+    tmp_path, monkeypatch, capsys
+):
+    # was: "continue with --resume DIR", which resumed the run --overwrite replaces
+    save_model(tmp_path / "model", TINY, init_params(jax.random.key(0), TINY))
+    out, script = tmp_path / "run", _script()
+    argv = ["--model", str(tmp_path / "model"), "--population", "4", "--prompts", "2",
+            "--eval-size", "2", "--train-size", "8", "--skip-train", "0",
+            "--generations", "1", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert script.main(argv) == 0
+    capsys.readouterr()
+
+    def interrupted(self, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Finetuner, "evaluate", interrupted)  # the initial evaluation
+    assert script.main([*argv, "--population", "8", "--overwrite"]) == 130
+    assert "--resume" not in capsys.readouterr().out
+
+
 def test_finetune_splits_skip_the_pretraining_corpus():
     task = countdown_task(3)
     config = FinetuneConfig(train_size=300, eval_size=50, skip_train=500)

@@ -80,6 +80,9 @@ def test_pretraining_lowers_the_loss():
         ({"steps": 0}, "steps must be >= 1, got 0"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
         ({"equation_fraction": 1.5}, r"equation_fraction must be in \[0, 1\]"),
+        # was: accepted; --time-limit 0 trained one step and saved that model over
+        # the shipped weights (the default --out)
+        ({"time_limit_s": 0.0}, "time_limit_s must be > 0, got 0.0"),
     ],
 )
 def test_bad_pretrain_config_is_a_clear_error(kwargs, message):

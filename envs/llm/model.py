@@ -50,7 +50,7 @@ class LMConfig:
     """Shape of the recurrent language model."""
 
     vocab_size: int = VOCAB_SIZE
-    """Number of token ids (256 bytes + PAD, BOS, EOS)."""
+    """Number of token ids (256 bytes, PAD, BOS, EOS and 4 tags; see `tokenizer`)."""
     width: int = 256
     """Residual stream and minGRU hidden size."""
     layers: int = 3

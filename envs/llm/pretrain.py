@@ -69,6 +69,8 @@ class PretrainConfig:
         require(self, "> 0", "lr")
         require(self, ">= 0", "warmup", "weight_decay")
         require(self, "in [0, 1]", "equation_fraction")
+        if self.time_limit_s is not None:  # 0 would train one step, not "no limit"
+            require(self, "> 0", "time_limit_s")
 
 
 def chain_sum_task() -> Task:
