@@ -15,6 +15,7 @@ reports them.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -163,7 +164,10 @@ def run_preset(preset: Preset, argv: list[str], doc: str = "") -> int:
     if not preset.baseline or status not in (0, 130):
         return status
     out = known.resume or _pre_parse(args).out
-    later = f"run this script with --resume {out} to make it (esrl train does not)"
+    later = (
+        f"run this script with --resume {shlex.quote(str(out))} to make it "
+        "(esrl train does not)"
+    )
     if status == 130:  # the run's message suggests esrl train --resume
         print(f"the random-policy comparison was not made; {later}", file=sys.stderr)
         return status

@@ -7,6 +7,7 @@ A run directory holds one checkpoint whose metadata is ``{"spec": ..., "counters
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import threading
 from collections.abc import Iterator
@@ -23,9 +24,12 @@ def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict |
 
     A fresh run refuses a directory that already holds one unless ``overwrite``.
     """
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+    # the directory, or the nearest of its parents that exists (it is created in that)
+    paths = () if out_dir is None else (out_dir, *out_dir.parents)
+    found = next((p for p in paths if p.exists()), None)
+    if found is not None and not found.is_dir():
         raise ValueError(
-            f"{str(out_dir)!r} is a file, not a directory; choose another --out"
+            f"{str(found)!r} is a file, not a directory; choose another --out"
         )
     if resume:
         if out_dir is None:
@@ -34,7 +38,7 @@ def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict |
     if out_dir is not None and has_checkpoint(out_dir) and not overwrite:
         raise ValueError(
             f"{str(out_dir)!r} already holds a run; continue it with --resume "
-            f"{out_dir}, choose another --out, or pass --overwrite"
+            f"{shlex.quote(str(out_dir))}, choose another --out, or pass --overwrite"
         )
     return None
 
@@ -75,7 +79,7 @@ def report_interrupt(
     if out_dir is not None:
         logger.message(
             f"interrupted after {unit} {done}; checkpoint saved, "
-            f"continue with: esrl train --resume {out_dir}"
+            f"continue with: esrl train --resume {shlex.quote(str(out_dir))}"
         )
 
 

@@ -153,6 +153,13 @@ def test_out_that_is_a_file_fails_before_compiling(tmp_path, capsys, no_compile)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+def test_out_inside_a_file_fails_before_compiling(tmp_path, capsys, no_compile):
+    # was a NotADirectoryError traceback once the run had compiled
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main([*CARTPOLE, "--out", str(tmp_path / "notes.txt" / "run")]) == 2
+    assert "notes.txt' is a file, not a directory" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [

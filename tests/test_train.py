@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +129,16 @@ def test_an_interrupt_after_a_record_leaves_metrics_matching_the_checkpoint(
     assert read_meta(out)["counters"]["generation"] == 2
     # was [1, 2, 3]: a resume would have dropped record 3 only at its start
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_the_interrupt_message_is_a_command_that_resumes_an_odd_path(
+    tmp_path, monkeypatch, capsys
+):
+    ctrl_c_at_record(monkeypatch, 2, written=False)
+    out = tmp_path / "sweep 1" / "run"  # was printed bare: the shell split it
+    assert main([*SMALL, "--generations", "3", "--out", str(out)]) == 130
+    command = capsys.readouterr().err.split("continue with: ")[1].strip()
+    assert shlex.split(command) == ["esrl", "train", "--resume", str(out)]
 
 
 class NaNMemoryEnv(MemoryEnv):
