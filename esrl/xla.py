@@ -23,6 +23,7 @@ On a GPU, one process-wide flag, for safety rather than speed (`avoid_triton_gem
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -38,10 +39,15 @@ CPU_OPTIONS = {
 
 def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     """``lowered.compile()`` with those `CPU_OPTIONS` this jaxlib knows, on the CPU."""
+    return _compile(lowered)[0]
+
+
+def _compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, dict]:
+    """`compile_lowered`, and the options it compiled with."""
     options = dict(CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
     while options:
         try:
-            return lowered.compile(options)
+            return lowered.compile(options), options
         except jax.errors.JaxRuntimeError as err:
             # one unknown option must not cost the others (it names itself)
             unknown = [n for n in options if re.search(rf"\b{n}\b", str(err))]
@@ -49,12 +55,40 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
                 raise
             for name in unknown:
                 del options[name]
-    return lowered.compile()
+    return lowered.compile(), {}
+
+
+@functools.cache
+def _known_options() -> tuple[tuple[str, str], ...]:
+    return tuple(_compile(jax.jit(lambda x: x + 1).lower(0.0))[1].items())
+
+
+def compiler_options() -> dict:
+    """The `CPU_OPTIONS` this jaxlib knows, on the CPU backend; {} on others."""
+    return dict(_known_options())
 
 
 def aot(fn: Callable, *args, **jit_kwargs) -> jax.stages.Compiled:
     """``jax.jit(fn, **jit_kwargs)`` lowered for ``args`` and compiled (`compile_lowered`)."""
     return compile_lowered(jax.jit(fn, **jit_kwargs).lower(*args))
+
+
+def jit(fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` whose executables compile with `compiler_options`.
+
+    For functions called with new shapes or static arguments (`aot` needs the
+    arguments up front). The backend is asked at the first call, not at decoration.
+    """
+    jitted = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal jitted
+        if jitted is None:
+            jitted = jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs)
+        return jitted(*args, **kwargs)
+
+    return call
 
 
 TRITON_GEMM = "xla_gpu_enable_triton_gemm"
