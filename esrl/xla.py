@@ -78,15 +78,19 @@ def jit(fn: Callable, **jit_kwargs) -> Callable:
 
     For functions called with new shapes or static arguments (`aot` needs the
     arguments up front). The backend is asked at the first call, not at decoration.
+    Called with traced arguments (inside another jit) it is an ordinary nested jit:
+    options belong to the outermost program.
     """
-    jitted = None
+    jitted = {}
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        nonlocal jitted
-        if jitted is None:
-            jitted = jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs)
-        return jitted(*args, **kwargs)
+        leaves = jax.tree.leaves((args, kwargs))
+        nested = any(isinstance(x, jax.core.Tracer) for x in leaves)
+        if nested not in jitted:
+            options = {} if nested else {"compiler_options": compiler_options()}
+            jitted[nested] = jax.jit(fn, **options, **jit_kwargs)
+        return jitted[nested](*args, **kwargs)
 
     return call
 

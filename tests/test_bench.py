@@ -635,3 +635,6 @@ def test_xla_jit_compiles_with_the_options_this_jaxlib_knows(monkeypatch):
     assert seen[-1]["static_argnames"] == "n"
     want = xla.CPU_OPTIONS if jax.default_backend() == "cpu" else {}
     assert options == xla.compiler_options() == want  # this jaxlib knows them all
+    # inside another jit: a nested jit (XLA takes options only for the outer program)
+    assert jax.jit(lambda x: double(x, n=3))(2.0) == 6.0
+    assert "compiler_options" not in seen[-1]
