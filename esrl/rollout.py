@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from esrl import spaces
+from esrl import spaces, xla
 from esrl.checks import require
 from esrl.env import Environment
 from esrl.noise import PairNoise
@@ -277,7 +277,7 @@ def observation_shape(env: Environment, env_params=None) -> tuple[int, ...]:
     return tuple(obs.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("env", "policy", "config", "num_members"))
+@functools.partial(xla.jit, static_argnames=("env", "policy", "config", "num_members"))
 def evaluate_population(
     key: jax.Array,
     env: Environment,
