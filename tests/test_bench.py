@@ -551,13 +551,10 @@ def test_evosax_missing_or_another_version_is_a_skipped_row(monkeypatch):
     assert "esrl[bench]" in build_evosax(TINY, jax.random.key(0)).note
 
 
-def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
-    tmp_path, monkeypatch
-):
-    # --out in a missing directory (or a directory) failed after minutes of measuring
+def _bench_adapters(monkeypatch):
+    """scripts/bench_adapters.py as a module whose measuring is recorded, not run."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     path = Path(__file__).parents[1] / "scripts" / "bench_adapters.py"
     spec = importlib.util.spec_from_file_location("bench_adapters_script", path)
@@ -566,6 +563,14 @@ def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
     spec.loader.exec_module(adapters)
     measured = []
     monkeypatch.setattr(adapters, "measure", lambda *a: measured.append(a) or [])
+    return adapters, measured
+
+
+def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
+    tmp_path, monkeypatch
+):
+    # --out in a missing directory (or a directory) failed after minutes of measuring
+    adapters, measured = _bench_adapters(monkeypatch)
     for out in (tmp_path / "missing" / "a.json", tmp_path):
         with pytest.raises(SystemExit):
             adapters.main(["--quick", "--out", str(out)])
@@ -604,16 +609,7 @@ def test_unwritable_says_why_no_file_can_be_written_there(tmp_path):
 def test_bench_adapters_refuses_a_directory_it_cannot_write_in(monkeypatch, capsys):
     # its own check let an existing directory that takes no files through (even root
     # cannot create one in /proc): the JSON failed after minutes of measuring
-    import importlib.util
-    import sys
-
-    path = Path(__file__).parents[1] / "scripts" / "bench_adapters.py"
-    spec = importlib.util.spec_from_file_location("bench_adapters_script", path)
-    adapters = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, adapters)  # for its dataclass
-    spec.loader.exec_module(adapters)
-    measured = []
-    monkeypatch.setattr(adapters, "measure", lambda *a: measured.append(a) or [])
+    adapters, measured = _bench_adapters(monkeypatch)
     with pytest.raises(SystemExit):
         adapters.main(["--quick", "--out", "/proc/a.json"])
     assert measured == [] and "cannot write there" in capsys.readouterr().err
