@@ -567,13 +567,17 @@ def _bench_adapters(monkeypatch):
 
 
 def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     # --out in a missing directory (or a directory) failed after minutes of measuring
     adapters, measured = _bench_adapters(monkeypatch)
-    for out in (tmp_path / "missing" / "a.json", tmp_path):
+    for out, why in (
+        (tmp_path / "missing" / "a.json", "cannot write there"),
+        (tmp_path, "is a directory"),
+    ):
         with pytest.raises(SystemExit):
             adapters.main(["--quick", "--out", str(out)])
+        assert f"--out {out}: {why}" in capsys.readouterr().err
     assert measured == []
 
 

@@ -240,8 +240,10 @@ def test_chunked_estimate_equals_the_single_contraction(monkeypatch, full_rank):
     fitness = jax.random.normal(jax.random.key(4), (14,))
     whole = gradient_estimate(KEY, 1, params, fitness, config)
     monkeypatch.setattr(noise, "ESTIMATE_CHUNK_FLOATS", 150)  # 2-3 pairs per chunk
-    chunked = jax.jit(noise.gradient_estimate, static_argnames="config")(
-        KEY, 1, params, fitness, config
+    # a fresh function: jax.jit(noise.gradient_estimate) again reused the trace made
+    # above with the unpatched chunk size, so nothing was ever chunked here
+    chunked = jax.jit(lambda k, f: noise.gradient_estimate(k, 1, params, f, config))(
+        KEY, fitness
     )
     assert_close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12)
     jax.tree.map(assert_close, chunked, whole)

@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_ppo import gae_loop
 
 
-def naive_advantages(ppo, state, traj, runner, reward_stats):
+def naive_advantages(ppo, state, traj, runner):
     """Values recomputed one step at a time (carry reset after each done), V(final
-    obs) at time-limit cuts, the carried discounted return for reward scaling."""
+    obs) at time-limit cuts, the carried discounted return for reward scaling.
+    Returns the advantages and the discounted returns carried to the next rollout."""
     cfg, act = ppo.config, jax.jit(ppo.act)
     term, trunc = np.asarray(traj.terminated), np.asarray(traj.truncated)
     steps = term.shape[0]
@@ -35,11 +36,17 @@ def naive_advantages(ppo, state, traj, runner, reward_stats):
         carry = ppo.reset_done(after, jnp.asarray(term[t] | trunc[t]))
     last = act(state.params, carry, ppo.normalize(state, runner.obs))[1].value
     next_values = np.where(trunc, finals, np.concatenate([values[1:], last[None]]))
-    reward = np.asarray(traj.reward)
-    if cfg.normalize_reward:
+    reward, disc = np.asarray(traj.reward), np.asarray(state.disc_return, float)
+    if cfg.normalize_reward:  # the running return, reset after each done
+        returns = []
+        for t in range(steps):
+            returns.append(disc * cfg.gamma + reward[t])
+            disc = np.where(term[t] | trunc[t], 0.0, returns[-1])
+        returns = jnp.asarray(np.ravel(returns), jnp.float32)
+        reward_stats = merge_batch(state.reward_stats, returns)
         reward = np.asarray(scale_reward(reward_stats, jnp.asarray(reward)))
     adv, _ = gae_loop(reward, values, next_values, term, trunc, cfg.gamma, 0.9)
-    return adv
+    return adv, disc
 
 
 @pytest.mark.parametrize("kind", ["mlp", "gru"])
@@ -60,8 +67,9 @@ def test_batch_advantages_equal_a_python_replay(kind):
         carry=jax.tree.map(lambda c: jax.random.normal(k_carry, c.shape), state.carry),
     )
     runner, traj = jax.jit(ppo.rollout)(state, jax.random.key(1))
-    batch, _, reward_stats = jax.jit(ppo._batch)(state, traj, runner)
+    batch, disc, _ = jax.jit(ppo._batch)(state, traj, runner)
     term, trunc = np.asarray(traj.terminated), np.asarray(traj.truncated)
     assert (term & ~trunc).any() and (trunc & ~term).any()
-    expected = naive_advantages(ppo, state, traj, runner, reward_stats)
+    expected, expected_disc = naive_advantages(ppo, state, traj, runner)
     np.testing.assert_allclose(batch.advantage, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(disc, expected_disc, rtol=1e-5, atol=1e-5)
