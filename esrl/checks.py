@@ -43,6 +43,14 @@ def require(config: Any, rule: str, *names: str) -> None:
             raise ValueError(f"{name} must be {rule}, got {value}")
 
 
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
 def is_int(x: Any) -> bool:
     """A Python or NumPy integer, not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -163,11 +171,7 @@ def _box_problem(box: spaces.Box) -> str | None:
         return f"shape {shape!r} must be a tuple of ints, such as (4,)"
     for side in ("low", "high"):
         bound = np.shape(getattr(box, side))
-        try:
-            fits = np.broadcast_shapes(bound, tuple(shape)) == tuple(shape)
-        except ValueError:
-            fits = False
-        if not fits:
+        if not broadcasts_to(bound, shape):
             return (
                 f"{side} has shape {bound}, which does not broadcast to the Box "
                 f"shape {tuple(shape)}"

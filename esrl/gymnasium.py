@@ -27,7 +27,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from esrl import spaces
-from esrl.checks import is_int
+from esrl.checks import broadcasts_to, is_int
 from esrl.env import Environment, without_autoreset
 from esrl.vec import VecEnv
 
@@ -88,10 +88,7 @@ def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
         return tuple(_to_jax(a, s, batch) for a, s in zip(action, space.spaces))
     action = jnp.asarray(action, dtype=space.dtype)
     want = tuple(space.shape)
-    try:
-        fits = np.broadcast_shapes(action.shape[len(batch) :], want) == want
-    except ValueError:
-        fits = False
+    fits = broadcasts_to(action.shape[len(batch) :], want)
     if action.shape[: len(batch)] != batch or not fits:
         raise ValueError(
             f"action has shape {action.shape}, but the action space {space!r} needs "
