@@ -39,6 +39,14 @@ class Walk(Environment):
                 state,
                 vmap_method="sequential",
             )
+        if self.breaks.get("rounding"):
+            # Host-side jitter of a few float32 ulps, as a GPU's atomic adds give.
+            noise = noise + jax.pure_callback(
+                lambda x: (1e-7 * np.random.rand(*x.shape)).astype(np.float32),
+                jax.ShapeDtypeStruct(state.shape, jnp.float32),
+                state,
+                vmap_method="sequential",
+            )
         x = jnp.clip(state + 0.1 * (2 * action - 1) + noise, -1.0, 1.0)
         if self.breaks.get("grow_state"):
             x = jnp.concatenate([x, x])
@@ -118,6 +126,11 @@ def test_broken_env_is_rejected_with_a_message_naming_it(flag, message):
         check_env(Walk(**{flag: True}))
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_float_rounding_differences_pass():
+    # was: Brax ant failed check_env on a GPU, whose contact sums add in any order
+    check_env(Walk(rounding=True), num_steps=200)
 
 
 def test_several_problems_are_reported_in_one_error():
