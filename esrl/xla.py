@@ -38,16 +38,25 @@ CPU_OPTIONS = {
 
 
 def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-    """``lowered.compile()`` with those `CPU_OPTIONS` this jaxlib knows, on the CPU."""
-    return _compile(lowered)[0]
+    """``lowered.compile()`` with `compiler_options`."""
+    return lowered.compile(compiler_options() or None)
 
 
-def _compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, dict]:
-    """`compile_lowered`, and the options it compiled with."""
-    options = dict(CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
+@functools.cache
+def _known_options() -> tuple[tuple[str, str], ...]:
+    """The `CPU_OPTIONS` this jaxlib knows, on the CPU backend; () on others."""
+    if jax.default_backend() != "cpu":
+        return ()
+    return tuple(_accepted(jax.jit(lambda x: x + 1).lower(0.0), CPU_OPTIONS).items())
+
+
+def _accepted(lowered: jax.stages.Lowered, options: dict) -> dict:
+    """Those of ``options`` that ``lowered`` compiles with."""
+    options = dict(options)
     while options:
         try:
-            return lowered.compile(options), options
+            lowered.compile(options)
+            return options
         except jax.errors.JaxRuntimeError as err:
             # one unknown option must not cost the others (it names itself)
             unknown = [n for n in options if re.search(rf"\b{n}\b", str(err))]
@@ -55,12 +64,7 @@ def _compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, dict]:
                 raise
             for name in unknown:
                 del options[name]
-    return lowered.compile(), {}
-
-
-@functools.cache
-def _known_options() -> tuple[tuple[str, str], ...]:
-    return tuple(_compile(jax.jit(lambda x: x + 1).lower(0.0))[1].items())
+    return options
 
 
 def compiler_options() -> dict:
