@@ -317,7 +317,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 def rows_for(
     case: Case, benches: list[Bench], timings: list[Timing], skipped: list[Skipped]
 ) -> list[dict]:
-    """JSON rows (DESIGN.md contract plus timing detail) of one case."""
+    """JSON rows (the contract's keys plus timing detail) of one case."""
     common = {
         "env": case.env, "hidden": case.hidden, "kind": case.kind,
         "num_layers": case.num_layers, "horizon": case.horizon,

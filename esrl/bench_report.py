@@ -44,7 +44,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def write(path: str | Path, device: str, rows: list[dict], meta: dict) -> None:
-    """Write the DESIGN.md JSON contract (plus ratios and run metadata).
+    """Write the benchmark JSON: ``device``, ``results`` rows, ratios, run metadata.
 
     Through a temporary file: a kill or a full disk part way leaves the previous file
     (an --update's other sections) as it was.

@@ -1,6 +1,6 @@
 """Run outputs shared by every trainer: metrics.jsonl, TensorBoard, progress bar, plots.
 
-`RunLogger` owns a run directory (the DESIGN.md contract):
+`RunLogger` owns a run directory (README, Training):
 
 - ``metrics.jsonl``: one JSON object per logged iteration (``iteration``, ``env_steps``,
   ``wall_time_s``, ``train_return_mean``, ``eval_return`` where evaluated, ...);

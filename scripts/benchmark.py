@@ -7,7 +7,7 @@
 
 Every method of a case is measured side by side in the same run (round-robin, warm-up
 excluded, median of repeats), so the ratios are comparable even on a shared machine.
-Writes FILE.json (DESIGN.md contract: ``device`` and ``results`` rows with ``env``,
+Writes FILE.json (``device`` and ``results`` rows with ``env``,
 ``method``, ``population``, ``hidden``, ``rank``, ``env_steps_per_s``,
 ``ratio_to_plain``, plus ``paired_ratio_to_plain`` (quartiles of the per-round speed
 ratio), time per generation, compile time and peak memory; host RSS on CPU, device

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{k} {v:.3f}" for k, v in heldout.items())
         + f".\nBy design {config.equation_fraction:.0%} of the Countdown answers in "
         "the corpus are written as equations (`expr=target`), which the reward "
-        "rejects: room for ES (see esrl/envs/llm/pretrain.py).\n"
-        "Layout: see `esrl/envs/llm/model.py` (config.json + model.safetensors).\n"
+        "rejects: room for ES (see the module esrl.envs.llm.pretrain).\n"
+        "Layout: see the module `esrl.envs.llm.model` (config.json + model.safetensors).\n"
     )
     print(f"saved {out} ({train_s:.0f} s)")
 

@@ -581,7 +581,7 @@ def test_bench_adapters_refuses_an_out_it_cannot_write_before_measuring(
 
 
 def test_tables_read_contract_rows_without_timing_detail():
-    # rows with the DESIGN.md keys and the case but no time per generation (those of
+    # rows with the contract keys and the case but no time per generation (those of
     # esrl.envs.llm.bench.generation_benchmark) were a KeyError in the report
     rows = [
         {"env": "llm/countdown-3", "kind": "mingru", "hidden": 64, "num_layers": 2,

@@ -41,7 +41,7 @@ def load_script(name: str):
 
 
 def check_run(out: Path, env: str, agent: str) -> tuple[list[dict], dict]:
-    """Assert the DESIGN.md outputs of a finished run; return (records, summary)."""
+    """Assert the run-directory outputs of a finished run; return (records, summary)."""
     records = read_metrics(out)
     assert records, f"{out}/metrics.jsonl is empty"
     for r in records:

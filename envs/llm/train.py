@@ -1,4 +1,4 @@
-"""A complete ES fine-tuning run with the DESIGN.md outputs, used by train_countdown.py.
+"""A complete ES fine-tuning run with esrl.logger's run outputs, used by train_countdown.py.
 
 Writes ``metrics.jsonl`` (``env_steps`` counts generated tokens, ``train_return_mean``
 is the population's mean reward, ``eval_return`` the held-out accuracy where
