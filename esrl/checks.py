@@ -5,7 +5,9 @@ against ``observation_space``, scalar float reward, scalar bool flags, a state a
 ``info`` whose structure survives a step. Then values, with reset and step compiled
 once each under ``jit(vmap(...))`` on a batch whose first two members share their key
 and action (so determinism is checked in the same call): observations inside their
-space, sampled actions accepted, identical transitions for identical keys.
+space, sampled actions accepted (`sample_space`: finite where a Box is unbounded),
+identical transitions for identical keys. Dtypes are compared as JAX makes them: a
+float64 space holds float32 observations unless x64 is enabled.
 
 `require` is the one-line range check that every config's ``__post_init__`` uses;
 `is_int` the integer test behind the library's "must be an int" errors.
@@ -235,7 +237,9 @@ def _obs_shape_problems(where: str, obs: Any, space: Any) -> list[str]:
         if not hasattr(leaf, "shape"):
             problems.append(f"{where}: {path} is a {type(leaf).__name__}, not an array")
             continue
-        want_shape, want_dtype = tuple(sub.shape), jnp.dtype(sub.dtype)
+        # as JAX makes it: a float64 space holds float32 arrays unless x64 is on
+        want_dtype = jax.dtypes.canonicalize_dtype(sub.dtype)
+        want_shape = tuple(sub.shape)
         if tuple(leaf.shape) != want_shape:
             problems.append(
                 f"{where}: {path} has shape {tuple(leaf.shape)}, but "
@@ -284,7 +288,8 @@ def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
         return [f"{name}.reset returned {size}; it must return (obs, state)"]
     obs, state = out
     problems = _obs_shape_problems(f"{name}.reset", obs, obs_space)
-    action = _call(name, "action_space.sample", jax.eval_shape, act_space.sample, key)
+    sample = functools.partial(sample_space, space=act_space)
+    action = _call(name, "action_space.sample", jax.eval_shape, sample, key)
     out = _call(name, "step", jax.eval_shape, env.step, key, state, action, params)
     if not isinstance(out, tuple) or len(out) != 6:
         size = f"{len(out)} values" if isinstance(out, tuple) else _kind(out)
@@ -321,6 +326,50 @@ def _shape_problems(env, params, key, obs_space, act_space) -> list[str]:
     return problems
 
 
+def sample_space(key: jax.Array, space: Any) -> Any:
+    """A random element of ``space``, finite even where a Box is unbounded.
+
+    gymnax's ``Box.sample`` draws ``uniform(low, high)``: NaN or inf on an infinite side.
+    Such sides are drawn as gymnasium draws them: a normal where both are infinite,
+    ``low + exponential`` or ``high - exponential`` where one is.
+    """
+    if isinstance(space, spaces.Dict):
+        keys = jax.random.split(key, len(space.spaces))
+        return {
+            k: sample_space(kk, s) for kk, (k, s) in zip(keys, space.spaces.items())
+        }
+    if isinstance(space, spaces.Tuple):
+        keys = jax.random.split(key, len(space.spaces))
+        return tuple(sample_space(k, s) for k, s in zip(keys, space.spaces))
+    if not isinstance(space, spaces.Box) or all(map(_finite, (space.low, space.high))):
+        return space.sample(key)
+    shape = tuple(space.shape)
+    low, high = (
+        jnp.broadcast_to(jnp.asarray(b, float), shape) for b in (space.low, space.high)
+    )
+    has_low, has_high = jnp.isfinite(low), jnp.isfinite(high)
+    k_uniform, k_normal, k_exp = jax.random.split(key, 3)
+    both = has_low & has_high
+    uniform = jax.random.uniform(
+        k_uniform,
+        shape,
+        minval=jnp.where(both, low, 0),
+        maxval=jnp.where(both, high, 1),
+    )
+    normal = jax.random.normal(k_normal, shape)
+    tail = jax.random.exponential(k_exp, shape)
+    x = jnp.where(has_low, low + tail, jnp.where(has_high, high - tail, normal))
+    return jnp.where(both, uniform, x).astype(space.dtype)
+
+
+def _finite(bound: Any) -> bool:
+    """Whether a Box bound is known to be finite everywhere (traced: not known)."""
+    try:
+        return bool(np.isfinite(np.asarray(bound, float)).all())
+    except jax.errors.TracerArrayConversionError:
+        return False
+
+
 def _kind(out: Any) -> str:
     """``out`` described for a message: a list of n values, or a single value."""
     if isinstance(out, list):
@@ -334,7 +383,7 @@ def _value_problems(env, params, key, obs_space, act_space, num_steps) -> list[s
     jit = functools.partial(jax.jit, compiler_options=_COMPILER_OPTIONS)
     reset = jit(jax.vmap(env.reset, in_axes=(0, None)))
     step = jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
-    sample = jit(jax.vmap(act_space.sample))
+    sample = jit(jax.vmap(functools.partial(sample_space, space=act_space)))
     key, sub = jax.random.split(key)
     obs, state = _call(name, "reset", reset, _pair_keys(sub), params)
     problems = _obs_value_problems(

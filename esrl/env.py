@@ -36,21 +36,26 @@ class Environment:
 
     def reset(self, key: jax.Array, params: Params = None) -> tuple[Obs, State]:
         """Start an episode; returns ``(obs, state)``."""
-        raise NotImplementedError
+        raise _missing(self, "reset", "(key, params) -> (obs, state)")
 
     def step(
         self, key: jax.Array, state: State, action: jax.Array, params: Params = None
     ) -> StepResult:
         """Advance one step; returns ``(obs, state, reward, terminated, truncated, info)``."""
-        raise NotImplementedError
+        raise _missing(
+            self,
+            "step",
+            "(key, state, action, params) -> (obs, state, reward, terminated, "
+            "truncated, info)",
+        )
 
     def observation_space(self, params: Params = None) -> spaces.Space:
         """The space observations live in (gymnax space: sample, contains, shape, dtype)."""
-        raise NotImplementedError
+        raise _missing(self, "observation_space", "(params) -> esrl.spaces space")
 
     def action_space(self, params: Params = None) -> spaces.Space:
         """The space actions live in (`spaces.Discrete` with ``n`` or `spaces.Box`)."""
-        raise NotImplementedError
+        raise _missing(self, "action_space", "(params) -> esrl.spaces space")
 
     @property
     def name(self) -> str:
@@ -64,6 +69,22 @@ class Environment:
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
+
+
+def _missing(env: Environment, method: str, signature: str) -> NotImplementedError:
+    """The error of a method a subclass left out, pointing gymnax habits the right way."""
+    message = (
+        f"{type(env).__name__} subclasses esrl.Environment but does not implement "
+        f"{method}{signature}"
+    )
+    gymnax_name = {"reset": "reset_env", "step": "step_env"}.get(method)
+    if gymnax_name is not None and hasattr(env, gymnax_name):
+        message += (
+            f"; it has {gymnax_name}: for the gymnax API (reset_env, step_env) subclass "
+            "gymnax.environments.environment.Environment instead (esrl adapts it), or "
+            "rename them reset and step with esrl's signatures"
+        )
+    return NotImplementedError(message)
 
 
 def where_done(done: jax.Array, reset, current):

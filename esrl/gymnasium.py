@@ -7,7 +7,9 @@ gymnasium 1.x way, reports the observation that ended an episode in
 info in ``infos["final_info"]``; an environment whose observation or reward turns
 non-finite is truncated and reset there (`esrl.vec.VecEnv`). Reset and step are jitted
 once; the environment's randomness comes from a JAX key seeded by ``seed`` (or by
-``reset(seed=...)``).
+``reset(seed=...)``). A Discrete action that is not an integer in ``[0, n)`` is refused
+(ValueError); Box actions reach the environment as given, as in gymnasium
+(``gymnasium.wrappers.ClipAction`` clips them).
 
 gymnasium's vector wrappers that accept only next-step auto-reset refuse the VectorEnv.
 ``RecordEpisodeStatistics`` (gymnasium 1.3) runs but counts as if next-step: from an
@@ -86,6 +88,8 @@ def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
         return {k: _to_jax(action[k], s, batch) for k, s in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
         return tuple(_to_jax(a, s, batch) for a, s in zip(action, space.spaces))
+    if isinstance(space, spaces.Discrete):
+        _check_discrete(np.asarray(action), space)
     action = jnp.asarray(action, dtype=space.dtype)
     want = tuple(space.shape)
     fits = broadcasts_to(action.shape[len(batch) :], want)
@@ -95,6 +99,21 @@ def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
             f"shape {batch + want}"
         )
     return action
+
+
+def _check_discrete(action: np.ndarray, space: spaces.Discrete) -> None:
+    """Refuse what the cast to the space's dtype would hide: 2.7 would step as 2 and
+    -1 or n step as whatever the environment makes of them."""
+    if action.dtype != bool and not np.issubdtype(action.dtype, np.integer):
+        problem = "is not an integer"
+    elif np.any((action < 0) | (action >= space.n)):
+        problem = "is outside"
+    else:
+        return
+    raise ValueError(
+        f"action {action.tolist()} {problem}; the action space {space!r} takes "
+        f"integers in [0, {space.n})"
+    )
 
 
 def _key(seed: Any) -> jax.Array:

@@ -6,6 +6,7 @@ recurrent signature ``(carry, obs) -> (carry, PolicyOutput)``; an MLP's carry is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -30,6 +31,19 @@ class PolicyOutput(NamedTuple):
     """State value (0 without a critic)."""
 
 
+_STRUCTURED_OBS = (
+    "policies take one array observation, got {}; flatten it into one array with an "
+    "esrl.Wrapper (override reset and step to concatenate the parts, and "
+    "observation_space to return the matching Box)"
+)
+
+
+def _describe(obs) -> str:
+    if isinstance(obs, Mapping):
+        return f"a dict with keys {sorted(obs)}"
+    return f"a {type(obs).__name__} of {len(obs)}"
+
+
 class Policy(nn.Module):
     """Actor (and optional critic) over an MLP or recurrent torso."""
 
@@ -44,6 +58,8 @@ class Policy(nn.Module):
     @nn.compact
     def __call__(self, carry, obs: jax.Array):
         act = ACTIVATIONS[self.activation]
+        if isinstance(obs, (Mapping, tuple, list)):
+            raise TypeError(_STRUCTURED_OBS.format(_describe(obs)))
         # one example (batch with vmap), in the default float dtype (float64 under x64)
         x = jnp.ravel(obs).astype(jnp.result_type(float))
         if self.cell == "mlp":
@@ -148,7 +164,11 @@ def sample_action(key: jax.Array, out: PolicyOutput, action_space) -> jax.Array:
 
 
 def clip_action(action: jax.Array, action_space) -> jax.Array:
-    """Clip a continuous action into the Box bounds (which may be traced env params)."""
+    """A continuous action clipped into the Box bounds (which may be traced env params),
+    in the Box's dtype: rounded for an integer Box, float32 from a float64 policy."""
     low = jnp.broadcast_to(jnp.asarray(action_space.low), action_space.shape)
     high = jnp.broadcast_to(jnp.asarray(action_space.high), action_space.shape)
-    return jnp.clip(action, low, high)
+    dtype = jax.dtypes.canonicalize_dtype(action_space.dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        action = jnp.round(action)
+    return jnp.clip(action, low, high).astype(dtype)

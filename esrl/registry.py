@@ -129,11 +129,16 @@ def make(id: str, *, autoreset: bool = False, **kwargs) -> Environment:
     """Build a registered environment; ``autoreset=True`` wraps it in `AutoReset`."""
     ids = list_envs()
     if id not in _REGISTRY:
-        close = difflib.get_close_matches(id, ids, n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        family = id.partition("/")[0] + "/"
+        if any(i.startswith(family) for i in ids):
+            close = difflib.get_close_matches(id, ids, n=3, cutoff=0.4)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        else:  # a user's id not registered yet: other families' ids are no help
+            hint = f" No id is registered under {family!r}."
         raise KeyError(
             f"unknown environment id {id!r}.{hint} `esrl.list_envs()` lists them all; "
-            "register your own with `esrl.register`."
+            "register your own with `esrl.register` (on the command line, "
+            "`--plugin MODULE` imports the module that registers it)."
         )
     spec = _REGISTRY[id]
     try:
@@ -153,6 +158,9 @@ def as_environment(obj: Any) -> Environment:
             f"the class {obj.__name__} is not an environment: pass an instance, "
             f"{obj.__name__}(...)"
         )
+    skipped = _skipped_wrapper(obj)
+    if skipped is not None:
+        raise TypeError(skipped)
     from esrl.envs.gymnax import GymnaxEnv
     from esrl.envs.legacy import LegacyEnv, is_legacy
 
@@ -169,4 +177,27 @@ def as_environment(obj: Any) -> Environment:
         f"{type(obj).__name__} is not an environment: it needs the gymnax API "
         "(reset_env, step_env, default_params, observation_space, action_space) "
         "or to subclass esrl.Environment"
+    )
+
+
+def _skipped_wrapper(obj: Any) -> str | None:
+    """Why ``obj`` cannot be adapted if it is a wrapper the adapters would bypass.
+
+    gymnax's wrappers (and others built alike) change ``step`` and ``reset`` only,
+    which auto-reset, and forward ``step_env`` and ``reset_env`` through
+    ``__getattr__`` to the environment they wrap: the adapters, which call those,
+    would skip the change (sticky actions, a flattened observation) without a word.
+    """
+    cls = type(obj)
+    if hasattr(cls, "step_env") or not hasattr(obj, "step_env"):
+        return None  # its own step_env, or none at all
+    changed = ("step", "reset", "observation_space", "action_space")
+    if not any(hasattr(cls, name) for name in changed):
+        return None  # forwards everything: the adapters see what it would do
+    held = [a for a in ("_env", "env") if a in getattr(obj, "__dict__", {})]
+    inner = f" ({cls.__name__}(...).{held[0]})" if held else ""
+    return (
+        f"{cls.__name__} forwards step_env and reset_env to the environment it wraps, "
+        f"so esrl would skip its own step and reset; pass the inner environment{inner} "
+        "and make the change an esrl.Wrapper"
     )

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 
 from esrl import spaces, xla
 from esrl.checks import require
-from esrl.env import Environment
+from esrl.env import AutoReset, Environment
 from esrl.noise import PairNoise
 from esrl.normalize import (
     ObsMoments,
@@ -294,7 +294,8 @@ def evaluate_population(
 
     Args:
       key: rollout key of this generation (members and episodes are folded in).
-      env: an `esrl.Environment` (``step`` must not auto-reset).
+      env: an `esrl.Environment`; outer `esrl.AutoReset` layers are skipped (an
+        auto-reset buried under another wrapper would still reset every step).
       env_params: environment parameters (None for the defaults); traced.
       policy: a `esrl.policy.Policy` (``apply(vars, carry, obs) -> (carry, out)``).
       params: shared parameters.
@@ -305,6 +306,8 @@ def evaluate_population(
       member_ids: global member indices [N] addressing the keys (default arange(N)).
       num_members: N when ``perturbations`` is None and ``member_ids`` not given.
     """
+    while isinstance(env, AutoReset):  # episodes end by done-masking: never reset
+        env = env.env
     if member_ids is None:
         if isinstance(perturbations, PairNoise):
             n = perturbations.scale.shape[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import pytest
 
 import esrl
 from esrl import spaces
-from esrl.checks import EnvCheckError, check_env
+from esrl.checks import EnvCheckError, check_env, sample_space
 from esrl.env import Environment
 
 
@@ -274,3 +276,116 @@ def test_a_box_with_a_bad_shape_or_bounds_is_named(label, box, message):
     with pytest.raises(EnvCheckError) as info:
         check_env(BadBox())
     assert message in str(info.value)
+
+
+class Aim(Environment):
+    """Reward -(a - 3)^2 for a Box action with the given (possibly infinite) bounds;
+    the reward is NaN for an action that is not finite, which no policy sends."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def reset(self, key, params=None):
+        return jnp.zeros(2), jnp.zeros((), jnp.int32)
+
+    def step(self, key, state, action, params=None):
+        ok = jnp.all(jnp.isfinite(action))
+        reward = jnp.where(ok, -jnp.sum((action - 3.0) ** 2), jnp.nan)
+        false = jnp.zeros((), bool)
+        return jnp.zeros(2), state + 1, reward, false, false, {"action": action}
+
+    def observation_space(self, params=None):
+        return spaces.Box(0.0, 0.0, (2,), jnp.float32)
+
+    def action_space(self, params=None):
+        return spaces.Box(self.low, self.high, (2,), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(-np.inf, np.inf), (0.0, np.inf), (-np.inf, -1.0), (-1.0, 1.0)]
+)
+def test_unbounded_action_boxes_are_sampled_finite_and_inside(low, high):
+    # was: "Aim.step: reward is NaN" -- check_env drew actions with jax.random.uniform
+    # between infinite bounds (NaN or inf), blaming the environment for its own sample
+    assert check_env(Aim(low, high)) is None
+    space = Aim(low, high).action_space()
+    sample = jax.jit(jax.vmap(lambda key: sample_space(key, space)))
+    actions = np.asarray(sample(jax.random.split(jax.random.key(0), 1000)))
+    assert actions.shape == (1000, 2) and actions.dtype == np.float32
+    assert np.isfinite(actions).all()
+    assert (actions >= low).all() and (actions <= high).all()
+    assert actions.std() > 0.1  # spread out, not one point
+
+
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
+def test_a_float64_space_matches_the_float32_jax_makes_without_x64():
+    # was: "observation has dtype float32, but observation_space says float64", for
+    # an env that asks for float64 (jnp.zeros(4, jnp.float64)) and gets float32, as
+    # every JAX array without x64 -- nothing in the env to fix
+    class Float64Walk(Walk):
+        def reset(self, key, params=None):
+            obs, state = super().reset(key, params)
+            return obs.astype(jnp.float64), state
+
+        def step(self, key, state, action, params=None):
+            obs, *rest = super().step(key, state, action, params)
+            return obs.astype(jnp.float64), *rest
+
+        def observation_space(self, params=None):
+            return spaces.Box(-1.0, 1.0, (4,), jnp.float64)
+
+    assert check_env(Float64Walk()) is None
+    with jax.enable_x64(True):
+        assert check_env(Float64Walk()) is None
+
+        class Float32Walk(Float64Walk):  # float32 under x64 is a real mismatch
+            def reset(self, key, params=None):
+                obs, state = super().reset(key, params)
+                return obs.astype(jnp.float32), state
+
+            def step(self, key, state, action, params=None):
+                obs, *rest = super().step(key, state, action, params)
+                return obs.astype(jnp.float32), *rest
+
+        with pytest.raises(
+            EnvCheckError, match="has dtype float32, but observation_space says float64"
+        ):
+            check_env(Float32Walk())
+
+
+def test_a_method_left_out_of_an_esrl_environment_is_named():
+    # was: "Habit.reset failed under jax.jit/vmap: NotImplementedError: " (no more)
+    class Habit(Environment):  # gymnax's method names on an esrl.Environment
+        def reset_env(self, key, params):
+            return jnp.zeros(2), jnp.zeros(())
+
+        def step_env(self, key, state, action, params):
+            return jnp.zeros(2), state, jnp.float32(0), jnp.bool_(False), {}
+
+        def observation_space(self, params=None):
+            return spaces.Box(0.0, 1.0, (2,), jnp.float32)
+
+        def action_space(self, params=None):
+            return spaces.Discrete(2)
+
+    message = (
+        "Habit.reset failed under jax.jit/vmap: NotImplementedError: Habit subclasses "
+        "esrl.Environment but does not implement reset(key, params) -> (obs, state); "
+        "it has reset_env: for the gymnax API (reset_env, step_env) subclass "
+        "gymnax.environments.environment.Environment instead (esrl adapts it), or "
+        "rename them reset and step with esrl's signatures"
+    )
+    with pytest.raises(EnvCheckError, match=re.escape(message)):
+        check_env(Habit())
+
+    class NoSpaces(Environment):
+        def reset(self, key, params=None):
+            return jnp.zeros(2), jnp.zeros(())
+
+    message = (
+        "NoSpaces.observation_space raised: NotImplementedError: NoSpaces subclasses "
+        "esrl.Environment but does not implement observation_space(params) -> "
+        "esrl.spaces space"
+    )
+    with pytest.raises(EnvCheckError, match=re.escape(message) + "$"):
+        check_env(NoSpaces())

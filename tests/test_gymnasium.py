@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import gymnasium
@@ -205,3 +206,25 @@ def test_actions_of_the_wrong_shape_are_refused_by_name():
         vec.step(np.zeros((2, 3), np.float32))
     obs, *_ = vec.step(np.zeros(2, np.float32))  # one scalar per environment
     assert obs.shape == (2, 3)
+
+
+def test_discrete_actions_outside_the_space_are_refused():
+    # was: 9, -1 and 2.7 reached Ring's step (2.7 as 2, -1 moved it backwards)
+    env = to_gymnasium(Ring())
+    env.reset(seed=0)
+    space = "the action space Discrete(2, dtype=int32) takes integers in [0, 2)"
+    for action, what in [(9, "9 is outside"), (-1, "-1 is outside"),
+                         (2.7, "2.7 is not an integer"),
+                         (np.float32(1.0), "1.0 is not an integer")]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(f"action {what}; {space}")):
+            env.step(action)
+    obs, *_ = env.step(np.int64(1))  # a valid step still runs after the refusals
+    assert env.observation_space.contains(obs)
+    vec = to_gymnasium(Ring(), num_envs=3)
+    vec.reset(seed=0)
+    with pytest.raises(
+        ValueError, match=re.escape(f"action [0, 2, 1] is outside; {space}")
+    ):
+        vec.step(np.array([0, 2, 1]))
+    obs, *_ = vec.step(np.array([0, 1, 1]))
+    assert vec.observation_space.contains(obs)

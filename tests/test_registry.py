@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -119,6 +120,18 @@ def test_make_builtin_ids(env_id, obs_shape):
 def test_unknown_id_names_close_matches():
     with pytest.raises(KeyError, match="Did you mean: gymnax/CartPole-v1"):
         esrl.make("gymnax/CartPol-v1")
+
+
+def test_an_unknown_family_gets_no_far_fetched_matches_and_names_plugin():
+    # was: "Did you mean: gymnax/CartPole-v1, gymnax/MountainCar-v0, ..." for a user's
+    # unregistered id, and only esrl.register, which a command line cannot call
+    with pytest.raises(KeyError) as info:
+        esrl.make("mine/Target-v0")
+    assert info.value.args[0] == (
+        "unknown environment id 'mine/Target-v0'. No id is registered under 'mine/'. "
+        "`esrl.list_envs()` lists them all; register your own with `esrl.register` "
+        "(on the command line, `--plugin MODULE` imports the module that registers it)."
+    )
 
 
 def test_register_rejects_bad_and_duplicate_ids(clean_registry):
@@ -254,3 +267,37 @@ def test_a_plugin_module_that_registers_on_import_loads_without_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "plugin/Line-v0" in esrl.list_envs()
+
+
+@pytest.mark.parametrize(
+    "wrapper", ["FlattenObservationWrapper", "LogWrapper", "StickyActionWrapper"]
+)
+def test_a_gymnax_wrapper_is_refused_not_silently_skipped(wrapper):
+    # gymnax wrappers change step and reset only and forward step_env to the env they
+    # wrap, which the adapter called: sticky actions, logging and flattening were
+    # silently dropped (Breakout's (10, 10, 4) observations for a (400,) space)
+    from gymnax.wrappers import purerl
+
+    wrapped = getattr(purerl, wrapper)(Line())
+    message = (
+        f"{wrapper} forwards step_env and reset_env to the environment it wraps, so "
+        "esrl would skip its own step and reset; pass the inner environment "
+        f"({wrapper}(...)._env) and make the change an esrl.Wrapper"
+    )
+    with pytest.raises(TypeError, match=re.escape(message)):
+        registry.as_environment(wrapped)
+    with pytest.raises(esrl.EnvCheckError, match=re.escape(message)):
+        esrl.check_env(wrapped)
+
+
+def test_a_forwarding_object_that_changes_nothing_is_adapted():
+    class Handle:  # holds an env and forwards every attribute, overriding nothing
+        def __init__(self, env):
+            self._env = env
+
+        def __getattr__(self, name):
+            return getattr(self._env, name)
+
+    env = registry.as_environment(Handle(Line()))
+    assert isinstance(env, GymnaxEnv)
+    assert _rollout(env, [1, 1, 1]) == _rollout(GymnaxEnv(Line()), [1, 1, 1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ from esrl.agents.eggroll import EggrollConfig
 from memory_env import MemoryEnv
 
 import esrl
+from esrl import spaces
 from esrl.normalize import init_obs_stats, normalize_obs, update_obs_stats
-from esrl.policy import PolicySpec, greedy_action, make_policy
+from esrl.policy import PolicySpec, clip_action, greedy_action, make_policy
 from esrl.rollout import RolloutConfig, evaluate_population
 
 
@@ -233,3 +235,96 @@ def test_an_obs_clip_that_is_not_positive_is_a_clear_error(clip):
     with pytest.raises(ValueError, match="obs_clip must be > 0"):
         RolloutConfig(normalize_obs=True, obs_clip=clip)
     RolloutConfig(normalize_obs=True, obs_clip=float("inf"))  # no clipping
+
+
+class Echo(esrl.Environment):
+    """Observes the action it was sent (shape (2,)); the info keeps it as received."""
+
+    def __init__(self, action_space):
+        self.space = action_space
+
+    def reset(self, key, params=None):
+        return jnp.zeros(2, jnp.float32), jnp.zeros((), jnp.int32)
+
+    def step(self, key, state, action, params=None):
+        obs = action.astype(jnp.float32)
+        false = jnp.zeros((), bool)
+        return obs, state + 1, jnp.sum(obs), false, state >= 2, {"action": action}
+
+    def observation_space(self, params=None):
+        return spaces.Box(-9.0, 9.0, (2,), jnp.float32)
+
+    def action_space(self, params=None):
+        return self.space
+
+
+def _echo_rollout(space, head_bias):
+    """A greedy rollout whose policy's mean action is ``head_bias``; the info."""
+    env = Echo(space)
+    policy = make_policy(PolicySpec(hidden=4), space)
+    params = policy.init(jax.random.key(0), (), jnp.zeros(2))["params"]
+    params["head"] = {"kernel": jnp.zeros_like(params["head"]["kernel"]),
+                      "bias": jnp.asarray(head_bias, params["head"]["bias"].dtype)}  # fmt: skip
+    config = RolloutConfig(horizon=3, info_keys=("action",))
+    return evaluate_population(
+        jax.random.key(1), env, None, policy, params, None, config, num_members=1
+    )
+
+
+def test_a_box_action_reaches_the_env_in_the_box_dtype():
+    # was: an int32 Box got the float mean [1.7, 4.0] (and the rollout failed: "scan
+    # body function carry input and carry output must have equal types")
+    result = _echo_rollout(spaces.Box(0, 4, (2,), jnp.int32), [1.7, 9.0])
+    assert result.info["action"].tolist() == [[2.0, 4.0]]  # rounded, then clipped
+    assert result.returns.tolist() == [18.0]
+    box = spaces.Box(-1.0, 1.0, (2,), jnp.float32)
+    # was: under x64 the float64 policy sent float64 actions to a float32 env, and
+    # the rollout failed the same way (PPO's too: it clips with the same function)
+    with jax.enable_x64(True):
+        result = _echo_rollout(box, [0.25, 3.0])
+        assert result.returns.tolist() == [3 * 1.25]
+        assert clip_action(jnp.array([0.5, 3.0]), box).dtype == jnp.float32
+
+
+def test_a_dict_observation_is_a_clear_error_for_a_policy():
+    # was: "ravel requires ndarray or scalar arguments, got <class 'dict'>"
+    policy = make_policy(PolicySpec(hidden=4), spaces.Discrete(2))
+    obs = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+    message = (
+        "policies take one array observation, got a dict with keys ['a', 'b']; "
+        "flatten it into one array with an esrl.Wrapper"
+    )
+    with pytest.raises(TypeError, match=re.escape(message)):
+        policy.init(jax.random.key(0), (), obs)
+
+
+def test_an_autoreset_env_is_rolled_out_without_a_reset_per_step():
+    # was: esrl.make(id, autoreset=True) handed to a rollout reset every live episode
+    # at every step (a Craftax reset costs ~6 ms); done-masking never needs it
+    resets = []
+
+    class Counted(MemoryEnv):
+        def reset(self, key, params=None):
+            obs, state = super().reset(key, params)
+            # called once per batch element: the observation is batched
+            jax.debug.callback(lambda o: resets.append(1), obs)
+            return obs, state
+
+    env = Counted(delay=4)
+    policy, params, perts = _setup(env, population=2)
+    resets.clear()  # _setup's own reset
+    config = RolloutConfig(horizon=20, episodes=3)
+    plain = evaluate_population(
+        jax.random.key(3), env, None, policy, params, perts, config
+    )
+    jax.block_until_ready(plain)
+    assert len(resets) == 2 * 3  # one per episode
+    resets.clear()
+    wrapped = esrl.AutoReset(esrl.AutoReset(env))
+    result = evaluate_population(
+        jax.random.key(3), wrapped, None, policy, params, perts, config
+    )
+    jax.block_until_ready(result)
+    assert len(resets) == 2 * 3
+    np.testing.assert_array_equal(result.episode_returns, plain.episode_returns)
+    np.testing.assert_array_equal(result.episode_lengths, [[5, 5, 5]] * 2)
