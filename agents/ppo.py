@@ -177,7 +177,8 @@ class PPO:
         obs, env_state = self.vec.reset(k_env, self.env_params)
         c = self.config
         carry = initial_carry(c.policy.kind, c.policy.hidden)
-        params = self.policy.init(k_params, carry, obs[0])
+        # (the policy refuses a dict observation with a message saying what to do)
+        params = self.policy.init(k_params, carry, jax.tree.map(lambda x: x[0], obs))
         carry = jax.tree.map(
             lambda x: jnp.broadcast_to(x, (c.num_envs, *x.shape)), carry
         )

@@ -76,6 +76,23 @@ def env_defaults(env_id: str) -> dict[str, object]:
     return values
 
 
+def option_text(name: str, value) -> str:
+    """How ``value`` is given on the command line: --lr 0.001, --no-normalize-obs."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"no --{flag}" if value is None else f"--{flag} {value}"
+
+
+def refused_on_resume(name: str, given, stored, run_dir) -> ValueError:
+    """The error of a resume given an option that differs from the run's setting."""
+    plain = stored is not None and not isinstance(stored, bool)
+    return ValueError(
+        f"{option_text(name, given)} differs from the run in {run_dir} "
+        f"({stored if plain else option_text(name, stored)}); drop it when resuming"
+    )
+
+
 def import_plugins(modules: tuple[str, ...]) -> None:
     """Import modules that register user environments (the working dir is importable)."""
     if modules and "" not in sys.path and "." not in sys.path:
@@ -179,7 +196,8 @@ def _add_train(sub) -> None:
       help="roll out B members of a device at a time (CPU: up to 2048; else all)")  # fmt: skip
     a("--distributed", action="store_true",
       help="multi-host: call jax.distributed.initialize() first")  # fmt: skip
-    a("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    a("--tensorboard", action=argparse.BooleanOptionalAction,
+      help="also write TensorBoard scalars to DIR/tb (a resume keeps the run's)")  # fmt: skip
     a(
         "--overwrite",
         action="store_true",
@@ -276,37 +294,27 @@ def run_command(
     """Build the spec (fresh or resumed), validate, train and print the outcome.
 
     Shared by ES and PPO: bad input prints one ``error:`` line and returns 2 before
-    anything compiles; Ctrl-C or SIGTERM returns 130 after the run saved its checkpoint.
+    anything compiles; Ctrl-C or SIGTERM returns 130 once the run has saved its
+    checkpoint (or, before training started, written nothing) and said how to go on.
     """
-    from esrl.checkpoint import read_meta
-    from esrl.runs import sigterm_as_interrupt
+    from esrl.runs import report_unstarted, sigterm_as_interrupt
 
-    try:
-        import_plugins(tuple(args.plugin))
-        if args.resume:
-            if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
-                raise ValueError("--resume DIR continues in DIR; drop --out")
-            if args.overwrite:
-                raise ValueError(
-                    "--resume continues the run and --overwrite replaces it; "
-                    "pass one of them"
-                )
-            spec = resume_spec(args, read_meta(args.resume))
-        else:
-            spec = spec_from_args(args)
-        out = args.resume or args.out or default_out(spec)
-        prepared = prepare(
-            spec, out, resume=bool(args.resume), overwrite=args.overwrite
-        )
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"esrl train: error: {msg}", file=sys.stderr)
-        return 2
-    try:
-        with sigterm_as_interrupt():
+    with sigterm_as_interrupt():  # from the start: setting up compiles too
+        try:
+            prepared, spec, out = _prepare(
+                args, spec_from_args, resume_spec, prepare, default_out
+            )
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"esrl train: error: {msg}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # nothing is written before fit
+            report_unstarted(args.resume)
+            return 130
+        try:
             summary = fit(prepared).summary
-    except KeyboardInterrupt:
-        return 130
+        except KeyboardInterrupt:  # fit said what it saved
+            return 130
     final = summary["final_eval_return"]  # None: the evaluation was not finite
     print(
         f"{report(spec, summary)}: eval return "
@@ -315,6 +323,29 @@ def run_command(
         f"(compile {summary['compile_s']:.1f} s); outputs in {out}"
     )
     return 0
+
+
+def _prepare(args, spec_from_args, resume_spec, prepare, default_out) -> tuple:
+    """`run_command`'s checks and set-up: (prepared run, spec, run directory)."""
+    from esrl.checkpoint import read_meta
+    from esrl.runs import raise_if_interrupted
+
+    import_plugins(tuple(args.plugin))
+    if args.resume:
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ValueError("--resume DIR continues in DIR; drop --out")
+        if args.overwrite:
+            raise ValueError(
+                "--resume continues the run and --overwrite replaces it; "
+                "pass one of them"
+            )
+        spec = resume_spec(args, read_meta(args.resume))
+    else:
+        spec = spec_from_args(args)
+    out = args.resume or args.out or default_out(spec)
+    prepared = prepare(spec, out, resume=bool(args.resume), overwrite=args.overwrite)
+    raise_if_interrupted()  # a signal whose interrupt was dropped while setting up
+    return prepared, spec, out
 
 
 def _route(argv: list[str]) -> Callable[[list[str]], int] | None:

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from esrl.cli import POLICIES, run_command
+from esrl.cli import POLICIES, refused_on_resume, run_command
 
 DEFAULTS: dict[str, object] = {
     "policy": "mlp", "hidden": 64, "seed": 0, "eval_every": 10, "eval_episodes": 16,
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
       "summary and curve are removed when the new run starts)")  # fmt: skip
     a("--plugin", action="append", default=[], metavar="MODULE",
       help="import MODULE first (it registers your environments); repeatable")  # fmt: skip
-    a("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    a("--tensorboard", action=argparse.BooleanOptionalAction,
+      help="also write TensorBoard scalars to DIR/tb (a resume keeps the run's)")  # fmt: skip
     a("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -86,7 +87,7 @@ def spec_from_args(args: argparse.Namespace):
         env=args.env, ppo=ppo, eval_every=v["eval_every"],
         eval_episodes=v["eval_episodes"], eval_horizon=v["horizon"], seed=v["seed"],
         plugins=tuple(args.plugin), progress=not args.no_progress,
-        tensorboard=args.tensorboard,
+        tensorboard=bool(args.tensorboard),
     )  # fmt: skip
 
 
@@ -111,11 +112,7 @@ def resume_spec(args: argparse.Namespace, meta: dict):
     for name, value in stored.items():
         given = getattr(args, name, None)
         if given is not None and given != value:
-            plain = value is not None and not isinstance(value, bool)  # as ES says it
-            raise ValueError(
-                f"{_option(name, given)} differs from the run in {args.resume} "
-                f"({value if plain else _option(name, value)}); drop it when resuming"
-            )
+            raise refused_on_resume(name, given, value, args.resume)
     done = meta.get("counters", {}).get("env_steps", 0)
     if args.total_steps is not None and args.total_steps < done:
         raise ValueError(
@@ -126,18 +123,11 @@ def resume_spec(args: argparse.Namespace, meta: dict):
     if args.total_steps is not None:
         ppo = dataclasses.replace(ppo, total_steps=args.total_steps)
     plugins = tuple(dict.fromkeys(saved.plugins + tuple(args.plugin)))
+    tensorboard = saved.tensorboard if args.tensorboard is None else args.tensorboard
     return dataclasses.replace(
         saved, ppo=ppo, plugins=plugins, progress=not args.no_progress,
-        tensorboard=args.tensorboard,
+        tensorboard=tensorboard,
     )  # fmt: skip
-
-
-def _option(name: str, value) -> str:
-    """How ``value`` is given on the command line: --lr 0.001, --no-normalize-obs."""
-    flag = name.replace("_", "-")
-    if isinstance(value, bool):
-        return f"--{flag}" if value else f"--no-{flag}"
-    return f"no --{flag}" if value is None else f"--{flag} {value}"
 
 
 def main(argv: list[str] | None = None) -> int:

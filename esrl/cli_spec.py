@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from esrl.cli import env_defaults
+from esrl.cli import env_defaults, refused_on_resume
 
 _ES_OPTIONS = ("population", "sigma", "lr", "optimizer", "weight_decay",
                "fitness_shaping", "sigma_decay", "sigma_min", "lr_decay")  # fmt: skip
@@ -73,7 +73,7 @@ def spec_from_args(args: argparse.Namespace):
         eval_episodes=v["eval_episodes"], checkpoint_every=v["checkpoint_every"],
         seed=v["seed"], num_devices=args.devices, block=args.block, rollout=rollout,
         policy=PolicySpec(kind=v["policy"], hidden=v["hidden"]),
-        progress=not args.no_progress, tensorboard=args.tensorboard,
+        progress=not args.no_progress, tensorboard=bool(args.tensorboard),
     )  # fmt: skip
     return RunSpec(args.env, agent, agent_config, train, tuple(args.plugin))
 
@@ -99,10 +99,7 @@ def resume_spec(args: argparse.Namespace, meta: dict):
     for name, path in _SPEC_FIELDS.items():
         given, stored = getattr(args, name, None), _lookup(saved, path)
         if given is not None and given != stored:
-            raise ValueError(
-                f"--{name.replace('_', '-')} {given} differs from the run in "
-                f"{args.resume} ({stored}); drop it when resuming"
-            )
+            raise refused_on_resume(name, given, stored, args.resume)
     spec = RunSpec.from_dict(saved)
     done = meta.get("counters", {}).get("generation", 0)
     if args.generations is not None and args.generations < done:
@@ -120,7 +117,7 @@ def resume_spec(args: argparse.Namespace, meta: dict):
         num_devices=given(args.devices, spec.train.num_devices),
         block=given(args.block, spec.train.block),
         progress=not args.no_progress,
-        tensorboard=args.tensorboard,
+        tensorboard=given(args.tensorboard, spec.train.tensorboard),
     )
     plugins = tuple(dict.fromkeys(spec.plugins + tuple(args.plugin)))
     return dataclasses.replace(spec, train=train, plugins=plugins)

@@ -129,7 +129,7 @@ def to_host(tree):
     return jax.tree.map(fetch, tree)
 
 
-def describe(mesh: Mesh) -> str:
-    """E.g. ``'cpu x4 (cpu)'`` for the devices a run uses."""
-    d = mesh.devices.flat[0]
-    return f"{d.platform} x{mesh.devices.size} ({d.device_kind})"
+def describe(devices: Sequence[jax.Device]) -> str:
+    """E.g. ``'cpu x4 (cpu)'`` for the devices a run uses (summary.json's ``device``)."""
+    d = devices[0]
+    return f"{d.platform} x{len(devices)} ({d.device_kind})"

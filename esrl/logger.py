@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Self
 
@@ -169,7 +170,12 @@ class RunLogger:
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=start + 1)
+                # tensorboardX names a file by the second and opens it "wb": a resume
+                # within the second would overwrite the file of the run it continues
+                self._tb = SummaryWriter(
+                    str(self.out_dir / "tb"), purge_step=start + 1,
+                    filename_suffix=f".{time.time_ns()}",
+                )  # fmt: skip
         self._plain = not (progress and enabled and self.console.is_terminal)
         self._quiet = not (progress and enabled)
         if not self._plain:

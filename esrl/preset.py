@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esrl.checkpoint import has_checkpoint
 from esrl.logger import BASELINE
 
 
@@ -169,7 +170,9 @@ def run_preset(preset: Preset, argv: list[str], doc: str = "") -> int:
         "(esrl train does not)"
     )
     if status == 130:  # the run's message suggests esrl train --resume
-        print(f"the random-policy comparison was not made; {later}", file=sys.stderr)
+        if has_checkpoint(out):  # none: interrupted before training, nothing to resume
+            not_made = "the random-policy comparison was not made"
+            print(f"{not_made}; {later}", file=sys.stderr)
         return status
     try:
         report_baseline(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,35 @@ def report_interrupt(
         )
 
 
+def report_unstarted(resume_dir: str | Path | None) -> None:
+    """Say that an interrupt came before the first step (setting up, compiling).
+
+    Nothing was written then: a resumed run (``resume_dir``) continues as it would
+    have; a fresh one starts again.
+    """
+    if not dist.is_main_process():
+        return
+    text = "interrupted before training started; nothing was written"
+    if resume_dir is not None:
+        text += f", continue with: esrl train --resume {shlex.quote(str(resume_dir))}"
+    print(text, file=sys.stderr)
+
+
+_received: list[int] = []
+"""Signals handled within `sigterm_as_interrupt` (forgotten when it ends)."""
+
+
+def raise_if_interrupted() -> None:
+    """Raise the KeyboardInterrupt of a signal whose own one Python dropped.
+
+    A handler's exception raised while a gc callback (jax registers one) or a
+    ``__del__`` runs is printed ("Exception ignored in ...") and dropped; the training
+    loops call this between steps, so such a signal still stops the run.
+    """
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[-1]}")
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within this block SIGTERM (``kill``, a scheduler's preemption) acts as Ctrl-C.
@@ -90,6 +120,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     The training loops then checkpoint the generations done and stop, as on Ctrl-C,
     so a killed run resumes where it stopped. The signal is handled between Python
     bytecodes, that is once the running generation (a compiled call) has returned.
+    Both signals are recorded for `raise_if_interrupted` (SIGINT unless ignored).
     Outside the main thread (where signals cannot be handled) it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
@@ -97,10 +128,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
+        _received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)  # not where ignored (started with "&")
+    previous = {s: signal.signal(s, interrupt) for s in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _received.clear()

@@ -43,7 +43,13 @@ from esrl.rollout import (
     observation_shape,
     population_metrics,
 )
-from esrl.runs import check_run_dir, report_interrupt, save_run
+from esrl.runs import (
+    check_run_dir,
+    raise_if_interrupted,
+    report_interrupt,
+    report_unstarted,
+    save_run,
+)
 from esrl.train_spec import RunSpec, TrainConfig
 
 CPU_BLOCK = 2048
@@ -223,6 +229,7 @@ def prepare(
     saved = check_run_dir(out_dir, resume, overwrite)
     if saved is not None:
         spec.check_resumable(RunSpec.from_dict(saved))
+        _check_resumed_layout(spec, out_dir)
     if env is None:
         from esrl.registry import make
 
@@ -235,6 +242,32 @@ def prepare(
         state = dist.put_replicated(state, trainer.mesh)
         counters = Counters(**meta["counters"])
     return Prepared(spec, trainer, state, counters, out_dir)
+
+
+def _check_resumed_layout(spec: RunSpec, out_dir: Path) -> None:
+    """Raise unless the resumed ``spec`` splits over the devices visible now.
+
+    A resumed run keeps its population (and its stored ``--block``), so where another
+    machine has more devices the advice is ``--devices`` or ``--block``, which a
+    resume takes, not ``--population`` (`esrl.distributed.check_population`'s).
+    """
+    devices = dist.select_devices(spec.train.num_devices)
+    population, n = spec.agent_config.population, len(devices)
+    if population % n:
+        fits = max(d for d in range(1, n + 1) if population % d == 0)
+        raise ValueError(
+            f"population {population} of the run in {out_dir} does not split over the "
+            f"{n} devices, and a resumed run keeps its population; resume it with "
+            f"--devices {fits}"
+        )
+    share, block = population // n, spec.train.block
+    if block is not None and (block < 1 or share % block):
+        fits = block_size(share, None, devices[0].platform)
+        raise ValueError(
+            f"block {block} does not divide the {share} members of each device ({n} "
+            f"in all); resume the run in {out_dir} with --block {fits} (a divisor of "
+            f"{share})" + (" or with fewer devices (--devices)" if n > 1 else "")
+        )
 
 
 def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:
@@ -257,7 +290,7 @@ def _summary(spec: RunSpec, trainer: ESTrainer, c: Counters) -> dict:
         "wall_time_s": c.wall_time_s,
         "compile_s": c.compile_s,
         "env_steps_per_s": c.env_steps / max(c.train_time_s, 1e-9),
-        "device": dist.describe(trainer.mesh),
+        "device": dist.describe(trainer.mesh.devices.ravel()),
         "generations": c.generation,
         "population": trainer.population,
     }
@@ -284,8 +317,12 @@ def fit(prepared: Prepared) -> TrainResult:
     spec, trainer, state, c, out_dir = prepared
     cfg = spec.train
     if c.generation < cfg.generations:
-        step = xla.aot(trainer.generation, state)
-        evaluate = xla.aot(trainer.evaluate, state)
+        try:
+            step = xla.aot(trainer.generation, state)
+            evaluate = xla.aot(trainer.evaluate, state)
+        except KeyboardInterrupt:
+            report_unstarted(out_dir if c.generation else None)
+            raise
         c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(
@@ -295,6 +332,7 @@ def fit(prepared: Prepared) -> TrainResult:
     )  # fmt: skip
     try:
         for g in range(c.generation + 1, cfg.generations + 1):
+            raise_if_interrupted()
             t = time.perf_counter()
             new_state, m = step(state)
             m = dist.to_host(m)
@@ -318,7 +356,11 @@ def fit(prepared: Prepared) -> TrainResult:
         raise
     c = c._replace(wall_time_s=wall0 + time.perf_counter())
     summary = _summary(spec, trainer, c)
-    logger.finish(summary)
+    try:
+        logger.finish(summary)
+    except KeyboardInterrupt:  # the checkpoint is final: a resume writes the rest
+        report_interrupt(logger, out_dir, "generation", c.generation)
+        raise
     return TrainResult(state, summary)
 
 

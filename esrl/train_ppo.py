@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from esrl import distributed as dist
 from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
@@ -32,7 +33,13 @@ from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
 from esrl.policy import PolicySpec
-from esrl.runs import check_run_dir, report_interrupt, save_run
+from esrl.runs import (
+    check_run_dir,
+    raise_if_interrupted,
+    report_interrupt,
+    report_unstarted,
+    save_run,
+)
 from esrl.train import TrainResult
 
 
@@ -276,6 +283,34 @@ def train_ppo(
     return fit(prepare(spec, out_dir, resume=resume, overwrite=overwrite, env=env))
 
 
+def _start(prepared: Prepared) -> tuple[_Compiled, PPOState]:
+    """The compiled agent and the state to start from (initialised in a fresh run)."""
+    spec, ppo, state, c, out_dir = prepared
+    try:
+        agent = _compiled(ppo, spec.eval_every, spec.eval_episodes, spec.eval_horizon)
+        if state is None:
+            state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
+    except KeyboardInterrupt:  # nothing is written before the first chunk
+        report_unstarted(out_dir if c.update else None)
+        raise
+    return agent, state
+
+
+def _summary(spec: PPORunSpec, c: _Counters) -> dict:
+    return {
+        "env": spec.env,
+        "agent": "ppo",
+        "final_eval_return": c.eval_return,
+        "env_steps": c.env_steps,
+        "wall_time_s": c.wall_time_s,
+        "compile_s": c.compile_s,
+        "env_steps_per_s": c.env_steps / max(c.train_time_s, 1e-9),
+        "device": dist.describe(jax.devices()[:1]),
+        "updates": c.update,
+        "policy": spec.ppo.policy.kind,
+    }
+
+
 def fit(prepared: Prepared) -> TrainResult:
     """Compile, then run the updates a prepared run still has to do.
 
@@ -283,12 +318,10 @@ def fit(prepared: Prepared) -> TrainResult:
     the compile and wall times it had.
     """
     start = time.perf_counter()
-    spec, ppo, state, c, out_dir = prepared
+    spec, _, state, c, out_dir = prepared
     total, batch = spec.ppo.num_updates, spec.ppo.batch_size
     if c.update < total or state is None:
-        agent = _compiled(ppo, spec.eval_every, spec.eval_episodes, spec.eval_horizon)
-        if state is None:
-            state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
+        agent, state = _start(prepared)
         c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()
     logger = RunLogger(
@@ -298,6 +331,7 @@ def fit(prepared: Prepared) -> TrainResult:
     warned = False
     try:
         while c.update < total:
+            raise_if_interrupted()
             n = _chunk(c.update, spec)
             t = time.perf_counter()
             new_state, metrics = agent.chunk(state, np.int32(n))
@@ -323,20 +357,12 @@ def fit(prepared: Prepared) -> TrainResult:
         save_run(out_dir, spec, state, c)
         report_interrupt(logger, out_dir, "update", c.update)
         raise
-    device = jax.devices()[0]
-    summary = {
-        "env": spec.env,
-        "agent": "ppo",
-        "final_eval_return": c.eval_return,
-        "env_steps": c.env_steps,
-        "wall_time_s": wall0 + time.perf_counter(),
-        "compile_s": c.compile_s,
-        "env_steps_per_s": c.env_steps / max(c.train_time_s, 1e-9),
-        "device": f"{device.platform} x1 ({device.device_kind})",
-        "updates": c.update,
-        "policy": spec.ppo.policy.kind,
-    }
-    logger.finish(summary)
+    summary = _summary(spec, c._replace(wall_time_s=wall0 + time.perf_counter()))
+    try:
+        logger.finish(summary)
+    except KeyboardInterrupt:  # the checkpoint is final: a resume writes the rest
+        report_interrupt(logger, out_dir, "update", c.update)
+        raise
     return TrainResult(state, summary)
 
 

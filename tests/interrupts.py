@@ -1,6 +1,9 @@
-"""Ctrl-C at a chosen metrics record, for the interrupt tests of the trainers."""
+"""Ctrl-C at a chosen metrics record, for the interrupt tests of the trainers; what
+TensorBoard files a run left."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from esrl.logger import RunLogger
 
@@ -22,3 +25,19 @@ def ctrl_c_at_record(monkeypatch, iteration: int, written: bool):
 
     monkeypatch.setattr(RunLogger, "log", interrupted)
     return log
+
+
+def tensorboard_steps(directory: Path, tag: str) -> list[list[int]]:
+    """The steps of ``tag`` in each event file of ``directory``/tb, oldest file first."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    files = []
+    for path in sorted((directory / "tb").glob("events.out.tfevents.*")):
+        data, at, steps = path.read_bytes(), 0, []
+        while at < len(data):  # TFRecords: length, its crc, the event, its crc
+            n = int.from_bytes(data[at : at + 8], "little")
+            event = Event.FromString(data[at + 12 : at + 12 + n])
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+            at += 16 + n
+        files.append(steps)
+    return files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from pathlib import Path
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from interrupts import tensorboard_steps
 
 from esrl.checkpoint import (
     checkpoint_path,
@@ -120,6 +122,23 @@ def test_run_logger_writes_the_contract_files_and_trims_on_resume(tmp_path):
     RunLogger(tmp_path, total=6, progress=False).close()
     assert not any((tmp_path / name).exists() for name in FINAL_OUTPUTS)
     assert read_metrics(tmp_path) == []
+
+
+def test_a_resume_within_the_second_keeps_the_earlier_tensorboard_file(
+    tmp_path, monkeypatch
+):
+    """Event files were named by the second and opened "wb": a resume in the same
+    second (a fast compile, a cached one) overwrote the interrupted run's scalars."""
+    import tensorboardX.event_file_writer as writer
+
+    monkeypatch.setattr(writer, "time", types.SimpleNamespace(time=lambda: 1.7e9))
+    for start, stop in ((0, 3), (2, 5)):  # a resume after the checkpoint at 2
+        logger = RunLogger(tmp_path, total=4, start=start, progress=False,
+                           tensorboard=True)  # fmt: skip
+        for i in range(start + 1, stop):
+            logger.log({"iteration": i, "env_steps": i})
+        logger.close()
+    assert tensorboard_steps(tmp_path, "env_steps") == [[1, 2], [3, 4]]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

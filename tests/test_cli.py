@@ -250,6 +250,32 @@ def test_sigterm_checkpoints_the_generations_done(tmp_path):
     )
 
 
+SIGTERM_WHILE_SETTING_UP = """
+import os, signal, sys, time
+from esrl.cli import main
+from esrl.train import ESTrainer
+
+def init(self, key):  # a preemption while the initial parameters compile
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+ESTrainer.init = init
+sys.exit(main(["train", "--env", "gymnax/CartPole-v1", "--out", sys.argv[1]]))
+"""
+
+
+def test_sigterm_while_setting_up_stops_like_ctrl_c(tmp_path):
+    """It killed the process (SIGTERM's default) until training had compiled."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_SETTING_UP, str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.endswith(
+        "interrupted before training started; nothing was written\n"
+    )
+
+
 def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
     args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
     saved = dataclasses.replace(spec_from_args(args), plugins=("memory_env",))
@@ -261,6 +287,39 @@ def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
     changed = dataclasses.replace(spec.train, seed=1)
     with pytest.raises(ValueError, match=r"\(train differ\)"):
         dataclasses.replace(spec, train=changed).check_resumable(saved)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        # was "--normalize-obs True differs from the run in DIR (False)"
+        ("--normalize-obs", "--normalize-obs differs from DIR (--no-normalize-obs)"),
+        ("--no-deterministic", "--no-deterministic differs from DIR (--deterministic)"),
+        ("--population=32", "--population 32 differs from DIR (16)"),
+    ],
+)
+def test_a_refused_resume_option_is_named_as_it_is_typed(
+    option, message, tmp_path, capsys, no_compile
+):
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
+    meta = {"spec": spec_from_args(args).to_dict(), "counters": {"generation": 3}}
+    save_checkpoint(tmp_path, {"x": jnp.zeros(1)}, meta)
+    assert main(["train", "--resume", str(tmp_path), option]) == 2
+    expected = message.replace("DIR", f"the run in {tmp_path}")
+    assert capsys.readouterr().err == (
+        f"esrl train: error: {expected}; drop it when resuming\n"
+    )
+
+
+def test_a_resume_keeps_tensorboard_unless_told_otherwise():
+    """The printed command (esrl train --resume DIR) once stopped TensorBoard logging."""
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16", "--tensorboard"])
+    saved = {"spec": spec_from_args(args).to_dict(), "counters": {"generation": 3}}
+    for argv, expected in (([], True), (["--no-tensorboard"], False)):
+        args = build_parser().parse_args(["train", "--resume", "DIR", *argv])
+        assert resume_spec(args, saved).train.tensorboard is expected
+    args = build_parser().parse_args([*CARTPOLE, "--population", "16"])
+    assert spec_from_args(args).train.tensorboard is False
 
 
 def test_resume_with_out_or_overwrite(tmp_path, capsys, no_compile):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -21,7 +23,7 @@ from esrl.checkpoint import load_checkpoint, read_meta
 from esrl.cli_ppo import build_parser, resume_spec, spec_from_args
 from esrl.env import Environment
 from esrl.gae import gae
-from esrl.logger import read_metrics
+from esrl.logger import RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.train_ppo import PPORunSpec, _compiled, run_chunk, train_ppo
 
@@ -292,6 +294,75 @@ def test_an_interrupt_among_a_chunks_records_keeps_metrics_at_the_checkpoint(
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
 
 
+TINY = [
+    "train", "--agent", "ppo", "--env", "gymnax/CartPole-v1", "--hidden", "8",
+    "--num-envs", "4", "--num-steps", "8", "--eval-every", "3", "--eval-episodes", "2",
+    "--horizon", "20", "--no-progress",
+]  # fmt: skip
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_while_compiling_or_finishing_says_what_to_do(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C there ended the run with exit 130 and no word (and no curve.png)."""
+    out, command = tmp_path / "run", f"esrl train --resume {tmp_path / 'run'}"
+    monkeypatch.setattr("esrl.logger.plot_curve", _ctrl_c)
+    assert cli.main([*TINY, "--total-steps", str(3 * 32), "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (
+        f"interrupted after update 3; checkpoint saved, continue with: {command}\n"
+    )
+    monkeypatch.setattr("esrl.xla.aot", _ctrl_c)
+    _compiled.cache_clear()  # as in a new process
+    resume = ["train", "--resume", str(out), "--no-progress"]
+    assert cli.main([*resume, "--total-steps", str(6 * 32)]) == 130
+    assert capsys.readouterr().err == (
+        f"interrupted before training started; nothing was written, continue with: "
+        f"{command}\n"
+    )
+    assert read_meta(out)["counters"]["update"] == 3
+    monkeypatch.undo()
+    assert cli.main(resume) == 0  # the final outputs of the 3 updates
+    assert (out / "curve.png").is_file()
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+class _SignalledInDel:
+    """SIGTERM handled inside ``__del__`` (or jax's gc callback): Python prints the
+    handler's KeyboardInterrupt and drops it."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between these bytecodes
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """It was lost: the run went on to its last update."""
+    log = RunLogger.log
+
+    def log_then_collect(self, record):
+        log(self, record)
+        if record["iteration"] == 2:
+            _SignalledInDel()  # made and dropped: its __del__ runs here
+
+    monkeypatch.setattr(RunLogger, "log", log_then_collect)
+    out = tmp_path / "run"
+    assert cli.main([*TINY, "--total-steps", str(6 * 32), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.endswith(
+        f"interrupted after update 3; checkpoint saved, continue with: "
+        f"esrl train --resume {out}\n"
+    )
+    assert read_meta(out)["counters"]["update"] == 3
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
+
+
 def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
     saved = dataclasses.replace(MEMORY, plugins=("memory_env",))
     args = build_parser().parse_args(["--resume", "DIR", "--plugin", "json"])
@@ -304,6 +375,18 @@ def test_a_resume_may_add_a_plugin_but_not_change_a_setting():
     names = r"\(ppo.lr, ppo.policy.kind, ppo.policy.hidden differ\)"  # not "ppo"
     with pytest.raises(ValueError, match=names):
         dataclasses.replace(spec, ppo=other).check_resumable(saved)
+
+
+def test_a_resume_keeps_tensorboard_unless_told_otherwise():
+    """The printed command (esrl train --resume DIR) once stopped TensorBoard logging."""
+    saved = {"spec": dataclasses.replace(MEMORY, tensorboard=True).to_dict()}
+    for argv, expected in (([], True), (["--no-tensorboard"], False)):
+        args = build_parser().parse_args(["--resume", "DIR", *argv])
+        assert resume_spec(args, saved).tensorboard is expected
+    args = build_parser().parse_args(["--resume", "DIR", "--tensorboard"])
+    assert resume_spec(args, {"spec": MEMORY.to_dict()}).tensorboard is True
+    args = build_parser().parse_args(["--env", "gymnax/CartPole-v1"])
+    assert spec_from_args(args).tensorboard is False
 
 
 def test_a_resume_cannot_shorten_the_run_or_switch_to_ppo():
@@ -427,3 +510,28 @@ def test_ppo_trains_under_x64():
         ppo = PPO(config, "gymnax/CartPole-v1")
         state, _ = ppo.train(ppo.init(jax.random.PRNGKey(0)), 2)
         assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float64")}
+
+
+def test_a_dict_observation_gets_the_policy_message_not_a_key_error():
+    # was: KeyError: 0 (PPO.init indexed the dict observation's first member)
+    class DictObs(Environment):
+        def reset(self, key, params=None):
+            return {"a": jnp.zeros(2), "b": jnp.zeros(1)}, jnp.zeros(())
+
+        def step(self, key, state, action, params=None):
+            obs, state = self.reset(key)
+            return obs, state, 0.0, jnp.array(False), jnp.array(False), {}
+
+        def observation_space(self, params=None):
+            box = spaces.Box(-1.0, 1.0, (2,), jnp.float32)
+            return spaces.Dict(
+                {"a": box, "b": spaces.Box(-1.0, 1.0, (1,), jnp.float32)}
+            )
+
+        def action_space(self, params=None):
+            return spaces.Discrete(2)
+
+    config = PPOConfig(num_envs=2, num_steps=4, total_steps=8, num_minibatches=1)
+    with pytest.raises(TypeError, match="policies take one array observation, got a "
+                       r"dict with keys \['a', 'b'\]; flatten it"):  # fmt: skip
+        PPO(config, DictObs()).init(jax.random.key(0))

@@ -30,12 +30,20 @@ CRAFTAX = Preset(env="craftax/Craftax-Classic-Symbolic-v1", name="cx", baseline=
 
 
 @pytest.mark.parametrize("when", ["training", "baseline"])
-def test_an_interrupt_says_how_to_get_the_random_baseline(when, monkeypatch, capsys):
+def test_an_interrupt_says_how_to_get_the_random_baseline(
+    when, tmp_path, monkeypatch, capsys
+):
     import esrl.cli
     import esrl.preset
 
+    out = tmp_path / "d"
+    save_checkpoint(out, {"x": np.zeros(1)}, {"spec": {"agent": "eggroll"}})
+
     def train(argv):  # as esrl train returns after Ctrl-C or SIGTERM
-        print("interrupted ...; continue with: esrl train --resume d", file=sys.stderr)
+        print(
+            f"interrupted ...; continue with: esrl train --resume {out}",
+            file=sys.stderr,
+        )
         return 130 if when == "training" else 0
 
     def baseline(out):
@@ -44,10 +52,29 @@ def test_an_interrupt_says_how_to_get_the_random_baseline(when, monkeypatch, cap
 
     monkeypatch.setattr(esrl.cli, "main", train)
     monkeypatch.setattr(esrl.preset, "report_baseline", baseline)
-    assert run_preset(CRAFTAX, ["--out", "d"]) == 130  # was a traceback from baseline
+    assert run_preset(CRAFTAX, ["--out", str(out)]) == 130  # was a traceback
     err = capsys.readouterr().err
     # esrl train --resume, as the run says, would finish it without the comparison
-    assert "run this script with --resume d to make it (esrl train does not)" in err
+    assert (
+        f"run this script with --resume {out} to make it (esrl train does not)" in err
+    )
+
+
+def test_an_interrupt_before_training_suggests_no_resume(tmp_path, monkeypatch, capsys):
+    """Nothing was written: "run this script with --resume DIR" found no checkpoint."""
+    import esrl.cli
+
+    def train(argv):  # as esrl train returns after Ctrl-C while compiling
+        print(
+            "interrupted before training started; nothing was written", file=sys.stderr
+        )
+        return 130
+
+    monkeypatch.setattr(esrl.cli, "main", train)
+    assert run_preset(CRAFTAX, ["--out", str(tmp_path / "d")]) == 130
+    assert capsys.readouterr().err == (
+        "interrupted before training started; nothing was written\n"
+    )
 
 
 def test_help_with_resume_lists_the_options_of_the_runs_agent(tmp_path, capsys):

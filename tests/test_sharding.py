@@ -132,3 +132,51 @@ def test_odd_shares_blocks_and_openai_es_equal_one_device():
         "(1, 3)": True,
         "openai_es": True,
     }
+
+
+RESUME_ON_MORE_DEVICES = textwrap.dedent(
+    """
+    import sys
+    import jax.numpy as jnp
+    from esrl.checkpoint import save_checkpoint
+    from esrl.cli import build_parser, main
+    from esrl.cli_spec import spec_from_args
+
+    # runs saved on one device, resumed where 4 are visible
+    for name, options in (("pop6", ["--population", "6"]),
+                          ("block16", ["--population", "16", "--block", "16"])):
+        args = build_parser().parse_args(
+            ["train", "--env", "gymnax/CartPole-v1", "--devices", "1", *options]
+        )
+        spec = spec_from_args(args).to_dict()
+        spec["train"]["num_devices"] = None  # all visible (one, when it was saved)
+        meta = {"spec": spec, "counters": {"generation": 3}}
+        save_checkpoint(f"{sys.argv[1]}/{name}", {"x": jnp.zeros(1)}, meta)
+        print("code", main(["train", "--resume", f"{sys.argv[1]}/{name}"]), flush=True)
+    """
+)
+
+
+def test_a_resume_that_no_longer_fits_the_devices_names_options_it_takes(tmp_path):
+    """A resumed run keeps its population (and stored --block): the advice changes
+    the devices or the block, never the population ("use --population 8" was refused
+    by the resume it suggested, "leave it unset" kept the stored block)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RESUME_ON_MORE_DEVICES, str(tmp_path)],
+        env=four_cpu_devices(), capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert proc.stdout.split() == ["code", "2", "code", "2"], proc.stderr[-3000:]
+    errors = [e for e in proc.stderr.splitlines() if e.startswith("esrl train: error")]
+    assert errors == [
+        (
+            f"esrl train: error: population 6 of the run in {tmp_path}/pop6 does not "
+            "split over the 4 devices, and a resumed run keeps its population; resume "
+            "it with --devices 3"
+        ),
+        (
+            "esrl train: error: block 16 does not divide the 4 members of each device "
+            f"(4 in all); resume the run in {tmp_path}/block16 with --block 4 (a "
+            "divisor of 4) or with fewer devices (--devices)"
+        ),
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from esrl.agents.eggroll import EggrollConfig
-from interrupts import ctrl_c_at_record
+from interrupts import ctrl_c_at_record, tensorboard_steps
 from memory_env import MemoryEnv
 
 from esrl.checkpoint import checkpoint_path, read_meta
@@ -139,6 +141,129 @@ def test_the_interrupt_message_is_a_command_that_resumes_an_odd_path(
     assert main([*SMALL, "--generations", "3", "--out", str(out)]) == 130
     command = capsys.readouterr().err.split("continue with: ")[1].strip()
     assert shlex.split(command) == ["esrl", "train", "--resume", str(out)]
+
+
+def test_the_printed_resume_command_keeps_tensorboard_logging(
+    tmp_path, monkeypatch, capsys
+):
+    """It was dropped: ``esrl train --resume DIR`` without --tensorboard logged none."""
+    log = ctrl_c_at_record(monkeypatch, 4, written=False)
+    out = tmp_path / "run"
+    argv = [*SMALL, "--generations", "5", "--tensorboard", "--out", str(out)]
+    assert main(argv) == 130
+    command = capsys.readouterr().err.split("continue with: ")[1].strip()
+    monkeypatch.setattr(RunLogger, "log", log)
+    assert main([*shlex.split(command)[1:], "--no-progress"]) == 0
+    assert tensorboard_steps(out, "train_return_mean") == [[1, 2, 3], [4, 5]]
+    assert read_meta(out)["spec"]["train"]["tensorboard"] is True
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _run_with_ctrl_c(argv: list[str]) -> int | str:
+    """``main(argv)``'s exit status, or "escaped" if the KeyboardInterrupt did."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        return "escaped"
+
+
+@pytest.mark.parametrize("stage", ["setting up", "compiling"])
+def test_an_interrupt_before_training_says_that_nothing_was_written(
+    stage, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while the run set up (a traceback) or compiled (exit 130, silent)."""
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    assert main([*SMALL, "--generations", "2", "--out", str(out)]) == 0
+    before = (checkpoint_path(out).read_bytes(), read_metrics(out))
+    capsys.readouterr()
+    if stage == "compiling":
+        monkeypatch.setattr("esrl.xla.aot", _ctrl_c)
+    else:
+        monkeypatch.setattr(ESTrainer, "init", _ctrl_c)
+    resume = ["train", "--resume", str(out), "--generations", "4", "--no-progress"]
+    assert _run_with_ctrl_c(resume) == 130
+    assert capsys.readouterr().err == (
+        "interrupted before training started; nothing was written, continue with: "
+        f"esrl train --resume {out}\n"
+    )
+    assert (checkpoint_path(out).read_bytes(), read_metrics(out)) == before
+    assert _run_with_ctrl_c([*SMALL, "--out", str(fresh)]) == 130
+    assert capsys.readouterr().err == (
+        "interrupted before training started; nothing was written\n"
+    )
+    assert not checkpoint_path(fresh).exists()
+
+
+def test_an_interrupt_while_writing_the_final_outputs_says_how_to_finish(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while the curve was drawn: exit 130, silent, and no curve.png."""
+    out = tmp_path / "run"
+    monkeypatch.setattr("esrl.logger.plot_curve", _ctrl_c)
+    assert main([*SMALL, "--generations", "2", "--out", str(out)]) == 130
+    command = f"esrl train --resume {out}"
+    assert capsys.readouterr().err == (
+        f"interrupted after generation 2; checkpoint saved, continue with: {command}\n"
+    )
+    monkeypatch.undo()
+    assert main([*shlex.split(command)[1:], "--no-progress"]) == 0
+    assert (out / "curve.png").is_file() and (out / "summary.json").is_file()
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2]
+
+
+class _SignalledInDel:
+    """SIGTERM handled inside ``__del__`` (or a gc callback: jax registers one), where
+    Python prints the handler's KeyboardInterrupt and drops it."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between these bytecodes
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """It was lost: the run went on to the end (and a scheduler's SIGKILL after its
+    grace period would lose every generation since the last checkpoint)."""
+    log = RunLogger.log
+
+    def log_then_collect(self, record):
+        log(self, record)
+        if record["iteration"] == 3:
+            _SignalledInDel()  # made and dropped: its __del__ runs here
+
+    monkeypatch.setattr(RunLogger, "log", log_then_collect)
+    out = tmp_path / "run"
+    assert main([*SMALL, "--generations", "6", "--out", str(out)]) == 130
+    assert capsys.readouterr().err.endswith(
+        f"interrupted after generation 3; checkpoint saved, continue with: "
+        f"esrl train --resume {out}\n"
+    )
+    assert read_meta(out)["counters"]["generation"] == 3
+    assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_dropped_while_setting_up_stops_before_compiling(
+    tmp_path, monkeypatch, capsys
+):
+    init = ESTrainer.init
+
+    def collect_then_init(self, key):
+        _SignalledInDel()
+        return init(self, key)
+
+    monkeypatch.setattr(ESTrainer, "init", collect_then_init)
+    assert main([*SMALL, "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.endswith(
+        "interrupted before training started; nothing was written\n"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 class NaNMemoryEnv(MemoryEnv):

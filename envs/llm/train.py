@@ -21,6 +21,7 @@ from esrl.envs.llm.finetune import FinetuneConfig, Finetuner, finetune
 from esrl.envs.llm.model import RecurrentLM, load_model
 from esrl.envs.llm.tasks import Task
 
+from esrl import distributed as dist
 from esrl.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from esrl.logger import SUMMARY, RunLogger
 from esrl.runs import check_run_dir
@@ -40,12 +41,6 @@ class RunConfig:
     """Generations, prompts per generation, split sizes, seeds."""
     model_dir: str | None = None
     """Checkpoint directory of the starting model (None: the shipped model)."""
-
-
-def describe_device() -> str:
-    """A short description of the JAX device(s) in use."""
-    devices = jax.devices()
-    return f"{jax.default_backend()}:{devices[0].device_kind} x{len(devices)}"
 
 
 def _meta(run: RunConfig, extra: dict) -> dict:
@@ -158,7 +153,7 @@ class _Recorder:
             "env_steps_per_s": (  # None: no generation ran after the compiling one
                 c["train_tokens"] / c["train_s"] if c["train_s"] > 0 else None
             ),
-            "device": describe_device(),
+            "device": dist.describe(jax.devices()[:1]),  # one: no sharding
             "eval_accuracy_initial": self.initial,
             "final_eval_accuracy": final.accuracy,
             "final_eval_reward": final.reward_mean,
