@@ -76,6 +76,11 @@ def env_defaults(env_id: str) -> dict[str, object]:
     return values
 
 
+def count(n: int, noun: str) -> str:
+    """``1 generation``, ``2 generations``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def option_text(name: str, value) -> str:
     """How ``value`` is given on the command line: --lr 0.001, --no-normalize-obs."""
     flag = name.replace("_", "-")
@@ -274,7 +279,9 @@ def _train(args: argparse.Namespace) -> int:
         distributed.initialize()
 
     def report(spec, summary: dict) -> str:
-        return f"{spec.agent} on {spec.env}: {summary['generations']} generations"
+        return (
+            f"{spec.agent} on {spec.env}: {count(summary['generations'], 'generation')}"
+        )
 
     return run_command(
         args, spec_from_args, resume_spec, prepare, fit, report,

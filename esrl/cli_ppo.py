@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from esrl.cli import POLICIES, refused_on_resume, run_command
+from esrl.cli import POLICIES, count, refused_on_resume, run_command
 
 DEFAULTS: dict[str, object] = {
     "policy": "mlp", "hidden": 64, "seed": 0, "eval_every": 10, "eval_episodes": 16,
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     def report(spec, summary: dict) -> str:
-        return f"ppo on {spec.env}: {summary['updates']} updates"
+        return f"ppo on {spec.env}: {count(summary['updates'], 'update')}"
 
     return run_command(
         args, spec_from_args, resume_spec, prepare, fit, report,

@@ -20,7 +20,9 @@ import numpy as np
 from esrl import xla
 from esrl.checkpoint import load_checkpoint, read_meta
 from esrl.cli import import_plugins
+from esrl.env import Environment
 from esrl.rollout import RolloutConfig, evaluate_population
+from esrl.runs import check_env_object
 
 
 class LoadedRun(NamedTuple):
@@ -48,8 +50,12 @@ class LoadedRun(NamedTuple):
     """Generations (ES) or updates (PPO) the checkpoint has done."""
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Restore the policy of the ES or PPO run in ``run_dir`` (nothing is compiled)."""
+def load_run(run_dir: str | Path, env: Environment | None = None) -> LoadedRun:
+    """Restore the policy of the ES or PPO run in ``run_dir`` (nothing is compiled).
+
+    ``env``: the environment object the run was trained on, where one was passed to
+    training as ``env=`` (otherwise the run's id makes it).
+    """
     meta = read_meta(run_dir)
     spec = meta.get("spec")
     if not isinstance(spec, dict) or "env" not in spec:
@@ -58,18 +64,20 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             "evaluated by scripts/train_countdown.py)"
         )
     import_plugins(tuple(spec.get("plugins", ())))
+    check_env_object(run_dir, spec, env)
     if spec.get("agent") == "ppo":
-        return _load_ppo(run_dir, spec)
-    return _load_es(run_dir, spec)
+        return _load_ppo(run_dir, spec, env)
+    return _load_es(run_dir, spec, env)
 
 
-def _load_es(run_dir, saved: dict) -> LoadedRun:
+def _load_es(run_dir, saved: dict, env) -> LoadedRun:
     from esrl.registry import make
     from esrl.train import ESTrainer, RunSpec
 
     spec = RunSpec.from_dict(saved)
     train = dataclasses.replace(spec.train, num_devices=1, block=None)
-    trainer = ESTrainer(make(spec.env), spec.agent_config.strategy(), train)
+    env = make(spec.env) if env is None else env
+    trainer = ESTrainer(env, spec.agent_config.strategy(), train)
     state, _ = load_checkpoint(run_dir, template=trainer.init(jax.random.PRNGKey(0)))
     return LoadedRun(
         spec.agent, spec.env, trainer.env, trainer.env_params, trainer.policy,
@@ -78,11 +86,11 @@ def _load_es(run_dir, saved: dict) -> LoadedRun:
     )  # fmt: skip
 
 
-def _load_ppo(run_dir, saved: dict) -> LoadedRun:
+def _load_ppo(run_dir, saved: dict, env) -> LoadedRun:
     from esrl.train_ppo import KEY, PPORunSpec, agent_for, eval_key
 
     spec = PPORunSpec.from_dict(saved)
-    ppo = agent_for(spec)  # the agent the run loop built
+    ppo = agent_for(spec, env)  # the agent the run loop built
     state, meta = load_checkpoint(run_dir, template=jax.eval_shape(ppo.init, KEY))
     update = int(meta["counters"]["update"])
     return LoadedRun(
@@ -93,7 +101,10 @@ def _load_ppo(run_dir, saved: dict) -> LoadedRun:
 
 
 def evaluate_run(
-    run_dir: str | Path, episodes: int | None = None, seed: int | None = None
+    run_dir: str | Path,
+    episodes: int | None = None,
+    seed: int | None = None,
+    env: Environment | None = None,
 ) -> dict:
     """Mean, spread and length of the run's evaluation returns (see the module doc).
 
@@ -102,7 +113,7 @@ def evaluate_run(
     """
     if episodes is not None and episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    run = load_run(run_dir)
+    run = load_run(run_dir, env)
     rollout, key = run.rollout, run.key
     if episodes is not None:
         rollout = dataclasses.replace(rollout, episodes=episodes)

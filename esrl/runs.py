@@ -7,6 +7,7 @@ A run directory holds one checkpoint whose metadata is ``{"spec": ..., "counters
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import signal
 import sys
@@ -60,6 +61,28 @@ def run_agent(run_dir: str | Path | None) -> str | None:
         return None
     meta = read_meta(run_dir)
     return meta.get("agent") or meta.get("spec", {}).get("agent")
+
+
+def mark_env_object(spec: Any, env: Any) -> Any:
+    """``spec`` noting the class of an environment object passed as ``env=``."""
+    if env is None:
+        return spec
+    return dataclasses.replace(spec, env_object=type(env).__name__)
+
+
+def check_env_object(run_dir: str | Path, saved: dict, env: Any) -> None:
+    """Refuse to rebuild from its id a run that trained on an object passed as ``env=``.
+
+    ``make(spec.env)`` may be another environment (other arguments, another class):
+    resuming or evaluating on it would silently continue or score a different task.
+    """
+    name = saved.get("env_object")
+    if name is not None and env is None:
+        raise ValueError(
+            f"the run in {run_dir} trained on a {name} object passed as env=, which "
+            f"the id {saved['env']!r} need not rebuild; pass the same environment "
+            "again (train(..., resume=True, env=...), evaluate_run(..., env=...))"
+        )
 
 
 def save_run(out_dir: Path | None, spec: Any, state: Any, counters: Any) -> None:

@@ -44,7 +44,9 @@ from esrl.rollout import (
     population_metrics,
 )
 from esrl.runs import (
+    check_env_object,
     check_run_dir,
+    mark_env_object,
     raise_if_interrupted,
     report_interrupt,
     report_unstarted,
@@ -227,7 +229,9 @@ def prepare(
     out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
     saved = check_run_dir(out_dir, resume, overwrite)
+    spec = mark_env_object(spec, env)
     if saved is not None:
+        check_env_object(out_dir, saved, env)
         spec.check_resumable(RunSpec.from_dict(saved))
         _check_resumed_layout(spec, out_dir)
     if env is None:

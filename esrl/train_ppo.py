@@ -34,7 +34,9 @@ from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
 from esrl.policy import PolicySpec
 from esrl.runs import (
+    check_env_object,
     check_run_dir,
+    mark_env_object,
     raise_if_interrupted,
     report_interrupt,
     report_unstarted,
@@ -65,6 +67,9 @@ class PPORunSpec:
     """Show a progress bar."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to DIR/tb."""
+    env_object: str | None = None
+    """Class of the environment object passed as ``env=`` (None: made from ``env``);
+    such a run is resumed and evaluated only with an environment passed again."""
 
     def __post_init__(self):
         require(self, ">= 1", "eval_every", "eval_episodes", "eval_horizon")
@@ -145,9 +150,11 @@ def prepare(
     out_dir = None if out_dir is None else Path(out_dir)
     import_plugins(spec.plugins)
     saved = check_run_dir(out_dir, resume, overwrite)
+    spec = mark_env_object(spec, env)
     if saved is not None:
         if saved.get("agent") != "ppo":
             raise ValueError(f"{str(out_dir)!r} holds a run of {saved.get('agent')}")
+        check_env_object(out_dir, saved, env)
         spec.check_resumable(PPORunSpec.from_dict(saved))
     ppo = agent_for(spec, env)
     state, counters = None, _Counters()

@@ -88,6 +88,9 @@ class RunSpec:
     """The training loop."""
     plugins: tuple[str, ...] = ()
     """Modules imported first (they register user environments)."""
+    env_object: str | None = None
+    """Class of the environment object passed as ``env=`` (None: made from ``env``);
+    such a run is resumed and evaluated only with an environment passed again."""
 
     def __post_init__(self):
         if self.agent not in AGENTS:
@@ -117,6 +120,7 @@ class RunSpec:
             agent_config=_build(AGENTS[d["agent"]], d["agent_config"]),
             train=_build(TrainConfig, t),
             plugins=tuple(d.get("plugins", ())),
+            env_object=d.get("env_object"),
         )
 
     def check_resumable(self, saved: RunSpec) -> None:

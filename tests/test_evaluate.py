@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from memory_env import MemoryEnv
 
 from esrl.checkpoint import save_checkpoint
 from esrl.cli import main
@@ -104,3 +106,55 @@ def test_json_output_is_strict_json_when_the_return_is_nan(monkeypatch, capsys):
     assert main(["eval", "some/run", "--json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out, parse_constant=pytest.fail)["eval_return"] is None  # was NaN
+
+
+def _env_object_run(agent: str, out):
+    """A run trained on MemoryEnv(delay=2), not the id's MemoryEnv(delay=4)."""
+    from esrl.agents.eggroll import EggrollConfig
+    from esrl.agents.ppo import PPOConfig
+
+    from esrl.policy import PolicySpec
+    from esrl.rollout import RolloutConfig
+    from esrl.train import RunSpec, TrainConfig, train
+    from esrl.train_ppo import PPORunSpec, train_ppo
+
+    if agent == "ppo":
+        spec = PPORunSpec(
+            env="test/Memory-v0",
+            ppo=PPOConfig(total_steps=2 * 64, num_envs=4, num_steps=16,
+                          num_minibatches=2, policy=PolicySpec(hidden=8)),
+            eval_every=1, eval_episodes=8, eval_horizon=5, progress=False,
+        )  # fmt: skip
+        return lambda **kw: train_ppo(spec, out, **kw).summary
+    spec = RunSpec(
+        env="test/Memory-v0",
+        agent_config=EggrollConfig(population=8),
+        train=TrainConfig(
+            generations=2, eval_every=1, eval_episodes=8, progress=False,
+            rollout=RolloutConfig(horizon=8), policy=PolicySpec(hidden=8),
+        ),
+    )  # fmt: skip
+    return lambda **kw: train(spec, out, **kw).summary
+
+
+@pytest.mark.parametrize("agent", ["eggroll", "ppo"])
+def test_a_run_on_an_env_object_is_not_evaluated_or_resumed_on_the_ids_env(
+    agent, tmp_path, capsys
+):
+    # was: evaluate_run and esrl eval rebuilt make(spec.env), here another delay,
+    # and reported that environment's return as the run's
+    out = tmp_path / "run"
+    run = _env_object_run(agent, out)
+    logged = run(env=MemoryEnv(delay=2))["final_eval_return"]
+    message = (
+        f"the run in {out} trained on a MemoryEnv object passed as env=, which the "
+        "id 'test/Memory-v0' need not rebuild; pass the same environment again"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_run(out)
+    assert evaluate_run(out, env=MemoryEnv(delay=2))["eval_return"] == logged
+    assert main(["eval", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(resume=True)
+    assert run(resume=True, env=MemoryEnv(delay=2))["final_eval_return"] == logged
