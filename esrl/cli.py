@@ -98,8 +98,12 @@ def refused_on_resume(name: str, given, stored, run_dir) -> ValueError:
     )
 
 
-def import_plugins(modules: tuple[str, ...]) -> None:
-    """Import modules that register user environments (the working dir is importable)."""
+def import_plugins(modules: tuple[str, ...], run_dir: str | Path | None = None) -> None:
+    """Import modules that register user environments (the working dir is importable).
+
+    ``run_dir``: the stored run that names them (a resume, an evaluation), for a message
+    that says where they can be imported from.
+    """
     if modules and "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     for name in modules:
@@ -112,6 +116,13 @@ def import_plugins(modules: tuple[str, ...]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
+            if run_dir is not None and e.name == name:
+                raise ValueError(
+                    f"the run in {run_dir} registers its environment with --plugin "
+                    f"{name}, which cannot be imported from {Path.cwd()} ({e}); run "
+                    "in the directory it was trained in, or add the plugin's directory "
+                    "to PYTHONPATH"
+                ) from e
             inner = e.name not in (None, name) and not name.startswith(f"{e.name}.")
             if isinstance(e, ModuleNotFoundError) and inner:
                 raise ValueError(  # the plugin was found; a module it imports was not

@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, env: Environment | None = None) -> LoadedRun:
             f"{str(run_dir)!r} holds no esrl train run (an LLM fine-tuning run is "
             "evaluated by scripts/train_countdown.py)"
         )
-    import_plugins(tuple(spec.get("plugins", ())))
+    import_plugins(tuple(spec.get("plugins", ())), run_dir)
     check_env_object(run_dir, spec, env)
     if spec.get("agent") == "ppo":
         return _load_ppo(run_dir, spec, env)

@@ -242,7 +242,7 @@ def report_baseline(out_dir: str | Path) -> dict:
     from esrl.logger import read_metrics, write_json_atomic
 
     spec = read_meta(out_dir)["spec"]
-    import_plugins(tuple(spec.get("plugins", ())))
+    import_plugins(tuple(spec.get("plugins", ())), out_dir)
     horizon, episodes, seed = _eval_settings(spec)
     base = random_baseline(spec["env"], horizon, episodes, seed)
     base.update(env=spec["env"], horizon=horizon, episodes=episodes, seed=seed)

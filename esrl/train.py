@@ -227,7 +227,7 @@ def prepare(
 ) -> Prepared:
     """Validate everything (before compiling anything), then build trainer and state."""
     out_dir = None if out_dir is None else Path(out_dir)
-    import_plugins(spec.plugins)
+    import_plugins(spec.plugins, out_dir if resume else None)
     saved = check_run_dir(out_dir, resume, overwrite)
     spec = mark_env_object(spec, env)
     if saved is not None:

@@ -226,6 +226,22 @@ def test_plugin_environment_trains_with_a_gru_and_resumes(
         main(["train", "--resume", "run", "--generations", "3", "--no-progress"]) == 0
     )
     assert [r["iteration"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    # elsewhere the plugin does not import: said so (was: "pass an importable module
+    # name", for an option esrl eval does not have)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delitem(sys.modules, "my_recall_envs")
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    for command in (["eval", run], ["train", "--resume", run, "--generations", "4"]):
+        assert main(command) == 2
+        assert (
+            f"the run in {run} registers its environment with --plugin my_recall_envs, "
+            f"which cannot be imported from {elsewhere} (No module named "
+            "'my_recall_envs'); run in the directory it was trained in, or add the "
+            "plugin's directory to PYTHONPATH"
+        ) in capsys.readouterr().err
 
 
 def test_sigterm_checkpoints_the_generations_done(tmp_path):
