@@ -59,7 +59,7 @@ def is_int(x: Any) -> bool:
 
 
 _BATCH = 3  # members 0 and 1 share key and action, member 2 differs
-# Floats of members 0 and 1 may differ by rounding (summation order on a GPU), not more.
+# Floats of members 0 and 1 may differ by rounding (as on a GPU), not more.
 _RTOL, _ATOL = 1e-4, 1e-6
 # check_env runs a handful of steps, so compile time is all that matters: XLA's backend
 # optimisations off compile Craftax's step ~3x faster on CPU.
@@ -449,7 +449,7 @@ def _resync(state: Any) -> Any:
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal, floats up to rounding: a GPU's atomic adds (Brax's contacts) sum in any order."""
+    """Equal, floats up to rounding (Brax ant's were not bit-identical on an H100)."""
     if np.issubdtype(a.dtype, np.inexact):
         return np.allclose(a, b, rtol=_RTOL, atol=_ATOL, equal_nan=True)
     return np.array_equal(a, b)

@@ -42,7 +42,7 @@ class Walk(Environment):
                 vmap_method="sequential",
             )
         if self.breaks.get("rounding"):
-            # Host-side jitter of a few float32 ulps, as a GPU's atomic adds give.
+            # Host-side jitter of a few float32 ulps, like a GPU's rounding differences.
             noise = noise + jax.pure_callback(
                 lambda x: (1e-7 * np.random.rand(*x.shape)).astype(np.float32),
                 jax.ShapeDtypeStruct(state.shape, jnp.float32),
@@ -131,7 +131,7 @@ def test_broken_env_is_rejected_with_a_message_naming_it(flag, message):
 
 
 def test_float_rounding_differences_pass():
-    # was: Brax ant failed check_env on a GPU, whose contact sums add in any order
+    # was: Brax ant failed check_env on an H100 (transitions not bit-identical)
     check_env(Walk(rounding=True), num_steps=200)
 
 
