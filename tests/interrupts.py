@@ -1,11 +1,23 @@
-"""Ctrl-C at a chosen metrics record, for the interrupt tests of the trainers; what
-TensorBoard files a run left."""
+"""Ctrl-C at a chosen metrics record, or a signal Python drops, for the interrupt tests
+of the trainers; what TensorBoard files a run left."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from esrl.logger import RunLogger
+
+
+class SignalledInDel:
+    """SIGTERM handled inside ``__del__`` (or a gc callback: jax registers one), where
+    Python prints the handler's KeyboardInterrupt and drops it."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs between these bytecodes
+            pass
 
 
 def ctrl_c_at_record(monkeypatch, iteration: int, written: bool):

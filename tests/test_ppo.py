@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -28,7 +26,7 @@ from esrl.policy import PolicySpec
 from esrl.train_ppo import PPORunSpec, _compiled, run_chunk, train_ppo
 
 sys.path.insert(0, str(Path(__file__).parent))
-from interrupts import ctrl_c_at_record
+from interrupts import SignalledInDel, ctrl_c_at_record
 from memory_env import MemoryEnv
 
 GRU = PolicySpec(kind="gru", hidden=32)
@@ -330,16 +328,6 @@ def test_an_interrupt_while_compiling_or_finishing_says_what_to_do(
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2, 3]
 
 
-class _SignalledInDel:
-    """SIGTERM handled inside ``__del__`` (or jax's gc callback): Python prints the
-    handler's KeyboardInterrupt and drops it."""
-
-    def __del__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100):  # the handler runs between these bytecodes
-            pass
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
     tmp_path, monkeypatch, capsys
@@ -350,7 +338,7 @@ def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
     def log_then_collect(self, record):
         log(self, record)
         if record["iteration"] == 2:
-            _SignalledInDel()  # made and dropped: its __del__ runs here
+            SignalledInDel()  # made and dropped: its __del__ runs here
 
     monkeypatch.setattr(RunLogger, "log", log_then_collect)
     out = tmp_path / "run"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from esrl.agents.eggroll import EggrollConfig
-from interrupts import ctrl_c_at_record, tensorboard_steps
+from interrupts import SignalledInDel, ctrl_c_at_record, tensorboard_steps
 from memory_env import MemoryEnv
 
 from esrl.checkpoint import checkpoint_path, read_meta
@@ -214,16 +212,6 @@ def test_an_interrupt_while_writing_the_final_outputs_says_how_to_finish(
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2]
 
 
-class _SignalledInDel:
-    """SIGTERM handled inside ``__del__`` (or a gc callback: jax registers one), where
-    Python prints the handler's KeyboardInterrupt and drops it."""
-
-    def __del__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(100):  # the handler runs between these bytecodes
-            pass
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
     tmp_path, monkeypatch, capsys
@@ -235,7 +223,7 @@ def test_a_sigterm_whose_interrupt_python_dropped_still_stops_the_run(
     def log_then_collect(self, record):
         log(self, record)
         if record["iteration"] == 3:
-            _SignalledInDel()  # made and dropped: its __del__ runs here
+            SignalledInDel()  # made and dropped: its __del__ runs here
 
     monkeypatch.setattr(RunLogger, "log", log_then_collect)
     out = tmp_path / "run"
@@ -255,7 +243,7 @@ def test_a_sigterm_dropped_while_setting_up_stops_before_compiling(
     init = ESTrainer.init
 
     def collect_then_init(self, key):
-        _SignalledInDel()
+        SignalledInDel()
         return init(self, key)
 
     monkeypatch.setattr(ESTrainer, "init", collect_then_init)
