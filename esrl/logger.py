@@ -8,7 +8,8 @@
 - ``tb/``: the same scalars for TensorBoard (tensorboardX), when asked for;
 - a rich progress bar (generation, mean/max return, eval return, env steps/s), or a
   plain line per evaluation when the output is not a terminal;
-- ``curve.png`` (matplotlib, no GUI backend) and ``summary.json`` at `finish`.
+- ``curve.png`` (matplotlib, no GUI backend) and ``summary.json`` at `finish` (a
+  resume that extends a run removes the shorter run's until it finishes).
 
 Non-finite numbers are written as JSON ``null`` so every line is strict JSON.
 """
@@ -158,6 +159,9 @@ class RunLogger:
                 if metrics.exists():
                     _keep_until(metrics, start)
                 self._file = open(metrics, "a")  # noqa: SIM115 (closed in close)
+                if start < total:  # extended: the summary and curve of its shorter
+                    for name in (SUMMARY, CURVE):  # run would outlive an interrupt
+                        (self.out_dir / name).unlink(missing_ok=True)
             else:
                 self._file = open(metrics, "w")  # noqa: SIM115
                 # a replaced run's end results would otherwise sit beside the new

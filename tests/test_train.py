@@ -101,6 +101,8 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     assert main([*resume, "--generations", "6"]) == 130
     assert read_meta(split)["counters"]["generation"] == 4  # saved on Ctrl-C
     assert [r["iteration"] for r in read_metrics(split)] == [1, 2, 3, 4]
+    # was generation 3's, beside a checkpoint and metrics at 4
+    assert not (split / "summary.json").exists() and not (split / "curve.png").exists()
     monkeypatch.setattr(RunLogger, "log", log)
     assert main(resume) == 0  # the total (6) was stored with the checkpoint
     before = json.loads((split / "summary.json").read_text())
