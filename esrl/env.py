@@ -186,14 +186,21 @@ class AutoReset(Wrapper):
         return next_obs, next_state, reward, terminated, truncated, info
 
 
+def strip_autoreset(env: Environment) -> Environment:
+    """``env`` without its outer `AutoReset` layers (``AutoReset(make(id,
+    autoreset=True))`` too); one under another wrapper stays."""
+    while isinstance(env, AutoReset):
+        env = env.env
+    return env
+
+
 def without_autoreset(env: Environment, needs: str) -> Environment:
     """``env`` without its outer `AutoReset` layers, for callers that reset themselves.
 
     An `AutoReset` under another wrapper cannot be removed: it is refused, with
     ``needs`` (what the caller must keep) in the message.
     """
-    while isinstance(env, AutoReset):  # AutoReset(make(id, autoreset=True)) too
-        env = env.env
+    env = strip_autoreset(env)
     if wraps(env, AutoReset):
         raise ValueError(
             f"{env.name} has an esrl.AutoReset under another wrapper: {needs}; build "

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 
 from esrl import spaces, xla
 from esrl.checks import require
-from esrl.env import AutoReset, Environment
+from esrl.env import Environment, strip_autoreset
 from esrl.noise import PairNoise
 from esrl.normalize import (
     ObsMoments,
@@ -306,8 +306,7 @@ def evaluate_population(
       member_ids: global member indices [N] addressing the keys (default arange(N)).
       num_members: N when ``perturbations`` is None and ``member_ids`` not given.
     """
-    while isinstance(env, AutoReset):  # episodes end by done-masking: never reset
-        env = env.env
+    env = strip_autoreset(env)  # episodes end by done-masking: never reset
     if member_ids is None:
         if isinstance(perturbations, PairNoise):
             n = perturbations.scale.shape[0]

@@ -257,21 +257,25 @@ def _check_resumed_layout(spec: RunSpec, out_dir: Path) -> None:
     """
     devices = dist.select_devices(spec.train.num_devices)
     population, n = spec.agent_config.population, len(devices)
-    if population % n:
+    try:  # the checks a fresh run makes, with advice a resume can follow
+        dist.check_population(population, n)
+    except ValueError:
         fits = max(d for d in range(1, n + 1) if population % d == 0)
         raise ValueError(
             f"population {population} of the run in {out_dir} does not split over the "
             f"{n} devices, and a resumed run keeps its population; resume it with "
             f"--devices {fits}"
-        )
-    share, block = population // n, spec.train.block
-    if block is not None and (block < 1 or share % block):
-        fits = block_size(share, None, devices[0].platform)
+        ) from None
+    share, block, platform = population // n, spec.train.block, devices[0].platform
+    try:
+        block_size(share, block, platform)
+    except ValueError:
+        fits = block_size(share, None, platform)
         raise ValueError(
             f"block {block} does not divide the {share} members of each device ({n} "
             f"in all); resume the run in {out_dir} with --block {fits} (a divisor of "
             f"{share})" + (" or with fewer devices (--devices)" if n > 1 else "")
-        )
+        ) from None
 
 
 def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:
