@@ -315,6 +315,7 @@ def run_command(
     anything compiles; Ctrl-C or SIGTERM returns 130 once the run has saved its
     checkpoint (or, before training started, written nothing) and said how to go on.
     """
+    from esrl.logger import RunDirBusy
     from esrl.runs import report_unstarted, sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # from the start: setting up compiles too
@@ -333,6 +334,9 @@ def run_command(
             summary = fit(prepared).summary
         except KeyboardInterrupt:  # fit said what it saved
             return 130
+        except RunDirBusy as e:  # taken while this process compiled: nothing written
+            print(f"esrl train: error: {e}", file=sys.stderr)
+            return 2
     final = summary["final_eval_return"]  # None: the evaluation was not finite
     print(
         f"{report(spec, summary)}: eval return "

@@ -11,11 +11,17 @@
 - ``curve.png`` (matplotlib, no GUI backend) and ``summary.json`` at `finish` (a
   resume that extends a run removes the shorter run's until it finishes).
 
+While it is open it holds an exclusive lock on the directory (``flock``, where the
+system has it): a second process training into the same directory, a resume or an
+``--overwrite`` started by mistake, stops with an error instead of interleaving its
+metrics and checkpoints with the first's.
+
 Non-finite numbers are written as JSON ``null`` so every line is strict JSON.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -129,6 +135,36 @@ def plot_curve(records: list[dict], path: Path, title: str = "") -> None:
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+class RunDirBusy(ValueError):
+    """Another process holds the run directory (`RunLogger` locks it while open)."""
+
+
+def _lock(out_dir: Path) -> int | None:
+    """An exclusive ``flock`` on ``out_dir`` (its descriptor), or `RunDirBusy`."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            return None  # a file system without locks: run unlocked
+        raise RunDirBusy(
+            f"another process is writing to {str(out_dir)!r} (a run, a resume of it "
+            "or an --overwrite); wait for it to end, or choose another --out"
+        ) from None
+    return fd
+
+
+def check_not_busy(out_dir: Path) -> None:
+    """Raise `RunDirBusy` now, before compiling, if another process holds ``out_dir``."""
+    if out_dir.is_dir() and (fd := _lock(out_dir)) is not None:
+        os.close(fd)
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -151,9 +187,10 @@ class RunLogger:
         self.total, self.title, self.enabled = total, title, enabled
         self.last_eval: float | None = None
         self.console = Console(file=sys.stderr)
-        self._file = self._tb = self._progress = None
+        self._file = self._tb = self._progress = self._lock = None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.out_dir)
             metrics = self.out_dir / METRICS
             if start > 0:  # resumed: its checkpoint stays, even if metrics.jsonl went
                 if metrics.exists():
@@ -231,7 +268,7 @@ class RunLogger:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def close(self, keep_until: int | None = None) -> None:
-        """Stop the progress bar and close the files.
+        """Stop the progress bar, close the files and release the directory.
 
         ``keep_until`` drops the records after that iteration (and a torn last line):
         an interrupt that lands between a record and the checkpoint of its iteration
@@ -248,14 +285,18 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     def finish(self, summary: dict) -> None:
-        """Close, then write ``summary.json`` and ``curve.png`` from all of metrics.jsonl."""
-        self.close()
-        if self.out_dir is None:
-            return
-        write_json_atomic(self.out_dir / SUMMARY, summary)
-        plot_curve(read_metrics(self.out_dir), self.out_dir / CURVE, self.title)
+        """Write ``summary.json`` and ``curve.png`` from all of metrics.jsonl, then close."""
+        try:
+            if self.out_dir is not None:  # every record is flushed as it is logged
+                write_json_atomic(self.out_dir / SUMMARY, summary)
+                plot_curve(read_metrics(self.out_dir), self.out_dir / CURVE, self.title)
+        finally:
+            self.close()
 
     def __enter__(self) -> Self:
         return self

@@ -18,13 +18,14 @@ from typing import Any
 
 from esrl import distributed as dist
 from esrl.checkpoint import has_checkpoint, read_meta, save_checkpoint
-from esrl.logger import RunLogger
+from esrl.logger import RunLogger, check_not_busy
 
 
 def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict | None:
     """Check ``out_dir`` before anything compiles; returns the saved spec when resuming.
 
-    A fresh run refuses a directory that already holds one unless ``overwrite``.
+    A fresh run refuses a directory that already holds one unless ``overwrite``; no
+    run takes a directory another process is writing to (`esrl.logger.RunDirBusy`).
     """
     # the directory, or the nearest of its parents that exists (it is created in that)
     paths = () if out_dir is None else (out_dir, *out_dir.parents)
@@ -33,6 +34,8 @@ def check_run_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> dict |
         raise ValueError(
             f"{str(found)!r} is a file, not a directory; choose another --out"
         )
+    if out_dir is not None:
+        check_not_busy(out_dir)
     if resume:
         if out_dir is None:
             raise ValueError("resuming needs the run directory (--resume DIR)")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +19,7 @@ from memory_env import MemoryEnv
 
 from esrl.checkpoint import checkpoint_path, read_meta
 from esrl.cli import main
-from esrl.logger import RunLogger, read_metrics
+from esrl.logger import RunDirBusy, RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
 from esrl.train import (
@@ -26,6 +29,8 @@ from esrl.train import (
     TrainConfig,
     _record,
     block_size,
+    fit,
+    prepare,
     train,
 )
 
@@ -119,6 +124,47 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     assert tensors.keys() == reference.keys()
     for name, value in reference.items():
         np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
+def _hold_run_dir(out):
+    """Another process with a `RunLogger` open on ``out`` (as a second esrl run has)."""
+    code = (
+        "import sys; from esrl.logger import RunLogger\n"
+        "logger = RunLogger(sys.argv[1], 2, 2, progress=False)\n"
+        "print('holding', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "holding\n"
+    return holder
+
+
+def test_a_second_process_never_writes_into_a_run_being_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMALL, "--generations", "2", "--out", str(out)]) == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    prepared = prepare(RunSpec.from_dict(read_meta(out)["spec"]), out, resume=True)
+    holder = _hold_run_dir(out)
+    try:
+        capsys.readouterr()
+        for argv in (
+            ["train", "--resume", str(out), "--generations", "4", "--no-progress"],
+            [*SMALL, "--generations", "2", "--out", str(out), "--overwrite"],
+        ):
+            assert main(argv) == 2  # refused before compiling
+            assert "another process is writing to" in capsys.readouterr().err
+        # a process that validated before the other took the directory
+        spec = dataclasses.replace(
+            prepared.spec, train=dataclasses.replace(prepared.spec.train, generations=4)
+        )
+        with pytest.raises(RunDirBusy, match="wait for it to end"):
+            fit(prepared._replace(spec=spec))
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    finally:
+        holder.communicate("")
+    assert main(["train", "--resume", str(out), "--generations", "3"]) == 0
 
 
 def test_an_interrupt_after_a_record_leaves_metrics_matching_the_checkpoint(
