@@ -72,6 +72,11 @@ class PPORunSpec:
     such a run is resumed and evaluated only with an environment passed again."""
 
     def __post_init__(self):
+        if not isinstance(self.env, str):  # else a crash at the first checkpoint
+            raise TypeError(
+                f"env is the environment id, a str (got a {type(self.env).__name__}); "
+                "train on an environment object with train_ppo(spec, DIR, env=...)"
+            )
         require(self, ">= 1", "eval_every", "eval_episodes", "eval_horizon")
 
     def to_dict(self) -> dict:
@@ -157,9 +162,10 @@ def prepare(
         check_env_object(out_dir, saved, env)
         spec.check_resumable(PPORunSpec.from_dict(saved))
     ppo = agent_for(spec, env)
+    # traced, not compiled: an observation the policy refuses is reported here
+    template = jax.eval_shape(ppo.init, KEY)
     state, counters = None, _Counters()
     if resume:
-        template = jax.eval_shape(ppo.init, KEY)
         state, meta = load_checkpoint(out_dir, template=template)
         counters = _Counters(**meta["counters"])
     return Prepared(spec, ppo, state, counters, out_dir)
