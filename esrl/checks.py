@@ -45,6 +45,15 @@ def require(config: Any, rule: str, *names: str) -> None:
             raise ValueError(f"{name} must be {rule}, got {value}")
 
 
+def require_env_id(env: Any, trainer: str) -> None:
+    """A run spec's ``env`` is an id (it is stored in the checkpoint's JSON metadata)."""
+    if not isinstance(env, str):
+        raise TypeError(
+            f"env is the environment id, a str (got a {type(env).__name__}); train on "
+            f"an environment object with {trainer}(spec, DIR, env=...)"
+        )
+
+
 def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
     """Whether an array of ``shape`` broadcasts to exactly ``target``."""
     try:

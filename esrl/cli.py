@@ -328,7 +328,11 @@ def run_command(
             print(f"esrl train: error: {msg}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # nothing is written before fit
-            report_unstarted(args.resume)
+            totals = ("generations", "total_steps")  # ES's or PPO's, where given
+            given = [(k, getattr(args, k)) for k in totals if getattr(args, k, None)]
+            report_unstarted(
+                args.resume, " ".join(f"--{k.replace('_', '-')} {v}" for k, v in given)
+            )
             return 130
         try:
             summary = fit(prepared).summary

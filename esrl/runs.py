@@ -110,17 +110,19 @@ def report_interrupt(
         )
 
 
-def report_unstarted(resume_dir: str | Path | None) -> None:
+def report_unstarted(resume_dir: str | Path | None, total: str = "") -> None:
     """Say that an interrupt came before the first step (setting up, compiling).
 
     Nothing was written then: a resumed run (``resume_dir``) continues as it would
-    have; a fresh one starts again.
+    have, up to the ``total`` it was asked for (``--generations 60``: the checkpoint
+    still holds the shorter run's); a fresh one starts again.
     """
     if not dist.is_main_process():
         return
     text = "interrupted before training started; nothing was written"
     if resume_dir is not None:
-        text += f", continue with: esrl train --resume {shlex.quote(str(resume_dir))}"
+        command = f"esrl train --resume {shlex.quote(str(resume_dir))} {total}"
+        text += f", continue with: {command.strip()}"
     print(text, file=sys.stderr)
 
 

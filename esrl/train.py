@@ -329,7 +329,9 @@ def fit(prepared: Prepared) -> TrainResult:
             step = xla.aot(trainer.generation, state)
             evaluate = xla.aot(trainer.evaluate, state)
         except KeyboardInterrupt:
-            report_unstarted(out_dir if c.generation else None)
+            report_unstarted(
+                out_dir if c.generation else None, f"--generations {cfg.generations}"
+            )
             raise
         c = c._replace(compile_s=c.compile_s + time.perf_counter() - start)
     wall0 = c.wall_time_s - start  # wall time = wall0 + perf_counter()

@@ -28,7 +28,7 @@ from esrl import distributed as dist
 from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
-from esrl.checks import require
+from esrl.checks import require, require_env_id
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
@@ -72,11 +72,7 @@ class PPORunSpec:
     such a run is resumed and evaluated only with an environment passed again."""
 
     def __post_init__(self):
-        if not isinstance(self.env, str):  # else a crash at the first checkpoint
-            raise TypeError(
-                f"env is the environment id, a str (got a {type(self.env).__name__}); "
-                "train on an environment object with train_ppo(spec, DIR, env=...)"
-            )
+        require_env_id(self.env, "train_ppo")  # else a crash at the first checkpoint
         require(self, ">= 1", "eval_every", "eval_episodes", "eval_horizon")
 
     def to_dict(self) -> dict:
@@ -304,7 +300,8 @@ def _start(prepared: Prepared) -> tuple[_Compiled, PPOState]:
         if state is None:
             state = agent.init(jax.random.fold_in(jax.random.PRNGKey(spec.seed), 0))
     except KeyboardInterrupt:  # nothing is written before the first chunk
-        report_unstarted(out_dir if c.update else None)
+        total = f"--total-steps {spec.ppo.total_steps}"
+        report_unstarted(out_dir if c.update else None, total)
         raise
     return agent, state
 

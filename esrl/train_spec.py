@@ -14,7 +14,7 @@ from typing import Any
 
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
-from esrl.checks import require
+from esrl.checks import require, require_env_id
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
 
@@ -93,6 +93,7 @@ class RunSpec:
     such a run is resumed and evaluated only with an environment passed again."""
 
     def __post_init__(self):
+        require_env_id(self.env, "train")  # else an AttributeError in make
         if self.agent not in AGENTS:
             raise ValueError(
                 f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}"

@@ -319,7 +319,7 @@ def test_an_interrupt_while_compiling_or_finishing_says_what_to_do(
     assert cli.main([*resume, "--total-steps", str(6 * 32)]) == 130
     assert capsys.readouterr().err == (
         f"interrupted before training started; nothing was written, continue with: "
-        f"{command}\n"
+        f"{command} --total-steps {6 * 32}\n"  # was without: the 3 updates done
     )
     assert read_meta(out)["counters"]["update"] == 3
     monkeypatch.undo()

@@ -17,6 +17,7 @@ from esrl.agents.eggroll import EggrollConfig
 from interrupts import SignalledInDel, ctrl_c_at_record, tensorboard_steps
 from memory_env import MemoryEnv
 
+import esrl
 from esrl.checkpoint import checkpoint_path, read_meta
 from esrl.cli import main
 from esrl.logger import RunDirBusy, RunLogger, read_metrics
@@ -233,7 +234,7 @@ def test_an_interrupt_before_training_says_that_nothing_was_written(
     assert _run_with_ctrl_c(resume) == 130
     assert capsys.readouterr().err == (
         "interrupted before training started; nothing was written, continue with: "
-        f"esrl train --resume {out}\n"
+        f"esrl train --resume {out} --generations 4\n"  # was without: the run's 2
     )
     assert (checkpoint_path(out).read_bytes(), read_metrics(out)) == before
     assert _run_with_ctrl_c([*SMALL, "--out", str(fresh)]) == 130
@@ -388,6 +389,13 @@ def test_update_from_the_kept_noise_equals_the_regenerated_one():
     assert max(jax.tree.leaves(moved)) > 0
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_an_environment_object_as_the_spec_env_is_refused_at_once():
+    # was: AttributeError: 'GymnaxEnv' object has no attribute 'partition' (in make)
+    env = esrl.make("gymnax/CartPole-v1")
+    with pytest.raises(TypeError, match=r"with train\(spec, DIR, env=\.\.\.\)"):
+        RunSpec(env=env)
 
 
 def test_block_size():
