@@ -80,7 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume is None and args.out is None:
         parser.error("pass --out DIR for a new run or --resume DIR to continue one")
     if args.resume is not None:  # the saved configuration is used as it is
-        given = [k for k, v in vars(args).items() if v != parser.get_default(k)]
+        # parsed again into unset values: an option given with its default value
+        # (--numbers 3 on a Countdown-4 run) would be ignored as well
+        unset = object()
+        again = parser.parse_args(
+            argv, argparse.Namespace(**dict.fromkeys(vars(args), unset))
+        )
+        given = [k for k, v in vars(again).items() if v is not unset]
         ignored = [k for k in given if k not in ("resume", "generations", "progress")]
         if ignored:
             parser.error(
@@ -133,25 +139,30 @@ def resumed(path: Path, generations: int | None) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     """Parse, validate (bad input: one ``error:`` line, exit 2), run, print the summary."""
     args = parse_args(argv)
-    resume = args.resume is not None
+    resume, out = args.resume is not None, args.resume or args.out
+    # an extension's total: until it saves, the checkpoint holds the shorter run's
+    total = f" --generations {args.generations}" if args.generations else ""
     try:
         run = resumed(args.resume, args.generations) if resume else build(args)
         task = countdown_task(int(run.env.rsplit("-", 1)[1]))
         prepared = prepare_finetune(
-            run, task, args.resume or args.out, resume,
+            run, task, out, resume,
             overwrite=args.overwrite, progress=args.progress,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"train_countdown.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # loading the model, drawing the splits
+        again = f"continue with --resume {out}{total}" if resume else "start again"
+        print(f"interrupted before training started; nothing was written, {again}")
+        return 130
     try:
         with sigterm_as_interrupt():  # a killed run checkpoints, as on Ctrl-C
             summary = train_prepared(prepared)
     except KeyboardInterrupt:
-        out = args.resume or args.out
         # until a fresh run saves, a checkpoint in --out is the run --overwrite replaces
         if has_checkpoint(out) and (resume or prepared.recorder.saved is not None):
-            print(f"interrupted; continue with --resume {out}")
+            print(f"interrupted; continue with --resume {out}{total}")
         else:  # e.g. during the initial evaluation
             print("interrupted before the first checkpoint; start again")
         return 130

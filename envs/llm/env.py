@@ -133,7 +133,7 @@ class LLMEnv(Environment):
             if not done[index]:
                 continue
             completion = decode(tokens[index][int(prompt_len[index]) :])
-            rewards[index] = self.task.score(completion, self.problems[problem[index]])
+            rewards[index] = self.task.reward(completion, self.problems[problem[index]])
         return rewards
 
     def completion(self, state: LLMState) -> str:

@@ -39,7 +39,7 @@ def score_completions(
     rewards = np.zeros(flat.shape[:2], np.float32)
     for member, rows in enumerate(flat):
         for index, (row, problem) in enumerate(zip(rows, problems, strict=True)):
-            rewards[member, index] = task.score(decode(row), problem)
+            rewards[member, index] = task.reward(decode(row), problem)
     return rewards.reshape(completions.shape[:-1])
 
 

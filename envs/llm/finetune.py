@@ -29,6 +29,7 @@ from esrl.envs.llm.tokenizer import encode, encode_prompts
 from esrl.checks import require
 from esrl.es import ES, ESState
 from esrl.fitness import group_normalize
+from esrl.runs import raise_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -202,12 +203,14 @@ def finetune(
     """Run generations ``start..config.generations``; evaluates every ``eval_every``.
 
     A generation's state is kept once ``log`` has returned: on KeyboardInterrupt,
-    ``on_checkpoint`` gets the last generation whose record was logged.
+    ``on_checkpoint`` gets the last generation whose record was logged. A signal whose
+    interrupt Python dropped (`esrl.runs.raise_if_interrupted`) stops it the same way.
     """
     config, history = finetuner.config, []
     begin = time.perf_counter()
     try:
         for generation in range(start, config.generations):
+            raise_if_interrupted()
             new_state, record = _generation(finetuner, state, generation)
             if log is not None:  # interrupted in here: checkpoint the state before
                 log(record)

@@ -36,6 +36,7 @@ import numpy as np
 from esrl.envs.llm.tokenizer import VOCAB_SIZE
 from flax import traverse_util
 
+from esrl.checks import is_int
 from esrl.nn import Dense, RMSNorm, perturbation, perturbed_matmul
 
 FORMAT = "esrl-recurrent-lm-v1"
@@ -215,6 +216,40 @@ def save_model(directory: str | Path, config: LMConfig, params: dict, **extra) -
     return directory
 
 
+def _read_config(path: Path) -> LMConfig:
+    """The `LMConfig` of a checkpoint's config.json, every field an integer.
+
+    ``vocab_size`` may be left out, and must otherwise be the tokenizer's: the model
+    reads and writes its ids, and another size would clamp or drop some silently.
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__  # a bad file, as below: ValueError, not TypeError
+        raise ValueError(f"{path} must hold a JSON object, got {kind}")  # noqa: TRY004
+    if meta.get("format", FORMAT) != FORMAT:
+        raise ValueError(f"{path}: format {meta['format']!r}, expected {FORMAT!r}")
+    meta = {"vocab_size": VOCAB_SIZE, **meta}
+    fields = {}
+    for field in dataclasses.fields(LMConfig):
+        if field.name not in meta:
+            raise ValueError(
+                f"{path} lacks {field.name!r} (it needs width, layers, mlp_hidden)"
+            )
+        value = meta[field.name]
+        if not is_int(value):
+            raise ValueError(f"{path}: {field.name} must be an integer, got {value!r}")
+        fields[field.name] = value
+    if fields["vocab_size"] != VOCAB_SIZE:
+        raise ValueError(
+            f"{path}: vocab_size {fields['vocab_size']}, but the tokenizer "
+            f"(esrl.envs.llm.tokenizer) has {VOCAB_SIZE} ids; the model must use them"
+        )
+    return LMConfig(**fields)
+
+
 def load_model(directory: str | Path | None = None) -> tuple[LMConfig, dict]:
     """Load a checkpoint directory (default: the shipped model); checks every tensor."""
     from safetensors.numpy import load_file
@@ -229,14 +264,11 @@ def load_model(directory: str | Path | None = None) -> tuple[LMConfig, dict]:
             f"{directory} needs config.json and model.safetensors (see esrl.envs.llm."
             "model for the layout); train one with scripts/pretrain_lm.py --out DIR"
         )
-    meta = json.loads(config_path.read_text())
-    if meta.get("format", FORMAT) != FORMAT:
-        raise ValueError(
-            f"{config_path}: format {meta['format']!r}, expected {FORMAT!r}"
-        )
-    fields = {f.name for f in dataclasses.fields(LMConfig)}
-    config = LMConfig(**{k: v for k, v in meta.items() if k in fields})
-    tensors = load_file(str(weights_path))
+    config = _read_config(config_path)
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own error type
+        raise ValueError(f"{weights_path} is not a safetensors file: {err}") from err
     expected = jax.eval_shape(lambda k: init_params(k, config), jax.random.key(0))
     expected = traverse_util.flatten_dict(expected, sep="/")
     missing = sorted(set(expected) - set(tensors))

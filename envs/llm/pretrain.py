@@ -67,7 +67,7 @@ class PretrainConfig:
     def __post_init__(self):
         require(self, ">= 1", "steps", "batch_size")
         require(self, "> 0", "lr")
-        require(self, ">= 0", "warmup", "weight_decay")
+        require(self, ">= 0", "warmup", "weight_decay", "seed")
         require(self, "in [0, 1]", "equation_fraction")
         if self.time_limit_s is not None:  # 0 would train one step, not "no limit"
             require(self, "> 0", "time_limit_s")

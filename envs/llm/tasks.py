@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 from esrl.envs.llm.reward import countdown_reward, extract_answer, format_score
 
 
@@ -43,6 +44,24 @@ class Task:
     """``score(completion, problem)`` -> reward (decoded text, specials removed)."""
     max_new_tokens: int = 96
     """Completion length budget (tokens) that fits a full worked answer."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        """``score`` as a float; a score that is not a number is an error.
+
+        None (a scorer without ``return``) would become a NaN reward, the worst, and a
+        str would be parsed as a number: both silently.
+        """
+        value = self.score(completion, problem)
+        if value is None or isinstance(value, (str, bytes)) or np.ndim(value) != 0:
+            raise TypeError(
+                f"task {self.name!r}: score returned {value!r} for the prompt "
+                f"{problem.prompt!r}; it must return a number"
+            )
+        return float(value)
 
 
 class Splits(NamedTuple):
@@ -163,6 +182,8 @@ def countdown_task(
         raise ValueError(f"num_numbers must be in [2, 6], got {num_numbers}")
     if max_number < 2:
         raise ValueError(f"max_number must be >= 2, got {max_number}")
+    if max_value < 1:  # every value is positive: no target would ever be found
+        raise ValueError(f"max_value must be >= 1, got {max_value}")
 
     def generate(seed: int, count: int) -> list[Problem]:
         return countdown_problems(seed, count, num_numbers, max_number, max_value)
