@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import jax
@@ -18,10 +19,11 @@ import optax
 from flax import struct
 
 from esrl import noise
-from esrl.checks import require
+from esrl.checks import is_int, require
 from esrl.fitness import SHAPERS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+_NUMBERS = ("sigma", "lr", "weight_decay", "sigma_decay", "sigma_min", "lr_decay")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class ESConfig:
     """Rank, antithetic sampling, noise reuse and excluded parameters."""
 
     def __post_init__(self):
+        if not is_int(self.population):
+            raise TypeError(f"population must be an int, got {self.population!r}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real | jax.Array):
+                schedule = "; for a schedule, pass ES(config, optax.adam(schedule))"
+                hint = schedule if name == "lr" else ""
+                raise TypeError(f"{name} must be a number, got {value!r}{hint}")
         if self.population < 2:
             raise ValueError(f"population must be >= 2, got {self.population}")
         if self.noise.antithetic and self.population % 2:
@@ -105,6 +115,8 @@ class ES:
     def __init__(
         self, config: ESConfig, optimizer: optax.GradientTransformation = None
     ):
+        """``optimizer`` replaces the one ``config`` describes (its optimizer, lr,
+        lr_decay and weight_decay are then unused); it receives -g."""
         self.config = config
         self.optimizer = optimizer or self._optimizer()
 
@@ -121,8 +133,10 @@ class ES:
         return base
 
     def init(self, key: jax.Array, params) -> ESState:
-        """Start from ``params``; checks the rank against every perturbed matrix."""
+        """Start from ``params``; checks the rank against every perturbed matrix and
+        that every ``exclude`` substring names a parameter."""
         noise.check_rank(params, self.config.noise)
+        noise.check_exclude(params, self.config.noise)
         return ESState(
             params=params,
             opt_state=self.optimizer.init(params),
@@ -141,7 +155,8 @@ class ES:
         ``compact`` then returns it as `esrl.noise.PairNoise` (half the memory, expanded
         by the rollout inside its loop: a gain for low-rank noise, whose reads fuse with
         the expansion; full-rank matrices are better expanded once, before the loop).
-        An odd ``count`` (or no antithetic pairs) goes member by member; an even
+        An odd ``count`` (or no antithetic pairs) goes member by member, and returns
+        the members' tree even with ``compact`` (it has no ``unit``); an even
         ``count`` needs an even ``first`` (a concrete odd one raises; a traced one is
         not checked: the trainer's block offsets are even by construction).
         """
@@ -179,6 +194,14 @@ class ES:
         the whole population's `esrl.noise.PairNoise`); otherwise it is regenerated.
         """
         c = self.config
+        fitness = jnp.asarray(fitness)
+        for name, x in (("fitness", fitness), ("shaped", shaped)):
+            if x is not None and jnp.shape(x) != (c.population,):
+                raise ValueError(
+                    f"{name} has shape {jnp.shape(x)}; tell needs one value per "
+                    f"member of the population, shape ({c.population},)"
+                )
+        _check_unit(unit, c)
         if shaped is None:
             shaped = SHAPERS[c.fitness_shaping](fitness)
         grad = noise.gradient_estimate(
@@ -212,12 +235,25 @@ class ES:
         return new, metrics
 
 
+def _check_unit(unit: dict | None, config: ESConfig) -> None:
+    """Refuse unit noise of some other number of pairs (a block's, say)."""
+    leaves = jax.tree.leaves(unit)
+    what = "pairs" if config.noise.antithetic else "members"
+    need = config.population // 2 if config.noise.antithetic else config.population
+    if leaves and leaves[0].shape[0] != need:
+        raise ValueError(
+            f"unit has the noise of {leaves[0].shape[0]} {what}, the population "
+            f"needs {need}: pass the unit of the whole population's "
+            "ask(state, compact=True), or none (the noise is then regenerated)"
+        )
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Hyperparameters shared by the ES agents; subclasses say how members are perturbed."""
 
     population: int = 256
-    """Members per generation (even: antithetic pairs)."""
+    """Members per generation (even when antithetic)."""
     sigma: float = 0.05
     """Perturbation scale."""
     lr: float = 0.05

@@ -54,6 +54,11 @@ def group_normalize(rewards: jax.Array, eps: float = 1e-8) -> jax.Array:
     Each group (an LLM prompt, say) is normalised across the population before the
     groups are averaged, so easy and hard prompts weigh the same.
     """
+    if jnp.ndim(rewards) != 2:
+        raise ValueError(
+            f"rewards must be [members, groups], got shape {jnp.shape(rewards)}; "
+            "for one reward per member use z_score"
+        )
     r = jax.vmap(sanitize, in_axes=1, out_axes=1)(rewards)
     return _standardize(r, eps).mean(axis=1)  # a group of equal rewards gives zeros
 

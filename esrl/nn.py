@@ -123,7 +123,9 @@ class MinGRUCell(nn.Module):
 
 
 class LSTMCell(nn.Module):
-    """LSTM (Hochreiter & Schmidhuber 1997); carry is (c, h)."""
+    """LSTM (Hochreiter & Schmidhuber 1997); carry is (c, h). The forget gate's
+    pre-activation is offset by +1 (Jozefowicz et al. 2015): a fresh cell keeps its
+    memory rather than halving it every step."""
 
     hidden: int
 

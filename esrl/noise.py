@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import core, traverse_util
 
+from esrl.checks import is_int
+
 Params = Any
 
 
@@ -58,6 +60,9 @@ class NoiseConfig:
     """Parameters whose path contains one of these substrings are never perturbed."""
 
     def __post_init__(self):
+        for name in ("rank", "noise_reuse"):
+            if not is_int(getattr(self, name)):
+                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.noise_reuse < 1:
@@ -94,8 +99,26 @@ def check_rank(params: Params, config: NoiseConfig) -> None:
         if len(shape) == 2 and config.rank > min(shape):
             raise ValueError(
                 f"rank {config.rank} exceeds min{shape} of parameter "
-                f"{'/'.join(map(str, path))}; use --rank <= {min(shape)}"
+                f"{'/'.join(map(str, path))}; use rank <= {min(shape)} (--rank) "
+                "or exclude it"
             )
+
+
+def check_exclude(params: Params, config: NoiseConfig) -> None:
+    """Raise if an ``exclude`` substring matches no parameter path (a typo would leave
+    the parameter it meant perturbed and trained) or if nothing is left to perturb."""
+    names = ["/".join(map(str, path)) for path in sorted(_flat(params))]
+    for s in config.exclude:
+        if not any(s in name for name in names):
+            raise ValueError(
+                f"exclude {s!r} matches no parameter path; the paths are "
+                f"{', '.join(names)}"
+            )
+    if not perturbed_paths(params, config):
+        raise ValueError(
+            f"nothing left to perturb: exclude {config.exclude} covers every float "
+            f"parameter of {', '.join(names)}"
+        )
 
 
 def _flat(params: Params) -> dict:
@@ -301,9 +324,9 @@ def gradient_estimate(
     (member, if not antithetic) as `pair_noise` draws it, stacked on a leading axis (a
     whole population's `PairNoise.unit`, kept from its rollout). Each low-rank matrix
     estimate is one contraction over (pair, rank), which is full rank once
-    N * r >= min(m, n). Regenerated pairs are summed in chunks of bounded memory, so
-    full-rank (OpenAI-ES) estimates of wide networks never hold the whole population's
-    noise.
+    pairs * r >= min(m, n) (pairs = N/2 with antithetic sampling, else N). Regenerated
+    pairs are summed in chunks of bounded memory, so full-rank (OpenAI-ES) estimates of
+    wide networks never hold the whole population's noise.
     """
     population = fitness.shape[0]
     weights = fitness[0::2] - fitness[1::2] if config.antithetic else fitness

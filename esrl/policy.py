@@ -105,7 +105,8 @@ class PolicySpec:
     hidden: int = 64
     """Width of every hidden layer."""
     num_layers: int = 2
-    """Hidden layers (for recurrent torsos: the cell plus num_layers - 1 dense layers)."""
+    """Hidden layers (for recurrent torsos: an input embedding, then the cell plus
+    num_layers - 1 dense layers)."""
     activation: str = "tanh"
     """Activation: tanh, relu or gelu."""
 

@@ -123,3 +123,15 @@ def test_z_score_is_bit_identical_to_the_plain_formula_in_ordinary_ranges(scale)
     r = rewards - rewards.min(axis=0)
     r = (r - r.mean(axis=0)) / (r.std(axis=0) + 1e-8)
     np.testing.assert_array_equal(group_normalize(rewards), r.mean(axis=1))
+
+
+def test_group_normalize_of_one_reward_per_member_says_what_to_use():
+    # was "vmap was requested to map its argument along axis 1, which implies that
+    # its rank should be at least 2"
+    with pytest.raises(ValueError, match=r"\[members, groups\].*\(6,\).*z_score"):
+        group_normalize(jnp.arange(6.0))
+    # a whole group of NaN counts as equal worst rewards: that group adds nothing
+    rewards = jnp.stack([jnp.arange(6.0), jnp.full(6, NAN)], axis=1)
+    np.testing.assert_allclose(
+        group_normalize(rewards), z_score(jnp.arange(6.0)) / 2, rtol=1e-6
+    )
