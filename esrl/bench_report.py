@@ -9,6 +9,14 @@ from pathlib import Path
 CASE_KEYS = ("env", "kind", "hidden", "num_layers", "horizon")
 SECTIONS = ("quick", "headline", "width", "population", "rank", "envs")
 """The sections of `scripts/benchmark.py` that `tables` gives a table of their own."""
+ROW_KEYS = CASE_KEYS + (
+    "method",
+    "population",
+    "rank",
+    "env_steps_per_s",
+    "ratio_to_plain",
+)
+"""What every row has (skipped ones too): the keys the tables read."""
 
 
 def _case(row: dict) -> tuple:
@@ -254,17 +262,33 @@ def load(path: str | Path) -> dict:
         doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"not readable as JSON ({err})") from None
-    if not isinstance(doc, dict) or "device" not in doc or "results" not in doc:
-        raise ValueError("not a benchmark JSON (no device and results)")
+    if (
+        not isinstance(doc, dict)
+        or "device" not in doc
+        or not isinstance(doc.get("results"), list)
+    ):
+        raise ValueError("not a benchmark JSON (no device and list of results)")
+    for i, r in enumerate(doc["results"]):  # another tool's rows (bench_adapters.py)
+        missing = [k for k in ROW_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(
+                f"not a benchmark JSON (results[{i}] has no {', '.join(missing)})"
+            )
     return doc
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m esrl.bench_report [FILE]``: print the tables of a benchmark JSON."""
-    import sys
+    import argparse
 
-    args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0] if args else "docs/benchmark.json")
+    parser = argparse.ArgumentParser(
+        prog="python -m esrl.bench_report",
+        description="Print the tables of a JSON that scripts/benchmark.py wrote.",
+    )
+    parser.add_argument(
+        "file", nargs="?", default="docs/benchmark.json", help="%(default)s"
+    )
+    path = Path(parser.parse_args(argv).file)
     if not path.is_file():
         raise SystemExit(f"{path}: no such file; write one with scripts/benchmark.py")
     try:

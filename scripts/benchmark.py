@@ -77,14 +77,22 @@ def unwritable(out: Path) -> str | None:
     return bench.unwritable(out)
 
 
-def previous(path: Path, device: str) -> dict:
+def previous(path: Path, device: str, xla_flags: str) -> dict:
     """An earlier run's JSON for --update, its metadata completed; ValueError if unfit."""
     try:
         doc = load(path)
     except ValueError as err:
         raise ValueError(f"{err}; rerun without --update") from None
     if doc["device"] != device:
-        raise ValueError(f"was measured on {doc['device']}, not here")
+        raise ValueError(
+            f"was measured on {doc['device']}, not here; rerun without --update or "
+            "give another --out"
+        )
+    if doc.get("xla_flags", xla_flags) != xla_flags:  # the file records one value
+        raise ValueError(
+            f"was measured with XLA_FLAGS={doc['xla_flags']!r}, this run has "
+            f"{xla_flags!r}; set XLA_FLAGS as it was, or rerun without --update"
+        )
     if not all(isinstance(r, dict) and "section" in r for r in doc["results"]):
         raise ValueError(
             "has rows without a section (written by an older benchmark.py), which "
@@ -105,6 +113,20 @@ def save(out: Path, device: str, rows: list[dict], meta: dict, start: float) -> 
     repeats = {s: n for s, n in meta["repeats"].items() if s in held}
     meta = {**meta, "sections": sections, "repeats": repeats}
     write(out, device, rows, {**meta, "wall_s": time.time() - start})
+
+
+def resume_hint(out: Path, rest: list[str], args, wrote: bool) -> str:
+    """What an interrupted run kept, and the command that measures the rest."""
+    if not wrote:
+        return f"interrupted in section {rest[0]}: nothing written yet; run it again"
+    only = "--quick" if args.quick else "--only " + " ".join(rest)
+    repeats = f" --repeats {args.repeats}" if args.repeats else ""
+    kept = "" if args.update else " and the cases of this one measured so far"
+    return (
+        f"interrupted in section {rest[0]}: {out} keeps the sections finished before"
+        f"{kept}; measure the rest with: python scripts/benchmark.py {only}{repeats} "
+        f"--update --out {shlex.quote(str(out))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--out {out}: {problem}")
     if args.update and out.exists():
         try:
-            old = previous(out, device)
+            old = previous(out, device, meta["xla_flags"])
         except ValueError as err:
             parser.error(f"--update: {out}: {err}")
         rows = [r for r in old["results"] if r["section"] not in sections]
@@ -170,22 +192,27 @@ def main(argv: list[str] | None = None) -> None:
                  "repeats": {s: old["repeats"][s] for s in kept if s in old["repeats"]}
                  | meta["repeats"]}  # fmt: skip
     print(f"device: {device}", flush=True)
-    for section in sections:
+    for i, section in enumerate(sections):
         new = []
-        for case, methods in SECTIONS[section]:
-            print(f"[{section}] {case}", flush=True)
-            new += [
-                {**r, "section": section}
-                for r in run_case(
-                    case,
-                    methods,
-                    repeats=repeats,
-                    slow_s=slow_s,
-                    heavy_ratio=heavy_ratio,
-                )
-            ]
-            if not replaced:  # a fresh file keeps every case as it is measured
-                save(out, device, rows + new, meta, start)
+        try:
+            for case, methods in SECTIONS[section]:
+                print(f"[{section}] {case}", flush=True)
+                new += [
+                    {**r, "section": section}
+                    for r in run_case(
+                        case,
+                        methods,
+                        repeats=repeats,
+                        slow_s=slow_s,
+                        heavy_ratio=heavy_ratio,
+                    )
+                ]
+                if not replaced:  # a fresh file keeps every case as it is measured
+                    save(out, device, rows + new, meta, start)
+        except KeyboardInterrupt:
+            wrote = bool(args.update or rows or new)
+            print(resume_hint(out, sections[i:], args, wrote), file=sys.stderr)
+            raise
         # an updated file swaps a section's rows only once it is complete, so an
         # interrupted rerun leaves the old rows of the sections it had not finished
         rows += new
@@ -196,4 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # main printed what was kept and how to go on
+        raise SystemExit(130) from None

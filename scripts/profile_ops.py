@@ -92,7 +92,12 @@ def profile(
     xla.CPU_OPTIONS[TRACE_OPTION] = True  # per-op trace events, for these compiles only
     try:
         for method in methods:
-            b = build(method, None, case, key)
+            try:
+                b = build(method, None, case, key)
+            except (KeyError, ValueError) as err:  # an unknown env, an odd population
+                raise SystemExit(
+                    f"{method}: {err.args[0] if err.args else err}"
+                ) from None
             if isinstance(b, Skipped):
                 raise SystemExit(f"{method} skipped: {b.note}")
             built[method] = (b.call, op_groups(b.executable.as_text()))

@@ -278,7 +278,7 @@ def test_benchmark_sections_run_once_and_quick_excludes_only(tmp_path, monkeypat
         return [{"env": case.env, "kind": case.kind, "hidden": case.hidden,
                  "num_layers": case.num_layers, "horizon": case.horizon,
                  "population": case.population, "method": "plain", "rank": None,
-                 "env_steps_per_s": 1.0}]  # fmt: skip
+                 "env_steps_per_s": 1.0, "ratio_to_plain": 1.0}]  # fmt: skip
 
     monkeypatch.setattr(bench, "SECTIONS", {"a": [(TINY, ())], "b": [(TINY, ())]})
     monkeypatch.setattr(bench, "run_case", fake_run_case)
@@ -402,7 +402,8 @@ def test_benchmark_update_refuses_a_file_it_cannot_merge(tmp_path, monkeypatch, 
     bench = _benchmark_script(monkeypatch)
     out, device = tmp_path / "b.json", device_description()
     row = {"env": TINY.env, "kind": "mlp", "hidden": 8, "num_layers": 2, "horizon": 5,
-           "population": 8, "method": "plain", "rank": None, "env_steps_per_s": 2.0}  # fmt: skip
+           "population": 8, "method": "plain", "rank": None, "env_steps_per_s": 2.0,
+           "ratio_to_plain": 1.0}  # fmt: skip
     for text, why in (
         ('{"device": "cpu", "results": [', "not readable as JSON"),
         ("[]", "not a benchmark JSON"),
