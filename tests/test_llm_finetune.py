@@ -1,6 +1,5 @@
 """ES fine-tuning: it learns an easy task, splits stay clean, the script's outputs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from esrl.envs.llm.finetune import FinetuneConfig, Finetuner, _finetune_splits, 
 from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params, save_model
 from esrl.envs.llm.pretrain import EVAL_POOL
 from esrl.envs.llm.tasks import countdown_task, make_splits
+from script_loader import load_script
 
 TINY = LMConfig(width=16, layers=1, mlp_hidden=16)
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,11 +151,7 @@ def test_finetune_splits_skip_the_pretraining_corpus():
 
 
 def _script():
-    path = ROOT / "scripts" / "train_countdown.py"
-    spec = importlib.util.spec_from_file_location("train_countdown", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_countdown")
 
 
 def test_train_countdown_script_outputs_and_resume(tmp_path, capsys):
@@ -221,10 +217,7 @@ def test_countdown_breakdown_script_reports_both_models(tmp_path, capsys, monkey
                     "--skip-train", "0", "--out", str(out), "--generations", "1"])  # fmt: skip
     capsys.readouterr()
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    path = ROOT / "scripts" / "countdown_breakdown.py"
-    spec = importlib.util.spec_from_file_location("countdown_breakdown", path)
-    breakdown = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(breakdown)
+    breakdown = load_script("countdown_breakdown")
     assert breakdown.main([str(out)]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [
@@ -241,10 +234,14 @@ def test_countdown_breakdown_script_reports_both_models(tmp_path, capsys, monkey
 
 
 @pytest.mark.parametrize(
-    "option", [["--population", "64"], ["--time-limit", "60"], ["--out", "x"]]
-)
+    "option",
+    [["--population", "64"], ["--time-limit", "60"], ["--out", "x"],
+     ["--numbers", "3"], ["--agent", "eggroll"], ["--population", "32"]],
+)  # fmt: skip
 def test_train_countdown_resume_refuses_options_it_would_ignore(option, capsys):
-    # was: silently ignored (the saved run's value was used)
+    # was: silently ignored (the saved run's value was used), and an option given
+    # with its default value (the last three) even after that: --numbers 3 continued
+    # a Countdown-4 run
     with pytest.raises(SystemExit) as exit_info:
         _script().parse_args(["--resume", "run", *option])
     assert exit_info.value.code == 2
