@@ -65,7 +65,7 @@ def _check_resumable(out_dir: Path, run: RunConfig) -> dict:
     if to_plain(saved) != to_plain(current):
         raise ValueError(
             f"{out_dir} holds a run with another configuration ({saved}); resume with "
-            "the same --agent/--task/--model and ES settings, or choose another --out"
+            "the same --agent/--numbers/--model and ES settings, or choose another --out"
         )
     return meta
 
