@@ -75,7 +75,8 @@ def _to_numpy(x: Any, space: gymnasium.spaces.Space) -> Any:
         return tuple(_to_numpy(v, s) for v, s in zip(x, space.spaces))
     if isinstance(space, gymnasium.spaces.Discrete):
         return space.dtype.type(x)  # an np.int64, as gymnasium's checker expects
-    return np.asarray(x, dtype=space.dtype)
+    # a copy: np.asarray of a JAX array is a read-only view (in-place edits fail)
+    return np.array(x, dtype=space.dtype)
 
 
 def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
@@ -156,7 +157,7 @@ class GymnasiumEnv(gymnasium.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
         obs = self._driver.start(seed)  # checks the seed first
-        super().reset(seed=seed)
+        super().reset(seed=None if seed is None else int(seed))  # np.int64 too
         return obs, {}
 
     def step(self, action: Any):
@@ -167,7 +168,7 @@ class GymnasiumEnv(gymnasium.Env):
             float(reward),
             bool(terminated),
             bool(truncated),
-            jax.tree.map(np.asarray, info),
+            jax.tree.map(np.array, info),
         )
 
 
@@ -249,15 +250,15 @@ class GymnasiumVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset every environment; returns batched ``(obs, {})``."""
         obs = self._driver.start(seed)  # checks the seed first
-        super().reset(seed=seed)
+        super().reset(seed=None if seed is None else int(seed))  # np.int64 too
         return obs, {}
 
     def step(self, actions: Any):
         """Step all; finished environments reset in the same step (final obs in info)."""
         obs, reward, terminated, truncated, info = self._driver.advance(actions)
-        terminated, truncated = np.asarray(terminated), np.asarray(truncated)
-        infos = self._infos(jax.tree.map(np.asarray, info), terminated | truncated)
-        return obs, np.asarray(reward), terminated, truncated, infos
+        terminated, truncated = np.array(terminated), np.array(truncated)
+        infos = self._infos(jax.tree.map(np.array, info), terminated | truncated)
+        return obs, np.array(reward), terminated, truncated, infos
 
     def _infos(self, info: dict[str, Any], done: np.ndarray) -> dict[str, Any]:
         """gymnasium's vector info layout: ``key`` arrays with ``_key`` masks."""

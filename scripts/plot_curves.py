@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="[LABEL=]DIR", help="run directories")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--title", default="", help="figure title (default: the env id)")
+    p.add_argument(
+        "--title", default="", help="figure title (default: the runs' env ids)"
+    )
     return p.parse_args(argv)
 
 
@@ -66,10 +68,12 @@ def plot(runs: list[tuple[str, list[dict], dict]], out: Path, title: str) -> Non
         ax.set_ylabel("eval return")
         ax.grid(alpha=0.3)
     ax_time.legend(loc="lower right")
-    fig.suptitle(title or runs[0][2]["env"])
+    envs = dict.fromkeys(summary["env"] for _, _, summary in runs)  # in order, once
+    fig.suptitle(title or ", ".join(envs))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    # without a suffix matplotlib would append ".png" to the name it was given
+    fig.savefig(out, dpi=110, format=out.suffix[1:] or "png")
     plt.close(fig)
 
 

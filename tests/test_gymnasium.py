@@ -228,3 +228,37 @@ def test_discrete_actions_outside_the_space_are_refused():
         vec.step(np.array([0, 2, 1]))
     obs, *_ = vec.step(np.array([0, 1, 1]))
     assert vec.observation_space.contains(obs)
+
+
+def test_returned_arrays_are_writable_numpy_arrays():
+    # were read-only views of JAX buffers: gymnasium's ClipReward failed with
+    # "assignment destination is read-only", in-place edits of an observation too
+    vec = gymnasium.wrappers.vector.ClipReward(
+        to_gymnasium("gymnax/CartPole-v1", num_envs=2), 0.0, 0.5
+    )
+    obs, _ = vec.reset(seed=0)
+    for _ in range(30):
+        obs, reward, terminated, truncated, infos = vec.step(np.array([0, 1]))
+        if "final_obs" in infos:
+            break
+    np.testing.assert_array_equal(reward, [0.5, 0.5])
+    arrays = [obs, reward, terminated, truncated, infos["discount"]]
+    done = np.flatnonzero(infos["_final_obs"])[0]
+    arrays += [infos["final_info"]["discount"], infos["final_obs"][done]]
+    assert all(a.flags.writeable for a in arrays)
+    env = to_gymnasium("gymnax/CartPole-v1")
+    obs, _ = env.reset(seed=0)
+    next_obs, _, _, _, info = env.step(np.int64(0))
+    assert obs.flags.writeable and next_obs.flags.writeable
+    assert info["discount"].flags.writeable
+
+
+@pytest.mark.parametrize("num_envs", [None, 2])
+def test_a_numpy_integer_seed_seeds_like_the_int(num_envs):
+    # was gymnasium's "Seed must be a python integer" after the JAX key was re-seeded
+    env = to_gymnasium("gymnax/CartPole-v1", num_envs=num_envs)
+    obs, _ = env.reset(seed=np.int64(3))
+    draw = env.np_random.integers(1000)
+    again, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(obs, again)
+    assert env.np_random.integers(1000) == draw

@@ -8,20 +8,20 @@ marked slow. The preset argument handling is checked exactly, without compiling.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import jax
+import matplotlib.pyplot as plt
 import pytest
+from script_loader import load_script
 
 from esrl.bench import Case, build
 from esrl.checkpoint import has_checkpoint, read_meta
 from esrl.logger import read_metrics
 from esrl.preset import BASELINE, Preset, default_out, preset_argv
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SUMMARY_KEYS = (
     "env", "agent", "final_eval_return", "env_steps", "wall_time_s", "compile_s",
     "env_steps_per_s", "device",
@@ -30,14 +30,6 @@ ES_TINY = [
     "--population", "4", "--generations", "2", "--hidden", "8", "--horizon", "10",
     "--episodes", "1", "--eval-every", "1", "--eval-episodes", "2", "--no-progress",
 ]  # fmt: skip
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def check_run(out: Path, env: str, agent: str) -> tuple[list[dict], dict]:
@@ -322,3 +314,40 @@ def test_plot_curves_leaves_step_zero_off_the_log_axis(tmp_path, monkeypatch):
     assert list(steps_ax.lines[0].get_xdata()) == [100, 1000]
     assert list(time_ax.lines[0].get_ydata()) == [0.0, 1.0, 2.0]
     plt.close("all")
+
+
+def test_plot_title_names_every_env_of_the_runs(tmp_path, monkeypatch):
+    plot = load_script("plot_curves")
+    monkeypatch.setattr(plot.plt, "close", lambda fig: None)
+    records = [{"env_steps": 10, "wall_time_s": 1.0, "eval_return": 1.0}]
+    runs = [
+        ("eggroll", records, {"env": "gymnax/CartPole-v1"}),
+        ("ppo", records, {"env": "gymnax/CartPole-v1"}),
+        ("openai_es", records, {"env": "gymnax/Breakout-MinAtar"}),
+    ]
+    # was the first run's env alone: a Breakout curve under a CartPole title
+    for given, title in [
+        (runs[:2], "gymnax/CartPole-v1"),
+        (runs, "gymnax/CartPole-v1, gymnax/Breakout-MinAtar"),
+    ]:
+        plot.plot(given, tmp_path / "f.png", "")
+        assert plt.gcf()._suptitle.get_text() == title
+        plt.close("all")
+
+
+def _fake_run(directory: Path, env: str = "gymnax/CartPole-v1") -> Path:
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(f'{{"env": "{env}", "agent": "ppo"}}')
+    (directory / "metrics.jsonl").write_text(
+        '{"iteration": 1, "env_steps": 8, "wall_time_s": 1.0, "eval_return": 3.0}\n'
+    )
+    return directory
+
+
+def test_plot_is_written_where_it_says(tmp_path, capsys):
+    plot = load_script("plot_curves")
+    run = _fake_run(tmp_path / "run")
+    out = tmp_path / "figure"  # no suffix: matplotlib wrote figure.png instead
+    assert plot.main(["--out", str(out), str(run)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} (")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
