@@ -27,12 +27,16 @@ import numpy as np
 from esrl import spaces
 from esrl.env import Environment, Wrapper
 
+SEED = "an integer in [0, 2**32)"
+"""The rule of random seeds: jax.random.PRNGKey keeps a seed's low 32 bits, so 2**32
+would silently be seed 0."""
 RULES = {
     ">= 1": lambda v: v >= 1,
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "finite": math.isfinite,
+    SEED: lambda v: is_int(v) and 0 <= v < 2**32,
 }
 """The ranges `require` checks, by the words its error message uses."""
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from esrl import xla
 from esrl.checkpoint import load_checkpoint, read_meta
+from esrl.checks import RULES, SEED
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.rollout import RolloutConfig, evaluate_population
@@ -113,6 +114,8 @@ def evaluate_run(
     """
     if episodes is not None and episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if seed is not None and not RULES[SEED](seed):
+        raise ValueError(f"seed must be {SEED}, got {seed}")
     run = load_run(run_dir, env)
     rollout, key = run.rollout, run.key
     if episodes is not None:

@@ -28,7 +28,7 @@ from esrl import distributed as dist
 from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
-from esrl.checks import require, require_env_id
+from esrl.checks import SEED, require, require_env_id
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
@@ -73,6 +73,7 @@ class PPORunSpec:
 
     def __post_init__(self):
         require_env_id(self.env, "train_ppo")  # else a crash at the first checkpoint
+        require(self, SEED, "seed")
         require(self, ">= 1", "eval_every", "eval_episodes", "eval_horizon")
 
     def to_dict(self) -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 
 from esrl.agents.eggroll import EggrollConfig
 from esrl.agents.openai_es import OpenAIESConfig
-from esrl.checks import require, require_env_id
+from esrl.checks import SEED, require, require_env_id
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
 
@@ -55,6 +55,7 @@ class TrainConfig:
     def __post_init__(self):
         require(self, ">= 1", "generations", "eval_every", "eval_episodes",
                 "checkpoint_every")  # fmt: skip
+        require(self, SEED, "seed")
 
     def eval_rollout(self) -> RolloutConfig:
         """The rollout configuration of evaluations (M independent episodes)."""

@@ -20,6 +20,7 @@ from memory_env import MemoryEnv
 import esrl
 from esrl.checkpoint import checkpoint_path, read_meta
 from esrl.cli import main
+from esrl.evaluate import evaluate_run
 from esrl.logger import RunDirBusy, RunLogger, read_metrics
 from esrl.policy import PolicySpec
 from esrl.rollout import RolloutConfig
@@ -34,6 +35,7 @@ from esrl.train import (
     prepare,
     train,
 )
+from esrl.train_ppo import PPORunSpec
 
 CARTPOLE = ["train", "--env", "gymnax/CartPole-v1", "--no-progress"]
 TIMING = ("wall_time_s", "env_steps_per_s")
@@ -337,6 +339,24 @@ def test_nan_members_are_reported_and_harmless(tmp_path, capsys):
 def test_train_config_rejects_nonpositive_counts(field):
     with pytest.raises(ValueError, match=f"{field} must be >= 1"):
         TrainConfig(**{field: 0})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**63, 1.0])
+def test_seeds_that_jax_would_truncate_or_refuse_are_errors(seed, capsys):
+    # was: 2**32 trained exactly as seed 0 (PRNGKey keeps the low 32 bits), 2**63
+    # an OverflowError traceback, -1 the seed 2**32 - 1
+    rule = r"seed must be an integer in \[0, 2\*\*32\)"
+    with pytest.raises(ValueError, match=rule):
+        TrainConfig(seed=seed)
+    with pytest.raises(ValueError, match=rule):
+        PPORunSpec(env="gymnax/CartPole-v1", seed=seed)
+    with pytest.raises(ValueError, match=rule):
+        evaluate_run("no-run", seed=seed)
+    if isinstance(seed, int):
+        assert main([*CARTPOLE, "--seed", str(seed)]) == 2
+        assert main(["eval", "no-run", "--seed", str(seed)]) == 2
+        assert capsys.readouterr().err.count("must be an integer in [0, 2**32)") == 2
+    TrainConfig(seed=2**32 - 1)
 
 
 def test_blocked_rollout_equals_one_block():

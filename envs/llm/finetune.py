@@ -26,7 +26,7 @@ from esrl.envs.llm.pretrain import EVAL_POOL, MAX_CORPUS
 from esrl.envs.llm.tasks import Problem, Splits, Task, make_splits
 from esrl.envs.llm.tokenizer import encode, encode_prompts
 
-from esrl.checks import require
+from esrl.checks import SEED, require
 from esrl.es import ES, ESState
 from esrl.fitness import group_normalize
 from esrl.runs import raise_if_interrupted
@@ -83,7 +83,8 @@ class FinetuneConfig:
             )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        require(self, ">= 0", "eval_every", "skip_train", "seed")
+        require(self, ">= 0", "eval_every", "skip_train")
+        require(self, SEED, "seed")
         require(self, ">= 1", "checkpoint_every")
         if self.time_limit_s is not None:
             require(self, "> 0", "time_limit_s")

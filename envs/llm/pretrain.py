@@ -28,7 +28,7 @@ from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
 from esrl.envs.llm.tasks import Problem, Task, countdown_task, make_splits
 from esrl.envs.llm.tokenizer import encode, pad_batch
 
-from esrl.checks import require
+from esrl.checks import SEED, require
 
 EVAL_POOL = 1000
 """Held-out prompts excluded from pretraining: eval splits up to this size are clean."""
@@ -67,7 +67,8 @@ class PretrainConfig:
     def __post_init__(self):
         require(self, ">= 1", "steps", "batch_size")
         require(self, "> 0", "lr")
-        require(self, ">= 0", "warmup", "weight_decay", "seed")
+        require(self, ">= 0", "warmup", "weight_decay")
+        require(self, SEED, "seed")
         require(self, "in [0, 1]", "equation_fraction")
         if self.time_limit_s is not None:  # 0 would train one step, not "no limit"
             require(self, "> 0", "time_limit_s")
