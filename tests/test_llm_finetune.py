@@ -261,7 +261,7 @@ def test_train_countdown_numbers_are_the_registered_ids(capsys):
     [
         ({"eval_every": -1}, "eval_every must be >= 0, got -1"),
         ({"skip_train": -5}, "skip_train must be >= 0, got -5"),
-        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\), got -1"),
         ({"checkpoint_every": 0}, "checkpoint_every must be >= 1, got 0"),
         ({"time_limit_s": 0.0}, "time_limit_s must be > 0, got 0.0"),
     ],
