@@ -69,10 +69,10 @@ def test_brax_names_match_brax_registry():
     assert esrl.list_envs().count("brax/ant") == 1
 
 
-def test_brax_inverted_pendulum_passes_check_env():
+def test_brax_inverted_pendulum_is_made_on_the_spring_backend():
+    # check_env runs on brax/ant (spring) and brax/swimmer (generalized)
     env = esrl.make("brax/inverted_pendulum")
     assert env.env.backend == "spring" and env.name == "brax/inverted_pendulum"
-    check_env(env)
 
 
 def test_brax_step_counter_truncates_and_repeats_actions():

@@ -180,7 +180,20 @@ def test_brax_fast_env_eggroll(tmp_path):
 
 
 @pytest.mark.slow
-def test_craftax_gru_with_random_baseline(tmp_path, capsys):
+def test_craftax_gru_with_random_baseline(tmp_path, monkeypatch, capsys):
+    # the baseline's own rollout (a third Craftax compile) is tested on a cheap
+    # environment in test_evaluate.py; here: the run's settings reach it
+    asked = []
+
+    def random_baseline(env_id, horizon, episodes, seed):
+        asked.append((env_id, horizon, episodes, seed))
+        return {
+            "eval_return": 0.5,
+            "eval_length": 10.0,
+            "eval_achievements": [0.5] * 22,
+        }
+
+    monkeypatch.setattr("esrl.preset.random_baseline", random_baseline)
     craftax = load_script("train_craftax")
     out = tmp_path / "cx"
     argv = ["--out", str(out), *ES_TINY, "--population", "2", "--generations", "1"]
@@ -189,10 +202,12 @@ def test_craftax_gru_with_random_baseline(tmp_path, capsys):
     spec = read_meta(out)["spec"]
     assert spec["train"]["policy"]["kind"] == "gru"
     assert spec["train"]["rollout"]["deterministic"] is False
+    assert asked == [("craftax/Craftax-Classic-Symbolic-v1", 10, 2, 0)]
     base = json.loads((out / BASELINE).read_text())
     assert (base["horizon"], base["episodes"]) == (10, 2)
-    assert math.isfinite(base["eval_return"]) and len(base["eval_achievements"]) == 22
-    assert "achievements unlocked per episode" in capsys.readouterr().out
+    assert len(read_metrics(out)[-1]["eval_achievements"]) == 22
+    printed = capsys.readouterr().out
+    assert "achievements unlocked per episode" in printed and "collect_wood" in printed
 
 
 def test_plot_curves_from_two_runs(cartpole_run, breakout_run, tmp_path):
