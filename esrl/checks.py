@@ -457,8 +457,17 @@ def _determinism_problems(where: str, outputs: dict[str, Any]) -> list[str]:
 
 
 def _resync(state: Any) -> Any:
-    """Member 1 continues from member 0's state, so that rounding cannot compound."""
-    return jax.tree.map(lambda x: x.at[1].set(x[0]), state)
+    """Member 1 continues from member 0's state, so that rounding cannot compound.
+
+    Leaves come back strongly typed: a weak-typed leaf of reset's state that step
+    returns strong (Craftax has one) would compile step a second time.
+    """
+
+    def resync(x):
+        x = x.at[1].set(x[0])
+        return x if _is_key(x) else jax.lax.convert_element_type(x, x.dtype)
+
+    return jax.tree.map(resync, state)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
