@@ -44,9 +44,13 @@ RULES = {
 def require(config: Any, rule: str, *names: str) -> None:
     """Raise "<name> must be <rule>, got <value>" for the first of ``names`` to break it."""
     for name in names:
-        value = getattr(config, name)
-        if not RULES[rule](value):
-            raise ValueError(f"{name} must be {rule}, got {value}")
+        require_value(name, getattr(config, name), rule)
+
+
+def require_value(name: str, value: Any, rule: str) -> None:
+    """`require` for a value that is not a config's field (a function's argument)."""
+    if not RULES[rule](value):
+        raise ValueError(f"{name} must be {rule}, got {value}")
 
 
 def require_env_id(env: Any, trainer: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from esrl import xla
 from esrl.checkpoint import load_checkpoint, read_meta
-from esrl.checks import RULES, SEED
+from esrl.checks import SEED, require_value
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.rollout import RolloutConfig, evaluate_population
@@ -112,10 +112,10 @@ def evaluate_run(
     Means of the environment's ``info`` entries (e.g. Craftax achievements) come as
     ``eval_<key>``, as in the run's metrics.
     """
-    if episodes is not None and episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if seed is not None and not RULES[SEED](seed):
-        raise ValueError(f"seed must be {SEED}, got {seed}")
+    if episodes is not None:
+        require_value("episodes", episodes, ">= 1")
+    if seed is not None:
+        require_value("seed", seed, SEED)
     run = load_run(run_dir, env)
     rollout, key = run.rollout, run.key
     if episodes is not None:

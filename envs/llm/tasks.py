@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from esrl.envs.llm.reward import countdown_reward, extract_answer, format_score
 
+from esrl.checks import require
+
 
 class Problem(NamedTuple):
     """One prompt with its reference answer and the data its scorer reads."""
@@ -46,8 +48,7 @@ class Task:
     """Completion length budget (tokens) that fits a full worked answer."""
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        require(self, ">= 1", "max_new_tokens")
 
     def reward(self, completion: str, problem: Problem) -> float:
         """``score`` as a float; a score that is not a number is an error.
