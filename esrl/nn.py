@@ -31,6 +31,33 @@ def perturbation(module: nn.Module, name: str):
     return None
 
 
+def unread_perturbations(apply: Callable, perturbation, *args) -> list[str]:
+    """Parameter paths of the ``perturbation`` leaves that ``apply(perturbation, *args)``
+    never reads (a layer not from this module ignores the collection).
+
+    Traced abstractly, nothing runs: ``args`` need only shapes and dtypes.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(perturbation)
+
+    def fn(xs, rest):
+        return apply(jax.tree_util.tree_unflatten(treedef, xs), *rest)
+
+    def abstract(x):
+        return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+    shapes = [abstract(x) for _, x in leaves]
+    jaxpr = jax.make_jaxpr(fn)(shapes, jax.tree.map(abstract, args)).jaxpr
+    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars}
+    read |= {id(v) for v in jaxpr.outvars}
+    return sorted(
+        {
+            "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+            for (path, _), v in zip(leaves, jaxpr.invars)  # the leaves come first
+            if id(v) not in read
+        }
+    )
+
+
 def perturbed_matmul(x: jax.Array, kernel: jax.Array, p) -> jax.Array:
     """x @ (kernel + E) without materialising E when it is low rank."""
     y = x @ kernel

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from esrl import spaces, xla
 from esrl.checks import require
 from esrl.env import Environment, strip_autoreset
+from esrl.nn import PERTURB, unread_perturbations
 from esrl.noise import PairNoise
 from esrl.normalize import (
     ObsMoments,
@@ -153,7 +154,7 @@ class _Runner:
         """One policy step for one episode: ``(carry, action)``."""
         variables = {"params": params}
         if perturbation is not None:
-            variables["perturb"] = perturbation
+            variables[PERTURB] = perturbation
         carry, out = self.policy.apply(variables, carry, obs)
         if self.config.deterministic:
             return carry, greedy_action(out, self.action_space)
@@ -316,6 +317,8 @@ def evaluate_population(
             n = num_members or 1
         member_ids = jnp.arange(n)
     runner = _Runner(env, policy, config, env_params)
+    if perturbations is not None:
+        _check_perturbations_read(env, env_params, policy, params, perturbations)
     if obs_stats is None:
         obs_stats = init_obs_stats(observation_shape(env, env_params))
     reset_keys, run_keys = _episode_keys(key, member_ids, config)
@@ -331,6 +334,33 @@ def evaluate_population(
         info={k: v.astype(jnp.float32).mean(axis=1) for k, v in final.info.items()},
         moments=final.moments,
     )
+
+
+def _check_perturbations_read(env, env_params, policy, params, perturbations) -> None:
+    """Refuse perturbed parameters whose layers ignore the noise (flax's own Dense,
+    say): their rollouts would not see it, and `esrl.es.ES.tell` would move them by
+    the noise alone."""
+
+    def one_member(p):
+        p = p.members() if isinstance(p, PairNoise) else p
+        return jax.tree.map(lambda x: x[0], p)
+
+    member = jax.eval_shape(one_member, perturbations)
+    obs, _ = jax.eval_shape(env.reset, jax.random.PRNGKey(0), env_params)
+
+    def apply(pert, params, carry, obs):
+        return policy.apply({"params": params, PERTURB: pert}, carry, obs)
+
+    carry = policy.initial_carry()
+    unread = unread_perturbations(apply, member, params, carry, obs)
+    if unread:
+        roots = tuple(dict.fromkeys(path.split("/")[0] for path in unread))
+        raise ValueError(
+            f"the policy never reads the perturbation of {', '.join(unread)}: layers "
+            "not from esrl.nn (flax.linen.Dense, say) ignore it, and ES would move "
+            "their parameters by noise alone; build them from esrl.nn layers, or "
+            f"leave them unperturbed and untrained with exclude={roots!r}"
+        )
 
 
 def population_metrics(

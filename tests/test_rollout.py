@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,16 @@ from esrl.agents.eggroll import EggrollConfig
 from memory_env import MemoryEnv
 
 import esrl
+import esrl.nn
 from esrl import spaces
 from esrl.normalize import init_obs_stats, normalize_obs, update_obs_stats
-from esrl.policy import PolicySpec, clip_action, greedy_action, make_policy
+from esrl.policy import (
+    PolicyOutput,
+    PolicySpec,
+    clip_action,
+    greedy_action,
+    make_policy,
+)
 from esrl.rollout import RolloutConfig, evaluate_population
 
 
@@ -328,3 +336,41 @@ def test_an_autoreset_env_is_rolled_out_without_a_reset_per_step():
     assert len(resets) == 2 * 3
     np.testing.assert_array_equal(result.episode_returns, plain.episode_returns)
     np.testing.assert_array_equal(result.episode_lengths, [[5, 5, 5]] * 2)
+
+
+class _FlaxHead(flax.linen.Module):
+    """An esrl.nn torso under flax's own Dense head, which reads no perturbation."""
+
+    @flax.linen.compact
+    def __call__(self, carry, obs):
+        h = jnp.tanh(esrl.nn.Dense(8, name="torso")(obs))
+        logits = flax.linen.Dense(2, name="head")(h)
+        return carry, PolicyOutput(logits, jnp.zeros(2), jnp.zeros(()))
+
+    def initial_carry(self):
+        return ()
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_layer_that_reads_no_perturbation_is_a_clear_error(cartpole, compact):
+    # was: flax's Dense ignores the "perturb" collection, so its parameters got no
+    # noise in the rollout while tell moved them by the noise alone (a random walk)
+    policy, key = _FlaxHead(), jax.random.key(0)
+    obs, _ = cartpole.reset(key)
+    params = policy.init(key, (), obs)["params"]
+    config = RolloutConfig(horizon=5)
+
+    def rollout(exclude):
+        es = EggrollConfig(population=4, exclude=exclude).strategy()
+        perts = es.ask(es.init(key, params), compact=compact)
+        return evaluate_population(key, cartpole, None, policy, params, perts, config)
+
+    message = (
+        "the policy never reads the perturbation of head/bias, head/kernel: layers "
+        "not from esrl.nn (flax.linen.Dense, say) ignore it, and ES would move their "
+        "parameters by noise alone; build them from esrl.nn layers, or leave them "
+        "unperturbed and untrained with exclude=('head',)"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rollout(())
+    assert np.isfinite(rollout(("head",)).returns).all()
