@@ -35,6 +35,7 @@ RULES = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
     "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
     "finite": math.isfinite,
     SEED: lambda v: is_int(v) and 0 <= v < 2**32,
 }

@@ -44,11 +44,12 @@ class ESConfig:
     fitness_shaping: str = "centered_ranks"
     """centered_ranks, z_score or raw."""
     sigma_decay: float = 1.0
-    """sigma is multiplied by this after every generation ..."""
+    """sigma is multiplied by this (in (0, 1]) after every generation ..."""
     sigma_min: float = 0.0
     """... but never goes below this."""
     lr_decay: float = 1.0
-    """Learning rate multiplied by this every generation (optax exponential decay)."""
+    """Learning rate multiplied by this (in (0, 1]) every generation (optax exponential
+    decay); for another schedule pass ``ES(config, optax.adam(schedule))``."""
     noise: noise.NoiseConfig = field(default_factory=noise.NoiseConfig)
     """Rank, antithetic sampling, noise reuse and excluded parameters."""
 
@@ -77,12 +78,12 @@ class ESConfig:
                 f"fitness_shaping must be one of {tuple(SHAPERS)}, "
                 f"got {self.fitness_shaping!r}"
             )
-        require(self, "> 0", "sigma", "lr", "sigma_decay", "lr_decay")
+        require(self, "> 0", "sigma", "lr")
+        # above 1 sigma or lr grows without bound (0.01 * 1.01 ** 1000 = 210)
+        require(self, "in (0, 1]", "sigma_decay", "lr_decay")
         require(self, ">= 0", "weight_decay", "sigma_min")
         # inf would turn every parameter to NaN
-        require(
-            self, "finite", "sigma", "lr", "sigma_decay", "lr_decay", "weight_decay"
-        )
+        require(self, "finite", "sigma", "lr", "weight_decay")
         if self.sigma_min > self.sigma:
             raise ValueError(
                 f"sigma_min {self.sigma_min} exceeds sigma {self.sigma}: sigma would "
@@ -216,7 +217,11 @@ class ES:
         updates = jax.tree.map(
             lambda u, m: u if m else jnp.zeros_like(u), updates, moves
         )
-        params = optax.apply_updates(state.params, updates)
+        # A non-finite update (from a schedule, say; fitness cannot cause one) is
+        # skipped: parameters and optimizer state stay as they were.
+        ok = _all_finite((updates, opt_state))
+        params = _where(ok, optax.apply_updates(state.params, updates), state.params)
+        opt_state = _where(ok, opt_state, state.opt_state)
         sigma = jnp.maximum(state.sigma * c.sigma_decay, c.sigma_min)
         finite = jnp.isfinite(fitness)
         metrics = {
@@ -225,6 +230,7 @@ class ES:
             "nonfinite_members": jnp.sum(~finite),
             "grad_norm": optax.tree.norm(grad),
             "sigma": state.sigma,
+            "skipped_update": (~ok).astype(jnp.int32),
         }
         new = state.replace(
             params=params,
@@ -233,6 +239,18 @@ class ES:
             sigma=sigma,
         )
         return new, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every float in ``tree`` is finite (True for a tree without floats)."""
+    return jnp.all(
+        jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] + [True])
+    )
+
+
+def _where(ok: jax.Array, new, old):
+    """``new`` where ``ok``, else ``old``, leaf by leaf."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
 def _check_unit(unit: dict | None, config: ESConfig) -> None:
@@ -267,11 +285,11 @@ class AgentConfig:
     antithetic: bool = True
     """Mirrored sampling."""
     sigma_decay: float = 1.0
-    """Per-generation sigma multiplier ..."""
+    """Per-generation sigma multiplier, in (0, 1] ..."""
     sigma_min: float = 0.0
     """... down to this floor."""
     lr_decay: float = 1.0
-    """Per-generation learning-rate multiplier."""
+    """Per-generation learning-rate multiplier, in (0, 1]."""
     exclude: tuple[str, ...] = ()
     """Parameter-path substrings never perturbed (e.g. an LLM's embedding and head)."""
 

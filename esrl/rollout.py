@@ -378,7 +378,7 @@ def population_metrics(
         "generation_env_steps": result.episode_lengths.sum(axis=-1),
         "nonfinite_members": jnp.sum(~finite),
     }
-    for k in ("grad_norm", "sigma"):
+    for k in ("grad_norm", "sigma", "skipped_update"):
         if es_metrics is not None and k in es_metrics:
             out[k] = es_metrics[k]
     for k, v in result.info.items():

@@ -380,3 +380,8 @@ def _warn_nonfinite(logger: RunLogger, g: int, record: dict, population: int) ->
             f"generation {g}: {record['nonfinite_members']} of {population} members "
             "returned NaN/inf; they rank as the worst and are left out of the statistics"
         )
+    if record.get("skipped_update"):
+        logger.message(
+            f"generation {g}: the optimizer's update was not finite; the parameters "
+            "and optimizer state were kept"
+        )

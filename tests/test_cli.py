@@ -55,7 +55,7 @@ def no_compile(monkeypatch):
         (["--horizon", "0"], "horizon must be >= 1"),
         (["--hidden", "0"], "hidden width must be >= 1"),
         (["--lr", "-1"], "lr must be > 0"),
-        (["--sigma-decay", "0"], "sigma_decay must be > 0"),
+        (["--sigma-decay", "0"], "sigma_decay must be in (0, 1], got 0.0"),
         (["--plugin", "no_such_module_xyz"], "--plugin 'no_such_module_xyz' could not"),
     ],
 )

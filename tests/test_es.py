@@ -188,6 +188,25 @@ def test_all_nonfinite_fitness_leaves_parameters_unchanged():
             np.testing.assert_array_equal(new.params[k], state.params[k])
 
 
+def test_a_nonfinite_update_is_skipped_and_reported():
+    # was: a custom schedule (or an optimizer) giving NaN put NaN in every parameter
+    def nan_after_one(count):
+        return jnp.where(count >= 1, jnp.nan, 0.1)
+
+    es = ES(ESConfig(population=8), optax.sgd(nan_after_one))
+    state = es.init(KEY, make_params())
+    tell = jax.jit(es.tell)
+    first, metrics = tell(state, jnp.arange(8.0))
+    assert int(metrics["skipped_update"]) == 0
+    assert not np.array_equal(first.params["w"], state.params["w"])
+    second, metrics = tell(first, jnp.arange(8.0))
+    assert int(metrics["skipped_update"]) == 1
+    for new, old in zip(jax.tree.leaves(second), jax.tree.leaves(first)):
+        if new.dtype == jnp.float64:  # params, optimizer state, sigma: as they were
+            np.testing.assert_array_equal(new, old)
+    assert int(second.generation) == 2  # the generation still counts
+
+
 @pytest.mark.parametrize("shaping", ["centered_ranks", "z_score"])
 def test_equal_fitness_leaves_parameters_unchanged_without_pairs(shaping):
     # without antithetic pairs only the shaped weights cancel the noise
@@ -226,13 +245,15 @@ def test_rank_too_large_is_a_clear_error():
         ({"fitness_shaping": "ranks"}, "fitness_shaping must be one of"),
         ({"sigma": 0.0}, "sigma must be > 0"),
         ({"lr": -0.01}, "lr must be > 0"),
-        ({"sigma_decay": 0.0}, "sigma_decay must be > 0"),
+        ({"sigma_decay": 0.0}, r"sigma_decay must be in \(0, 1\], got 0.0"),
+        # above 1: lr 0.01 * 1.01 ** 1000 is 210, and sigma or lr grows to inf
+        ({"sigma_decay": 1.01}, r"sigma_decay must be in \(0, 1\], got 1.01"),
         ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"population": 1}, "population must be >= 2"),
         ({"sigma": 0.05, "sigma_min": 0.1}, "sigma_min 0.1 exceeds sigma 0.05"),
         ({"lr": float("inf")}, "lr must be finite, got inf"),
         ({"sigma": float("inf")}, "sigma must be finite, got inf"),
-        ({"lr_decay": float("inf")}, "lr_decay must be finite"),
+        ({"lr_decay": float("inf")}, r"lr_decay must be in \(0, 1\], got inf"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(kwargs, match):
