@@ -150,6 +150,22 @@ def test_finetune_splits_skip_the_pretraining_corpus():
     assert splits.eval == make_splits(task, 0, 0, 50).eval  # the fixed held-out set
 
 
+def test_a_small_task_of_its_own_is_fine_tuned_with_eval_size_held_out():
+    # was: every task held out pretraining's 1000 problems (EVAL_POOL), so a task
+    # with fewer distinct prompts than that could not be fine-tuned at all
+    def generate(seed, count):
+        rng = np.random.default_rng(seed)
+        return [Problem(f"q{rng.integers(300)}\n", "", None) for _ in range(count)]
+
+    task = Task("small", generate, _closeness_to_m, max_new_tokens=4)
+    config = FinetuneConfig(prompts_per_generation=4, train_size=64, eval_size=16)
+    strategy = EggrollConfig(population=8, exclude=()).strategy()
+    tuner = Finetuner(RecurrentLM(TINY), task, strategy, config)
+    train = {p.prompt for p in tuner.splits.train}
+    held_out = {p.prompt for p in tuner.splits.eval}
+    assert len(held_out) == 16 and len(train) == 64 and not train & held_out
+
+
 def _script():
     return load_script("train_countdown")
 

@@ -11,6 +11,7 @@ costs little more than plain batched inference.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,14 +99,25 @@ class GenerationBatch(NamedTuple):
     tokens: int
 
 
+def _held_out(task: Task, config: FinetuneConfig) -> int:
+    """How many held-out problems the train stream excludes: pretraining's `EVAL_POOL`
+    for the built-in tasks its corpus comes from, ``eval_size`` for one's own."""
+    builtin = re.fullmatch(r"countdown-\d+", task.name) or task.name.startswith(
+        "reasoning-gym/"
+    )
+    return EVAL_POOL if builtin else config.eval_size
+
+
 def _finetune_splits(task: Task, config: FinetuneConfig) -> Splits:
     """Held-out problems and the train problems after the first ``skip_train``.
 
-    The train stream excludes the same `EVAL_POOL` held-out prompts as pretraining,
-    so its first ``skip_train`` problems are exactly the pretraining corpus.
+    For a built-in task the train stream excludes the same `EVAL_POOL` held-out
+    prompts as pretraining, so its first ``skip_train`` problems are exactly the
+    pretraining corpus.
     """
     size = config.skip_train + config.train_size
-    splits = make_splits(task, config.split_seed, size, EVAL_POOL, strict=False)
+    held_out = _held_out(task, config)
+    splits = make_splits(task, config.split_seed, size, held_out, strict=False)
     train = splits.train[config.skip_train :]
     if len(train) < config.prompts_per_generation:
         train = splits.train[-config.train_size :]  # a small task: reuse what exists
