@@ -217,8 +217,8 @@ class ES:
         updates = jax.tree.map(
             lambda u, m: u if m else jnp.zeros_like(u), updates, moves
         )
-        # A non-finite update (from a schedule, say; fitness cannot cause one) is
-        # skipped: parameters and optimizer state stay as they were.
+        # A non-finite update (from a custom schedule, say: non-finite fitness was
+        # shaped away above) is skipped: parameters and optimizer state stay.
         ok = _all_finite((updates, opt_state))
         params = _where(ok, optax.apply_updates(state.params, updates), state.params)
         opt_state = _where(ok, opt_state, state.opt_state)
