@@ -287,7 +287,16 @@ def _train(args: argparse.Namespace) -> int:
     from esrl.train import fit, prepare
 
     if args.distributed:
-        distributed.initialize()
+        try:
+            distributed.initialize()
+        except (ValueError, RuntimeError) as e:  # no cluster found, or none answered
+            print(
+                f"esrl train: error: --distributed could not join a multi-host run "
+                f"({e}); launch it on every host with a launcher JAX detects (Slurm, "
+                "Open MPI, Cloud TPU), or drop --distributed",
+                file=sys.stderr,
+            )
+            return 2
 
     def report(spec, summary: dict) -> str:
         return (

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import jax
+from jax.extend.backend import clear_backends
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -29,7 +30,13 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> None:
-    """Join a multi-host run (`jax.distributed.initialize`; None values auto-detect)."""
+    """Join a multi-host run (`jax.distributed.initialize`; None values auto-detect).
+
+    Call it before any computation of your own. Importing esrl already started the
+    local backend (gymnax builds arrays when imported), which jax.distributed refuses:
+    its clients are dropped first, and those few arrays are copied over when used.
+    """
+    clear_backends()
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,

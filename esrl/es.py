@@ -293,6 +293,17 @@ class AgentConfig:
     exclude: tuple[str, ...] = ()
     """Parameter-path substrings never perturbed (e.g. an LLM's embedding and head)."""
 
+    def __post_init__(self):
+        # ESConfig checks the rest when `strategy` builds it; this check is here to name
+        # the field an agent config has (ESConfig's advice is its NoiseConfig's)
+        odd = is_int(self.population) and self.population > 2 and self.population % 2
+        if self.antithetic and odd:
+            raise ValueError(
+                f"population {self.population} must be even for antithetic pairs; use "
+                f"{self.population + 1} (or, in Python, "
+                f"{type(self).__name__}(antithetic=False))"
+            )
+
     def noise(self) -> noise.NoiseConfig:
         """How members are perturbed."""
         raise NotImplementedError

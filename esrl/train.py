@@ -252,15 +252,23 @@ def _check_resumed_layout(spec: RunSpec, out_dir: Path) -> None:
     """Raise unless the resumed ``spec`` splits over the devices visible now.
 
     A resumed run keeps its population (and its stored ``--block``), so where another
-    machine has more devices the advice is ``--devices`` or ``--block``, which a
+    machine has other devices the advice is ``--devices`` or ``--block``, which a
     resume takes, not ``--population`` (`esrl.distributed.check_population`'s).
     """
-    devices = dist.select_devices(spec.train.num_devices)
-    population, n = spec.agent_config.population, len(devices)
+    population, wanted = spec.agent_config.population, spec.train.num_devices
+    visible = len(dist.select_devices())
+    if wanted is not None and wanted > visible and jax.process_count() == 1:
+        raise ValueError(
+            f"the run in {out_dir} splits its population over {wanted} devices "
+            f"(--devices {wanted}) and {visible} {'is' if visible == 1 else 'are'} "
+            f"visible; resume it with --devices {_most_devices(population, visible)}"
+        )
+    devices = dist.select_devices(wanted)
+    n = len(devices)
     try:  # the checks a fresh run makes, with advice a resume can follow
         dist.check_population(population, n)
     except ValueError:
-        fits = max(d for d in range(1, n + 1) if population % d == 0)
+        fits = _most_devices(population, n)
         raise ValueError(
             f"population {population} of the run in {out_dir} does not split over the "
             f"{n} devices, and a resumed run keeps its population; resume it with "
@@ -276,6 +284,11 @@ def _check_resumed_layout(spec: RunSpec, out_dir: Path) -> None:
             f"in all); resume the run in {out_dir} with --block {fits} (a divisor of "
             f"{share})" + (" or with fewer devices (--devices)" if n > 1 else "")
         ) from None
+
+
+def _most_devices(population: int, visible: int) -> int:
+    """The most of ``visible`` devices that ``population`` splits evenly over."""
+    return max(d for d in range(1, visible + 1) if population % d == 0)
 
 
 def _record(g: int, m: dict, counters: Counters, dt: float) -> dict:

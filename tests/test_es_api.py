@@ -97,3 +97,12 @@ def test_a_rank_too_large_says_what_to_do_in_python():
         noise.check_rank(make_params(), NoiseConfig(rank=3))
     with pytest.raises(ValueError, match=r"exceeds min\(4, 2\) of parameter head"):
         ES(ESConfig(population=8, noise=NoiseConfig(rank=3))).init(KEY, make_params())
+
+
+@pytest.mark.parametrize("cls", [EggrollConfig, OpenAIESConfig])
+def test_an_odd_population_names_the_agent_configs_own_antithetic_field(cls):
+    # was "... (or, in Python, NoiseConfig(antithetic=False))", which an agent config
+    # does not take, and only when .strategy() was called
+    with pytest.raises(ValueError, match=rf"use 8 \(or, in Python, {cls.__name__}\("):
+        cls(population=7)
+    assert cls(population=7, antithetic=False).strategy().config.population == 7

@@ -1,9 +1,11 @@
-"""Members split over 4 (fake CPU) devices give bit-identical runs to one device."""
+"""Members split over 4 (fake CPU) devices give bit-identical runs to one device;
+--distributed and resumes on other devices."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -142,14 +144,18 @@ RESUME_ON_MORE_DEVICES = textwrap.dedent(
     from esrl.cli import build_parser, main
     from esrl.cli_spec import spec_from_args
 
-    # runs saved on one device, resumed where 4 are visible
-    for name, options in (("pop6", ["--population", "6"]),
-                          ("block16", ["--population", "16", "--block", "16"])):
+    # runs saved on one device (or 8), resumed where 4 are visible
+    for name, options, devices in (
+        ("pop6", ["--population", "6"], None),
+        ("block16", ["--population", "16", "--block", "16"], None),
+        ("devices8", ["--population", "24"], 8),
+    ):
         args = build_parser().parse_args(
             ["train", "--env", "gymnax/CartPole-v1", "--devices", "1", *options]
         )
         spec = spec_from_args(args).to_dict()
-        spec["train"]["num_devices"] = None  # all visible (one, when it was saved)
+        # None: all visible (one, when it was saved)
+        spec["train"]["num_devices"] = devices
         meta = {"spec": spec, "counters": {"generation": 3}}
         save_checkpoint(f"{sys.argv[1]}/{name}", {"x": jnp.zeros(1)}, meta)
         print("code", main(["train", "--resume", f"{sys.argv[1]}/{name}"]), flush=True)
@@ -160,13 +166,15 @@ RESUME_ON_MORE_DEVICES = textwrap.dedent(
 def test_a_resume_that_no_longer_fits_the_devices_names_options_it_takes(tmp_path):
     """A resumed run keeps its population (and stored --block): the advice changes
     the devices or the block, never the population ("use --population 8" was refused
-    by the resume it suggested, "leave it unset" kept the stored block)."""
+    by the resume it suggested, "leave it unset" kept the stored block). A run saved
+    with --devices 8 where 4 are visible named a --devices 8 the user never gave and
+    advised --devices <= 4, which population 24 splits over only as 4 or fewer."""
     proc = subprocess.run(
         [sys.executable, "-c", RESUME_ON_MORE_DEVICES, str(tmp_path)],
         env=four_cpu_devices(), capture_output=True, text=True, timeout=600,
         check=False,
     )  # fmt: skip
-    assert proc.stdout.split() == ["code", "2", "code", "2"], proc.stderr[-3000:]
+    assert proc.stdout.split() == ["code", "2"] * 3, proc.stderr[-3000:]
     errors = [e for e in proc.stderr.splitlines() if e.startswith("esrl train: error")]
     assert errors == [
         (
@@ -179,4 +187,51 @@ def test_a_resume_that_no_longer_fits_the_devices_names_options_it_takes(tmp_pat
             f"(4 in all); resume the run in {tmp_path}/block16 with --block 4 (a "
             "divisor of 4) or with fewer devices (--devices)"
         ),
+        (
+            f"esrl train: error: the run in {tmp_path}/devices8 splits its population "
+            "over 8 devices (--devices 8) and 4 are visible; resume it with --devices 4"
+        ),
     ]
+
+
+TINY = ["--env", "gymnax/CartPole-v1", "--hidden", "8", "--population", "8",
+        "--horizon", "20", "--generations", "2", "--no-progress"]  # fmt: skip
+
+
+def esrl_train(*options: str, env: dict) -> subprocess.CompletedProcess:
+    """``esrl train OPTIONS`` in a fresh process (nothing has started a backend)."""
+    return subprocess.run(
+        [sys.executable, "-m", "esrl.cli", "train", *options],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_joins_a_one_process_slurm_job(tmp_path):
+    """Importing esrl (gymnax) starts the local backend, which jax.distributed refused:
+    --distributed failed on every run with a RuntimeError traceback."""
+    env = four_cpu_devices()
+    env.update(
+        SLURM_JOB_ID="1", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="1",
+        SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NUM_NODES="1",
+        JAX_COORDINATOR_PORT=str(free_port()),
+    )  # fmt: skip
+    proc = esrl_train(*TINY, "--distributed", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["generations"], summary["device"]) == (2, "cpu x4 (cpu)")
+
+
+def test_distributed_outside_a_cluster_is_one_error(tmp_path):
+    env = {k: v for k, v in four_cpu_devices().items() if not k.startswith("SLURM")}
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    proc = esrl_train(*TINY, "--distributed", "--out", str(tmp_path), env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("esrl train: error: --distributed could not join")
