@@ -97,10 +97,11 @@ def check_rank(params: Params, config: NoiseConfig) -> None:
     for path in perturbed_paths(params, config):
         shape = flat[path].shape
         if len(shape) == 2 and config.rank > min(shape):
+            name = "/".join(map(str, path))
             raise ValueError(
                 f"rank {config.rank} exceeds min{shape} of parameter "
-                f"{'/'.join(map(str, path))}; use rank <= {min(shape)} (--rank) "
-                "or exclude it"
+                f"{name}; use rank <= {min(shape)} (--rank), or in Python "
+                f"exclude it from the noise (exclude=({name!r},))"
             )
 
 

@@ -68,7 +68,9 @@ def block_size(share: int, block: int | None, platform: str) -> int:
             return share
         whole_pairs = share % 2 == 0
         divisors = [d for d in range(1, CPU_BLOCK + 1) if share % d == 0]
-        return max(d for d in divisors if d % 2 == 0 or not whole_pairs)
+        best = max(d for d in divisors if d % 2 == 0 or not whole_pairs)
+        # without a divisor near CPU_BLOCK, one big block beats many tiny ones
+        return best if best >= CPU_BLOCK // 8 else share
     if block < 1 or share % block:
         raise ValueError(
             f"block {block} does not divide the {share} members of each device; "
@@ -245,6 +247,12 @@ def prepare(
         state, meta = load_checkpoint(out_dir, template=state)
         state = dist.put_replicated(state, trainer.mesh)
         counters = Counters(**meta["counters"])
+        if spec.train.generations < counters.generation:
+            raise ValueError(
+                f"generations {spec.train.generations} is fewer than the "
+                f"{counters.generation} generations the run in {out_dir} has done; "
+                "generations is the total"
+            )
     return Prepared(spec, trainer, state, counters, out_dir)
 
 

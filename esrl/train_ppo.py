@@ -165,6 +165,12 @@ def prepare(
     if resume:
         state, meta = load_checkpoint(out_dir, template=template)
         counters = _Counters(**meta["counters"])
+        if spec.ppo.total_steps < counters.env_steps:
+            raise ValueError(
+                f"total_steps {spec.ppo.total_steps} is fewer than the "
+                f"{counters.env_steps} env steps the run in {out_dir} has done; "
+                "total_steps is the total"
+            )
     return Prepared(spec, ppo, state, counters, out_dir)
 
 

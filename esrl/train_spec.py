@@ -41,8 +41,8 @@ class TrainConfig:
     block: int | None = None
     """Members a device rolls out at once: its share runs as sequential blocks of this
     size (a divisor of the share), which keeps one block's noise and activations in
-    cache. None: blocks of up to `esrl.train.CPU_BLOCK` on a CPU, the whole share
-    elsewhere."""
+    cache. None: blocks of up to `esrl.train.CPU_BLOCK` on a CPU (the whole share
+    where it has no divisor of at least CPU_BLOCK / 8), the whole share elsewhere."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """How members are evaluated (horizon, episodes, normalisation ...)."""
     policy: PolicySpec = field(default_factory=PolicySpec)
@@ -135,5 +135,6 @@ class RunSpec:
             diff = [k for k in mine if mine[k] != theirs[k]]
             raise ValueError(
                 f"the checkpoint was written by a different run ({', '.join(diff)} "
-                "differ); resume with the same settings, only --generations may change"
+                "differ); resume with the same settings (only --generations, --devices, "
+                "--block and --tensorboard may change)"
             )

@@ -1,5 +1,7 @@
 """ask/tell as a library user calls them: mistakes get errors that say what to do."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +95,9 @@ def test_a_learning_rate_schedule_in_the_config_says_how_to_use_one():
 
 def test_a_rank_too_large_says_what_to_do_in_python():
     # the message named only the CLI's --rank
-    with pytest.raises(ValueError, match=r"rank <= 2.*or exclude it"):
+    advice = "rank <= 2 (--rank), or in Python exclude it from the noise"
+    message = f"{advice} (exclude=('head/kernel',))"
+    with pytest.raises(ValueError, match=re.escape(message)):
         noise.check_rank(make_params(), NoiseConfig(rank=3))
     with pytest.raises(ValueError, match=r"exceeds min\(4, 2\) of parameter head"):
         ES(ESConfig(population=8, noise=NoiseConfig(rank=3))).init(KEY, make_params())

@@ -272,6 +272,13 @@ def test_resume_through_the_cli_equals_uninterrupted(tmp_path, capsys):
     ]
     assert len(lines[0]) == 7 and lines[0] == lines[1]
     assert meta["counters"]["env_steps"] == whole.summary["env_steps"] == 7 * 640
+    # in Python too, a total below what is done is refused (it rewrote the summary)
+    spec = PPORunSpec.from_dict(meta["spec"])
+    short = dataclasses.replace(
+        spec, ppo=dataclasses.replace(spec.ppo, total_steps=640)
+    )
+    with pytest.raises(ValueError, match="total_steps 640 is fewer than the 4480 env"):
+        prepare(short, split, resume=True)
 
 
 def test_an_interrupt_among_a_chunks_records_keeps_metrics_at_the_checkpoint(

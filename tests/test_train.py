@@ -119,6 +119,15 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     after = json.loads((split / "summary.json").read_text())
     assert after["compile_s"] == before["compile_s"]
     assert after["wall_time_s"] - before["wall_time_s"] < 1.0
+    # in Python too, a total below what is done is refused (it rewrote the summary)
+    spec = RunSpec.from_dict(read_meta(split)["spec"])
+    short = dataclasses.replace(
+        spec, train=dataclasses.replace(spec.train, generations=4)
+    )
+    with pytest.raises(
+        ValueError, match="generations 4 is fewer than the 6 generations"
+    ):
+        prepare(short, split, resume=True)
 
     expected = _without_timing(read_metrics(full))
     assert [r["iteration"] for r in expected] == [1, 2, 3, 4, 5, 6]
@@ -423,6 +432,9 @@ def test_block_size():
     assert block_size(16384, None, "cpu") == 2048
     assert block_size(3000, None, "cpu") == 1500
     assert block_size(2049, None, "cpu") == 683  # odd share: any divisor
+    # no divisor of whole pairs near CPU_BLOCK (4106 = 2 x 2053): one block, not
+    # 2053 sequential blocks of 2 (was: hundreds of times slower)
+    assert block_size(4106, None, "cpu") == 4106
     assert block_size(16384, None, "gpu") == 16384
     assert block_size(100, None, "cpu") == 100
     assert block_size(100, 20, "gpu") == 20
