@@ -322,6 +322,7 @@ def _summary(spec: RunSpec, trainer: ESTrainer, c: Counters) -> dict:
         "device": dist.describe(trainer.mesh.devices.ravel()),
         "generations": c.generation,
         "population": trainer.population,
+        "policy": spec.train.policy.kind,
     }
 
 

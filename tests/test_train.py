@@ -60,6 +60,9 @@ def test_eggroll_defaults_solve_cartpole(tmp_path):
     assert summary["eval_return"] == records[-1]["eval_return"]
     for name in ("summary.json", "curve.png", "checkpoint.safetensors"):
         assert (tmp_path / name).is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # the policy kind, as PPO's summary has it (it was missing)
+    assert (summary["agent"], summary["policy"]) == ("eggroll", "mlp")
 
 
 def test_openai_es_improves_on_cartpole(tmp_path):
