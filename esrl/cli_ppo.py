@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import sys
 
+from esrl.checks import require_value
 from esrl.cli import POLICIES, count, refused_on_resume, run_command
 
 DEFAULTS: dict[str, object] = {
@@ -79,6 +80,7 @@ def spec_from_args(args: argparse.Namespace):
     if not args.env:
         raise ValueError("--env is required (esrl envs lists the ids)")
     v = {**DEFAULTS, **{k: x for k, x in vars(args).items() if x is not None}}
+    require_value("horizon", v["horizon"], ">= 1")  # named as the option, not the field
     ppo = PPOConfig(
         **{k: v[k] for k in PPO_FIELDS if k in v},
         policy=PolicySpec(kind=v["policy"], hidden=v["hidden"]),

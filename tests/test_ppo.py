@@ -466,6 +466,10 @@ def test_reset_pool_option(capsys, tmp_path):
            "0", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
     assert cli.main(bad) == 2
     assert "reset_pool must be in [1, num_envs], got 0" in capsys.readouterr().err
+    # named as the option is (was "eval_horizon must be >= 1")
+    horizon = ["--env", "gymnax/CartPole-v1", "--horizon", "0"]
+    with pytest.raises(ValueError, match="^horizon must be >= 1, got 0$"):
+        spec_from_args(build_parser().parse_args(horizon))
 
 
 def test_nan_rewards_are_dropped_and_reported_once(tmp_path, capsys):
