@@ -34,19 +34,31 @@ from esrl.envs.llm.tasks import countdown_task, make_splits
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (defaults from `PretrainConfig` and `LMConfig`)."""
     p, m = PretrainConfig(), LMConfig()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", type=Path, default=WEIGHTS_DIR, help="output directory"
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=p.steps)
-    parser.add_argument("--batch-size", type=int, default=p.batch_size)
-    parser.add_argument("--lr", type=float, default=p.lr)
-    parser.add_argument("--warmup", type=int, default=p.warmup)
-    parser.add_argument("--seed", type=int, default=p.seed)
-    parser.add_argument("--time-limit", type=float, default=None, help="seconds")
-    parser.add_argument("--width", type=int, default=m.width)
-    parser.add_argument("--layers", type=int, default=m.layers)
-    parser.add_argument("--mlp-hidden", type=int, default=m.mlp_hidden)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=WEIGHTS_DIR,
+        help="output directory; the default overwrites the shipped model",
+    )
+    parser.add_argument("--steps", type=int, default=p.steps, help="AdamW steps")
+    parser.add_argument("--batch-size", type=int, default=p.batch_size,
+                        help="sequences per step")  # fmt: skip
+    parser.add_argument("--lr", type=float, default=p.lr, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=p.warmup, help="warmup steps")
+    parser.add_argument("--seed", type=int, default=p.seed,
+                        help="data order and initialisation")  # fmt: skip
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="stop after this many seconds of training, keep the "
+                        "weights")  # fmt: skip
+    parser.add_argument("--width", type=int, default=m.width, help="model width")
+    parser.add_argument("--layers", type=int, default=m.layers,
+                        help="minGRU blocks")  # fmt: skip
+    parser.add_argument("--mlp-hidden", type=int, default=m.mlp_hidden,
+                        help="hidden units of each block's MLP")  # fmt: skip
     parser.add_argument("--eval-size", type=int, default=200,
                         help=f"held-out problems (at most {EVAL_POOL}, the ones "
                         "pretraining excludes)")  # fmt: skip
@@ -55,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Train, evaluate on held-out Countdown, save."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
         if args.out.exists() and not args.out.is_dir():  # found only after training
@@ -91,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         heldout[f"countdown-{n}_accuracy"] = result.accuracy
         print(f"held-out countdown-{n}: accuracy {result.accuracy:.3f}", flush=True)
-    command = "python " + shlex.join(["scripts/pretrain_lm.py", *sys.argv[1:]])
+    command = "python " + shlex.join(["scripts/pretrain_lm.py", *argv])
     extra = {
         "command": command,
         "pretrain": {k: v for k, v in dataclasses.asdict(config).items()},

@@ -176,3 +176,42 @@ def test_reasoning_gym_scorers_that_run_the_answer_are_refused(name):
         reasoning_gym_task("composite", datasets=mixed)
     task = reasoning_gym_task(name, trust_scorer=True)  # the user's explicit choice
     assert task.name == f"reasoning-gym/{name}"
+
+
+def _numbered(seed: int, count: int) -> list[Problem]:
+    return [Problem(f"q{seed}-{i}\n", "", None) for i in range(count)]
+
+
+def _zero(completion: str, problem: Problem) -> float:
+    return 0.0
+
+
+def test_the_eval_split_builds_with_default_sizes():
+    # was: ValueError "split='eval' with size=1000 needs eval_pool >= 1000": the
+    # train split's default size applied to the held-out one
+    env = esrl.make("llm/countdown", split="eval", eval_pool=8)
+    assert len(env.problems) == 8
+    assert len(esrl.make("llm/countdown", eval_pool=8).problems) == 1000
+
+
+def test_dataset_options_passed_as_keywords_point_to_config():
+    # was: "LLMEnv.__init__() got an unexpected keyword argument 'max_digits'"
+    with pytest.raises(TypeError, match=r"max_digits.*config=\{'max_digits'"):
+        esrl.make("llm/reasoning-gym/chain_sum", max_digits=2, size=2)
+
+
+@pytest.mark.parametrize("field", ["generate", "score"])
+def test_a_task_without_callables_is_a_clear_error(field):
+    # was: accepted; generate=None failed as "'NoneType' object is not callable",
+    # score=None only at the first finished episode, inside jax.pure_callback
+    fields = {"generate": _numbered, "score": _zero, field: None}
+    with pytest.raises(TypeError, match=f"task 'mine': {field} must be callable"):
+        Task("mine", **fields)
+
+
+@pytest.mark.parametrize("item", [("q\n", "", None), "q\n"])
+def test_generate_must_return_problems(item):
+    # was: AttributeError "'tuple' object has no attribute 'prompt'"
+    task = Task("mine", lambda seed, count: [item] * count, _zero)
+    with pytest.raises(TypeError, match="task 'mine': generate must return Problem"):
+        make_task_env(task, size=1, eval_pool=1)

@@ -1,12 +1,17 @@
 """Backprop pretraining: the corpus format, the loss mask, and that the loss falls."""
 
-import importlib.util
-from pathlib import Path
+import json
 
 import jax
 import numpy as np
 import pytest
-from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
+from esrl.envs.llm.model import (
+    WEIGHTS_DIR,
+    LMConfig,
+    RecurrentLM,
+    init_params,
+    load_model,
+)
 from esrl.envs.llm.pretrain import (
     EVAL_POOL,
     PretrainConfig,
@@ -19,9 +24,12 @@ from esrl.envs.llm.pretrain import (
 from esrl.envs.llm.reward import countdown_reward
 from esrl.envs.llm.tasks import countdown_task
 from esrl.envs.llm.tokenizer import BOS, EOS, PAD, decode, encode
+from script_loader import load_script
 
 TINY = LMConfig(width=16, layers=1, mlp_hidden=16)
 SMALL_MIX = (("countdown-3", 1.0),)
+SCRIPT_TINY = ["--steps", "1", "--batch-size", "2", "--width", "8", "--layers", "1",
+               "--mlp-hidden", "8"]  # fmt: skip
 
 
 def test_corpus_examples_and_mask():
@@ -96,14 +104,9 @@ def test_pretrain_script_refuses_bad_eval_size_before_training(
 ):
     # was: found only after training (a traceback), or a held-out set larger than
     # EVAL_POOL that overlapped the corpus
-    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_lm.py"
-    spec = importlib.util.spec_from_file_location("pretrain_lm", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    tiny = ["--steps", "1", "--batch-size", "2", "--width", "8", "--layers", "1",
-            "--mlp-hidden", "8", "--out", str(tmp_path)]  # fmt: skip
+    script = load_script("pretrain_lm")
     with pytest.raises(SystemExit) as exit_info:
-        script.main([*tiny, "--eval-size", eval_size])
+        script.main([*SCRIPT_TINY, "--out", str(tmp_path), "--eval-size", eval_size])
     assert exit_info.value.code == 2
     assert "--eval-size must be in [1, 1000]" in capsys.readouterr().err
     assert not (tmp_path / "model.safetensors").exists()
@@ -111,14 +114,31 @@ def test_pretrain_script_refuses_bad_eval_size_before_training(
 
 def test_pretrain_script_refuses_a_file_as_out_before_training(tmp_path, capsys):
     # was: a FileExistsError traceback once training was over (the model was lost)
-    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_lm.py"
-    spec = importlib.util.spec_from_file_location("pretrain_lm", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("pretrain_lm")
     out = tmp_path / "taken"
     out.write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--steps", "1", "--batch-size", "2", "--width", "8",
-                     "--layers", "1", "--mlp-hidden", "8", "--out", str(out)])  # fmt: skip
+        script.main([*SCRIPT_TINY, "--out", str(out)])
     assert exit_info.value.code == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_pretrain_script_records_the_options_it_was_given(tmp_path):
+    # was: config.json's "command" came from sys.argv, not main's argv
+    argv = [*SCRIPT_TINY, "--eval-size", "1", "--seed", "3", "--out", str(tmp_path)]
+    load_script("pretrain_lm").main(argv)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["command"] == (f"python scripts/pretrain_lm.py {' '.join(argv)}")
+    assert meta["pretrain"]["seed"] == 3 and meta["pretrain"]["steps"] == 1
+    config, _ = load_model(tmp_path)
+    assert (config.width, config.layers, config.mlp_hidden) == (8, 1, 8)
+
+
+def test_pretrain_help_says_the_default_out_is_the_shipped_model(capsys):
+    # was: "--out OUT  output directory", though the default overwrites the
+    # shipped weights; no default was shown
+    with pytest.raises(SystemExit):
+        load_script("pretrain_lm").parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {WEIGHTS_DIR})" in text and "overwrites" in text
+    assert "(default: 1300)" in text  # --steps

@@ -22,6 +22,8 @@ and gsm_symbolic; ``esrl.register("llm/reasoning-gym/<other>",
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,19 +46,25 @@ class LLMState:
 
 
 class LLMEnv(Environment):
-    """A `Task` as a token-level environment (see the module docstring)."""
+    """A `Task` as a token-level environment (see the module docstring).
+
+    ``size`` problems (default: 1000 for ``split="train"``, ``eval_pool`` for
+    ``"eval"``); the train split never holds the first ``eval_pool`` held-out ones.
+    """
 
     def __init__(
         self,
         task: Task,
         split: str = "train",
-        size: int = 1000,
+        size: int | None = None,
         seed: int = 0,
         eval_pool: int = 200,
         max_new_tokens: int | None = None,
     ):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if size is None:  # the held-out split holds eval_pool problems, no more
+            size = 1000 if split == "train" else eval_pool
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         if max_new_tokens is not None and max_new_tokens < 1:
@@ -159,6 +167,12 @@ def make_reasoning_gym(
     ``trust_scorer``: allow a dataset whose scorer evaluates the answer as code
     (`esrl.envs.llm.tasks.EVAL_SCORERS`).
     """
+    unknown = sorted(set(kwargs) - set(inspect.signature(LLMEnv).parameters))
+    if unknown:  # a dataset option passed where the environment's go
+        raise TypeError(
+            f"llm/reasoning-gym/{name} got unknown keyword {unknown[0]!r}; dataset "
+            f"options go in config={{{unknown[0]!r}: ...}}"
+        )
     task = reasoning_gym_task(
         name, max_new_tokens=max_new_tokens, trust_scorer=trust_scorer, **(config or {})
     )

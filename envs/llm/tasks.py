@@ -48,6 +48,12 @@ class Task:
     """Completion length budget (tokens) that fits a full worked answer."""
 
     def __post_init__(self):
+        for field in ("generate", "score"):
+            if not callable(getattr(self, field)):
+                raise TypeError(
+                    f"task {self.name!r}: {field} must be callable, got "
+                    f"{getattr(self, field)!r}"
+                )
         require(self, ">= 1", "max_new_tokens")
 
     def reward(self, completion: str, problem: Problem) -> float:
@@ -76,6 +82,18 @@ def _seed(*parts: Any) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
+def _generate(task: Task, seed: int, count: int) -> list[Problem]:
+    """``task.generate(seed, count)``; anything but a `Problem` is an error."""
+    problems = list(task.generate(seed, count))
+    for problem in problems:
+        if not isinstance(problem, Problem) or not isinstance(problem.prompt, str):
+            raise TypeError(
+                f"task {task.name!r}: generate must return Problem(prompt: str, "
+                f"answer, data) items, got {problem!r}"
+            )
+    return problems
+
+
 def _unique(problems: list[Problem], exclude: set[str]) -> list[Problem]:
     seen, out = set(exclude), []
     for problem in problems:
@@ -95,9 +113,9 @@ def make_splits(
     """
     if train_size < 0 or eval_size < 0:
         raise ValueError("train_size and eval_size must be >= 0")
-    evals = _unique(task.generate(_seed(task.name, seed, "eval"), 2 * eval_size), set())
-    evals = evals[:eval_size]
-    train = task.generate(_seed(task.name, seed, "train"), 2 * train_size + 16)
+    evals = _generate(task, _seed(task.name, seed, "eval"), 2 * eval_size)
+    evals = _unique(evals, set())[:eval_size]
+    train = _generate(task, _seed(task.name, seed, "train"), 2 * train_size + 16)
     train = _unique(train, {p.prompt for p in evals})[:train_size]
     if len(evals) < eval_size or (strict and len(train) < train_size):
         raise ValueError(
