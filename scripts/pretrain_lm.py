@@ -6,7 +6,9 @@
 Backprop (optax AdamW) on an in-process synthetic corpus of worked Countdown and
 chain-sum solutions (see `esrl.envs.llm.pretrain`); writes ``model.safetensors``,
 ``config.json`` (model shape, training settings, command, held-out accuracy) and a
-README.md to ``--out`` (default: the package's ``envs/llm/weights``).
+README.md to ``--out`` (default: the package's ``envs/llm/weights``). While it trains,
+``--out`` also holds a checkpoint (every logged step, and on Ctrl-C or SIGTERM); an
+interrupted run continues with the same options and ``--resume``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from esrl.envs.llm.model import (
 )
 from esrl.envs.llm.pretrain import EVAL_POOL, PretrainConfig, pretrain
 from esrl.envs.llm.tasks import countdown_task, make_splits
+
+from esrl.checkpoint import checkpoint_path, has_checkpoint, read_meta
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-size", type=int, default=200,
                         help=f"held-out problems (at most {EVAL_POOL}, the ones "
                         "pretraining excludes)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted pretraining in --out")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -88,13 +94,24 @@ def main(argv: list[str] | None = None) -> None:
         model_config = LMConfig(
             width=args.width, layers=args.layers, mlp_hidden=args.mlp_hidden
         )
+        check_resume(args, config)
+        start = time.perf_counter()
+        params, history = pretrain(
+            config, model_config, log=lambda r: print(json.dumps(r), flush=True),
+            checkpoint_dir=args.out,
+        )  # fmt: skip
     except ValueError as e:
         print(f"pretrain_lm.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    start = time.perf_counter()
-    params, history = pretrain(
-        config, model_config, log=lambda r: print(json.dumps(r), flush=True)
-    )
+    except KeyboardInterrupt:
+        again = argv if args.resume else [*argv, "--resume"]
+        command = "python " + shlex.join(["scripts/pretrain_lm.py", *again])
+        print(
+            f"interrupted {_progress(args.out, config)}: the checkpoint in {args.out} "
+            f"keeps it; continue with: {command}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     train_s = time.perf_counter() - start
     model, heldout = RecurrentLM(model_config), {}
     for n in (3, 4):
@@ -126,7 +143,27 @@ def main(argv: list[str] | None = None) -> None:
         "rejects: room for ES (see the module esrl.envs.llm.pretrain).\n"
         "Layout: see the module `esrl.envs.llm.model` (config.json + model.safetensors).\n"
     )
+    checkpoint_path(out).unlink(missing_ok=True)  # the model replaces it
     print(f"saved {out} ({train_s:.0f} s)")
+
+
+def _progress(out: Path, config: PretrainConfig) -> str:
+    """'after step K of N' from the checkpoint in ``out`` ('before the first step')."""
+    if not has_checkpoint(out):
+        return "before the first step"
+    return f"after step {read_meta(out)['step']} of {config.steps}"
+
+
+def check_resume(args: argparse.Namespace, config: PretrainConfig) -> None:
+    """Refuse to start over an interrupted run, or to resume one that is not there."""
+    if has_checkpoint(args.out) and not args.resume:
+        raise ValueError(
+            f"--out {args.out} holds an interrupted pretraining "
+            f"({_progress(args.out, config).removeprefix('after ')}); continue it with "
+            f"the same options and --resume, or remove {checkpoint_path(args.out)}"
+        )
+    if args.resume and not has_checkpoint(args.out):
+        raise ValueError(f"--resume: {args.out} holds no interrupted pretraining")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from esrl.envs.llm.tasks import countdown_task
 from esrl.envs.llm.tokenizer import BOS, EOS, PAD, decode, encode
 from script_loader import load_script
 
+from esrl.checkpoint import read_meta
+
 TINY = LMConfig(width=16, layers=1, mlp_hidden=16)
 SMALL_MIX = (("countdown-3", 1.0),)
 SCRIPT_TINY = ["--steps", "1", "--batch-size", "2", "--width", "8", "--layers", "1",
@@ -82,6 +84,28 @@ def test_pretraining_lowers_the_loss():
     )
 
 
+def test_interrupted_pretraining_resumes_exactly_from_its_checkpoint(tmp_path):
+    # was: Ctrl-C or SIGTERM lost every step trained (no checkpoint)
+    config = PretrainConfig(steps=6, batch_size=4, warmup=2, mix=SMALL_MIX)
+    whole, history = pretrain(config, TINY, log_every=2)
+
+    def stop_at_step_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, TINY, log_every=2, log=stop_at_step_4, checkpoint_dir=tmp_path)
+    assert read_meta(tmp_path)["step"] == 3  # step 4's record was not logged
+    params, resumed = pretrain(config, TINY, log_every=2, checkpoint_dir=tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, params, whole)
+    assert [(h["step"], h["loss"]) for h in resumed] == [
+        (h["step"], h["loss"]) for h in history
+    ]
+    other = PretrainConfig(steps=7, batch_size=4, warmup=2, mix=SMALL_MIX)
+    with pytest.raises(ValueError, match="written by another pretraining"):
+        pretrain(other, TINY, checkpoint_dir=tmp_path)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -132,6 +156,39 @@ def test_pretrain_script_records_the_options_it_was_given(tmp_path):
     assert meta["pretrain"]["seed"] == 3 and meta["pretrain"]["steps"] == 1
     config, _ = load_model(tmp_path)
     assert (config.width, config.layers, config.mlp_hidden) == (8, 1, 8)
+
+
+def test_pretrain_script_continues_an_interrupted_run_with_resume(
+    tmp_path, monkeypatch, capsys
+):
+    script, out = load_script("pretrain_lm"), tmp_path / "lm"
+    argv = [*SCRIPT_TINY, "--steps", "4", "--eval-size", "1", "--out", str(out)]
+    real = script.pretrain
+
+    def interrupted(*args, **kwargs):  # Ctrl-C once step 2 is logged
+        def log(record):
+            if record["step"] == 3:
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "log_every": 1, "log": log})
+
+    monkeypatch.setattr(script, "pretrain", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(argv)
+    assert exit_info.value.code == 130
+    command = f"python scripts/pretrain_lm.py {' '.join(argv)} --resume"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"interrupted after step 2 of 4: the checkpoint in {out} keeps it; "
+        f"continue with: {command}"
+    )
+    monkeypatch.setattr(script, "pretrain", real)
+    with pytest.raises(SystemExit) as exit_info:  # not without --resume
+        script.main(argv)
+    assert exit_info.value.code == 2
+    assert "holds an interrupted pretraining (step 2 of 4)" in capsys.readouterr().err
+    script.main([*argv, "--resume"])
+    assert json.loads((out / "config.json").read_text())["steps_done"] == 4
+    assert not (out / "checkpoint.safetensors").exists()  # the model replaces it
 
 
 def test_pretrain_help_says_the_default_out_is_the_shipped_model(capsys):

@@ -16,9 +16,13 @@ stream) is ever trained on. The loss is next-token cross-entropy on completion t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +32,15 @@ from esrl.envs.llm.model import LMConfig, RecurrentLM, init_params
 from esrl.envs.llm.tasks import Problem, Task, countdown_task, make_splits
 from esrl.envs.llm.tokenizer import encode, pad_batch
 
+from esrl.checkpoint import (
+    checkpoint_path,
+    has_checkpoint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from esrl.checks import SEED, require
+from esrl.runs import raise_if_interrupted, sigterm_as_interrupt
 
 EVAL_POOL = 1000
 """Held-out prompts excluded from pretraining: eval splits up to this size are clean."""
@@ -168,8 +180,15 @@ def pretrain(
     model_config: LMConfig,
     log: Callable[[dict], None] | None = None,
     log_every: int = 100,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Train from scratch; returns (params, history of logged records)."""
+    """Train from scratch; returns (params, history of logged records).
+
+    With ``checkpoint_dir`` the run is checkpointed there at every logged step and when
+    interrupted (Ctrl-C, SIGTERM), and a checkpoint found there is continued (same
+    configuration), exactly as if the run had never stopped; ``wall_time_s`` counts
+    from the (re)start.
+    """
     model = RecurrentLM(model_config)
     optimizer = make_optimizer(config)
     params = init_params(jax.random.key(config.seed), model_config)
@@ -177,6 +196,10 @@ def pretrain(
     corpus = build_corpus(config)
     weights = np.array([f for _, f in config.mix]) / sum(f for _, f in config.mix)
     rng = np.random.default_rng(config.seed)
+    run = _Committed(0, params, opt_state, rng.bit_generator.state, (), ())
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        run = _restore(checkpoint_dir, run, config, model_config)
+        rng.bit_generator.state = run.rng
 
     @jax.jit
     def update(params, opt_state, ids, mask):
@@ -184,24 +207,90 @@ def pretrain(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    history, start, losses = [], time.perf_counter(), []
-    for step in range(1, config.steps + 1):
-        _, ids, mask = corpus[rng.choice(len(corpus), p=weights)]
-        rows = rng.integers(0, ids.shape[0], config.batch_size)
-        params, opt_state, loss = update(params, opt_state, ids[rows], mask[rows])
-        losses.append(loss)
-        elapsed = time.perf_counter() - start
-        out_of_time = config.time_limit_s is not None and elapsed > config.time_limit_s
-        if step % log_every == 0 or step == config.steps or out_of_time:
-            record = {
-                "step": step,
-                "loss": float(np.mean(jax.device_get(losses))),
-                "wall_time_s": round(elapsed, 1),
-            }
-            losses = []
-            history.append(record)
-            if log is not None:
-                log(record)
-        if out_of_time:
-            break
-    return params, history
+    start = time.perf_counter()
+    with sigterm_as_interrupt():
+        try:
+            for step in range(run.step + 1, config.steps + 1):
+                raise_if_interrupted()
+                _, ids, mask = corpus[rng.choice(len(corpus), p=weights)]
+                rows = rng.integers(0, ids.shape[0], config.batch_size)
+                params, opt_state, loss = update(
+                    run.params, run.opt_state, ids[rows], mask[rows]
+                )
+                losses, history = (*run.losses, loss), run.history
+                elapsed = time.perf_counter() - start
+                out_of_time = (
+                    config.time_limit_s is not None and elapsed > config.time_limit_s
+                )
+                logged = step % log_every == 0 or step == config.steps or out_of_time
+                if logged:
+                    record = {
+                        "step": step,
+                        "loss": float(np.mean(jax.device_get(losses))),
+                        "wall_time_s": round(elapsed, 1),
+                    }
+                    losses, history = (), (*history, record)
+                    if log is not None:
+                        log(record)
+                # one assignment: an interrupt sees this step whole or not at all
+                run = _Committed(
+                    step, params, opt_state, rng.bit_generator.state, losses, history
+                )
+                if logged and checkpoint_dir is not None:
+                    _save(checkpoint_dir, run, config, model_config)
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:
+            if checkpoint_dir is not None:
+                _save(checkpoint_dir, run, config, model_config)
+            raise
+    return run.params, list(run.history)
+
+
+class _Committed(NamedTuple):
+    """Pretraining after its last whole step: what a checkpoint holds."""
+
+    step: int
+    params: dict
+    opt_state: Any
+    rng: dict
+    """The data order's NumPy generator state."""
+    losses: tuple
+    """Losses since the last logged record (float32 scalars)."""
+    history: tuple
+
+
+def _settings(config: PretrainConfig, model_config: LMConfig) -> dict:
+    """What a resumed pretraining must share with its checkpoint (not the time limit)."""
+    return {
+        "pretrain": {**dataclasses.asdict(config), "time_limit_s": None},
+        "model": dataclasses.asdict(model_config),
+    }
+
+
+def _save(directory, run: _Committed, config, model_config) -> None:
+    meta = {
+        "settings": _settings(config, model_config),
+        "step": run.step,
+        "rng": run.rng,
+        "losses": [float(x) for x in jax.device_get(run.losses)],
+        "history": list(run.history),
+    }
+    save_checkpoint(directory, (run.params, run.opt_state), meta)
+
+
+def _restore(directory, fresh: _Committed, config, model_config) -> _Committed:
+    meta = read_meta(directory)
+    settings = json.loads(json.dumps(_settings(config, model_config)))  # as stored
+    if meta.get("settings") != settings:
+        raise ValueError(
+            f"the checkpoint in {directory} was written by another pretraining (other "
+            "settings); continue it with the settings it was started with, or remove "
+            f"{checkpoint_path(directory)}"
+        )
+    (params, opt_state), meta = load_checkpoint(
+        directory, template=(fresh.params, fresh.opt_state)
+    )
+    losses = tuple(np.float32(x) for x in meta["losses"])
+    history = tuple(meta["history"])
+    return _Committed(meta["step"], params, opt_state, meta["rng"], losses, history)
