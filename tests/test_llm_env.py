@@ -133,6 +133,14 @@ def test_user_task_and_disjoint_splits():
         LLMEnv(task, split="test")
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
         LLMEnv(task, max_new_tokens=0)  # was: silently the task's budget
+    # was a NumPy error ("pad_width must be of integral type", slice indices ...)
+    for kwargs, message in [
+        ({"size": 10.0}, "size must be an integer, got 10.0"),
+        ({"max_new_tokens": 8.0}, "max_new_tokens must be an integer, got 8.0"),
+        ({"eval_pool": 20.0}, "eval_pool must be an integer, got 20.0"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            LLMEnv(task, **kwargs)
 
 
 def test_eval_split_larger_than_eval_pool_is_refused():

@@ -32,6 +32,7 @@ from esrl.envs.llm.tokenizer import BOS, EOS, PAD, VOCAB_SIZE, decode, encode_pr
 from flax import struct
 
 from esrl import spaces
+from esrl.checks import SEED, is_int, require_value
 from esrl.env import Environment
 
 
@@ -63,6 +64,11 @@ class LLMEnv(Environment):
     ):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        for name, value in (("size", size), ("eval_pool", eval_pool),
+                            ("max_new_tokens", max_new_tokens)):  # fmt: skip
+            if value is not None and not is_int(value):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        require_value("seed", seed, SEED)
         if size is None:  # the held-out split holds eval_pool problems, no more
             size = 1000 if split == "train" else eval_pool
         if size < 1:
