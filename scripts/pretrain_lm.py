@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         again = argv if args.resume else [*argv, "--resume"]
         command = "python " + shlex.join(["scripts/pretrain_lm.py", *again])
+        step = _checkpointed_step(args.out)
+        when = "before the first step" if step is None else f"after step {step}"
         print(
-            f"interrupted {_progress(args.out, config)}: the checkpoint in {args.out} "
+            f"interrupted {when} of {config.steps}: the checkpoint in {args.out} "
             f"keeps it; continue with: {command}",
             file=sys.stderr,
         )
@@ -147,22 +149,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"saved {out} ({train_s:.0f} s)")
 
 
-def _progress(out: Path, config: PretrainConfig) -> str:
-    """'after step K of N' from the checkpoint in ``out`` ('before the first step')."""
-    if not has_checkpoint(out):
-        return "before the first step"
-    return f"after step {read_meta(out)['step']} of {config.steps}"
+def _checkpointed_step(out: Path) -> int | None:
+    """The last step the checkpoint in ``out`` holds (None: no checkpoint)."""
+    return read_meta(out)["step"] if has_checkpoint(out) else None
 
 
 def check_resume(args: argparse.Namespace, config: PretrainConfig) -> None:
     """Refuse to start over an interrupted run, or to resume one that is not there."""
-    if has_checkpoint(args.out) and not args.resume:
+    step = _checkpointed_step(args.out)
+    if step is not None and not args.resume:
         raise ValueError(
-            f"--out {args.out} holds an interrupted pretraining "
-            f"({_progress(args.out, config).removeprefix('after ')}); continue it with "
-            f"the same options and --resume, or remove {checkpoint_path(args.out)}"
+            f"--out {args.out} holds an interrupted pretraining (step {step} of "
+            f"{config.steps}); continue it with the same options and --resume, or "
+            f"remove {checkpoint_path(args.out)}"
         )
-    if args.resume and not has_checkpoint(args.out):
+    if step is None and args.resume:
         raise ValueError(f"--resume: {args.out} holds no interrupted pretraining")
 
 

@@ -71,10 +71,9 @@ class LLMEnv(Environment):
         require_value("seed", seed, SEED)
         if size is None:  # the held-out split holds eval_pool problems, no more
             size = 1000 if split == "train" else eval_pool
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        require_value("size", size, ">= 1")
+        if max_new_tokens is not None:
+            require_value("max_new_tokens", max_new_tokens, ">= 1")
         if split == "eval" and size > eval_pool:
             # The train split excludes only the first eval_pool held-out problems;
             # more of them would overlap it.
