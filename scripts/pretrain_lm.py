@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         heldout[f"countdown-{n}_accuracy"] = result.accuracy
         print(f"held-out countdown-{n}: accuracy {result.accuracy:.3f}", flush=True)
-    command = "python " + shlex.join(["scripts/pretrain_lm.py", *argv])
+    # the command that makes this model from scratch (a resume continued it)
+    fresh = [a for a in argv if a != "--resume"]
+    command = "python " + shlex.join(["scripts/pretrain_lm.py", *fresh])
     extra = {
         "command": command,
         "pretrain": {k: v for k, v in dataclasses.asdict(config).items()},

@@ -187,7 +187,10 @@ def test_pretrain_script_continues_an_interrupted_run_with_resume(
     assert exit_info.value.code == 2
     assert "holds an interrupted pretraining (step 2 of 4)" in capsys.readouterr().err
     script.main([*argv, "--resume"])
-    assert json.loads((out / "config.json").read_text())["steps_done"] == 4
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["steps_done"] == 4
+    # the command that makes the model from scratch, not the resume's
+    assert meta["command"] == f"python scripts/pretrain_lm.py {' '.join(argv)}"
     assert not (out / "checkpoint.safetensors").exists()  # the model replaces it
 
 
