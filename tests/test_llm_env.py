@@ -202,6 +202,14 @@ def test_the_eval_split_builds_with_default_sizes():
     assert len(esrl.make("llm/countdown", eval_pool=8).problems) == 1000
 
 
+def test_countdown_env_takes_max_value():
+    # was: TypeError, make_countdown passed max_value on to LLMEnv
+    env = esrl.make("llm/countdown", max_value=30, size=50, eval_pool=8)
+    assert max(p.data["target"] for p in env.problems) <= 30
+    targets = [p.data["target"] for p in esrl.make("llm/countdown", size=50).problems]
+    assert max(targets) > 30
+
+
 def test_dataset_options_passed_as_keywords_point_to_config():
     # was: "LLMEnv.__init__() got an unexpected keyword argument 'max_digits'"
     with pytest.raises(TypeError, match=r"max_digits.*config=\{'max_digits'"):

@@ -155,9 +155,15 @@ class LLMEnv(Environment):
         return decode(tokens[int(state.prompt_len) : int(state.pos) + 1])
 
 
-def make_countdown(num_numbers: int = 3, max_number: int = 20, **kwargs) -> LLMEnv:
-    """``llm/countdown``: Countdown with 3 (or ``num_numbers``) numbers."""
-    return LLMEnv(countdown_task(num_numbers, max_number), **kwargs)
+def make_countdown(
+    num_numbers: int = 3, max_number: int = 20, max_value: int = 200, **kwargs
+) -> LLMEnv:
+    """``llm/countdown``: Countdown with 3 (or ``num_numbers``) numbers.
+
+    Numbers are drawn from [1, ``max_number``]; targets and intermediate values stay
+    in [1, ``max_value``].
+    """
+    return LLMEnv(countdown_task(num_numbers, max_number, max_value), **kwargs)
 
 
 def make_reasoning_gym(
