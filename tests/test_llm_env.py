@@ -231,3 +231,15 @@ def test_generate_must_return_problems(item):
     task = Task("mine", lambda seed, count: [item] * count, _zero)
     with pytest.raises(TypeError, match="task 'mine': generate must return Problem"):
         make_task_env(task, size=1, eval_pool=1)
+
+
+def _fails(completion: str, problem: Problem) -> float:
+    return float(problem.data["target"])  # these problems carry no data
+
+
+def test_a_score_that_raises_is_refused_when_the_env_is_made():
+    # was: accepted; the KeyError came at the first finished episode, inside the
+    # jitted rollout, as jax's "CpuCallback error" with no word of which task
+    task = Task("mine", _numbered, _fails)
+    with pytest.raises(RuntimeError, match="task 'mine': score raised TypeError.*''"):
+        make_task_env(task, size=1, eval_pool=1)

@@ -125,9 +125,8 @@ def test_a_score_that_is_not_a_number_is_a_clear_error(value):
     completions = np.array([[encode("x")]])  # one member, one prompt
     with pytest.raises(TypeError, match="task 'mine': score returned"):
         score_completions(task, _generate(0, 1), completions)
-    env = make_task_env(task, size=2, eval_pool=2)
-    with pytest.raises(TypeError, match="score returned"):
-        env._score_host(np.array(0), env._prompts[0], env._lengths[0], np.array(True))
+    with pytest.raises(TypeError, match="score returned"):  # before any rollout
+        make_task_env(task, size=2, eval_pool=2)
 
 
 def test_task_budgets_and_countdown_values_are_checked():

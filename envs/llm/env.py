@@ -90,6 +90,10 @@ class LLMEnv(Environment):
             np.pad(ids, ((0, 0), (0, self.max_new_tokens)), constant_values=PAD)
         )
         self._lengths = jnp.asarray(lengths)
+        # a scorer that fails on an empty or the reference completion fails here,
+        # not in the middle of a jitted rollout
+        for completion in ("", self.problems[0].answer):
+            self.task.reward(completion, self.problems[0])
 
     @property
     def name(self) -> str:

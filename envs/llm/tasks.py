@@ -57,12 +57,19 @@ class Task:
         require(self, ">= 1", "max_new_tokens")
 
     def reward(self, completion: str, problem: Problem) -> float:
-        """``score`` as a float; a score that is not a number is an error.
+        """``score`` as a float; a score that raises or is not a number is an error.
 
         None (a scorer without ``return``) would become a NaN reward, the worst, and a
         str would be parsed as a number: both silently.
         """
-        value = self.score(completion, problem)
+        try:
+            value = self.score(completion, problem)
+        except Exception as error:  # name the input: inside a rollout jax wraps it
+            raise RuntimeError(
+                f"task {self.name!r}: score raised {type(error).__name__}: {error} "
+                f"for the completion {completion!r} of the prompt {problem.prompt!r}; "
+                "it must return a number for any completion"
+            ) from error
         if value is None or isinstance(value, (str, bytes)) or np.ndim(value) != 0:
             raise TypeError(
                 f"task {self.name!r}: score returned {value!r} for the prompt "
