@@ -39,6 +39,7 @@ from esrl.agents.ppo_config import PPOConfig
 from flax import struct
 
 from esrl import spaces
+from esrl.checks import require_hashable
 from esrl.env import AutoReset, Environment, all_finite, wraps
 from esrl.gae import (
     Batch,
@@ -151,6 +152,7 @@ class PPO:
                 "PPO resets finished episodes itself (keeping the final observation); "
                 "pass the environment without autoreset (esrl.make(id))"
             )
+        require_hashable(env)
         self.config = config
         self.env = env
         self.env_params = env.default_params if env_params is None else env_params

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from esrl.checks import require
+from esrl.checks import is_int, require, require_type
 from esrl.policy import PolicySpec
+
+_INTS = ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches")
+_NUMBERS = ("gamma", "gae_lambda", "clip_eps", "vf_coef", "ent_coef", "max_grad_norm")
+_FLAGS = (
+    "anneal_lr", "clip_value", "normalize_advantages", "normalize_obs",
+    "normalize_reward",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class PPOConfig:
     num_minibatches: int = 4
     """Minibatches per epoch (recurrent: whole sequences, split over environments)."""
     lr: float = 2.5e-3
-    """Adam learning rate."""
+    """Adam learning rate: a number (see anneal_lr; PPO takes no optax schedule)."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over the run."""
     gamma: float = 0.99
@@ -43,7 +50,7 @@ class PPOConfig:
     ent_coef: float = 0.01
     """Weight of the entropy bonus."""
     max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
+    """Global gradient-norm clip (inf: none)."""
     normalize_advantages: bool = True
     """Standardise advantages per minibatch."""
     normalize_obs: bool = False
@@ -56,6 +63,16 @@ class PPOConfig:
     """Auto-reset from this many fresh states per step (Craftax); None: exact resets."""
 
     def __post_init__(self):
+        require_type(self, "an int", *_INTS)
+        constant = "; PPO's lr is a constant (anneal_lr=True decays it to 0)"
+        require_type(self, "a number", "lr", hint=constant if callable(self.lr) else "")
+        require_type(self, "a number", *_NUMBERS)
+        require_type(self, "True or False", *_FLAGS)
+        if not isinstance(self.policy, PolicySpec):
+            raise TypeError(
+                f"policy must be a PolicySpec, got {self.policy!r}; e.g. "
+                "PolicySpec(kind='gru', hidden=64)"
+            )
         require(
             self, ">= 1", "total_steps", "num_envs", "num_steps", "update_epochs",
             "num_minibatches",
@@ -64,15 +81,20 @@ class PPOConfig:
         require(self, "in [0, 1]", "gamma", "gae_lambda")
         require(self, ">= 0", "vf_coef", "ent_coef")
         require(self, "finite", "lr", "vf_coef", "ent_coef")  # inf: the first step NaN
-        if self.reset_pool is not None and not 1 <= self.reset_pool <= self.num_envs:
+        pool = self.reset_pool
+        if pool is not None and not (is_int(pool) and 1 <= pool <= self.num_envs):
             raise ValueError(
-                f"reset_pool must be in [1, num_envs], got {self.reset_pool}"
+                f"reset_pool must be in [1, num_envs], got {pool!r} (an int at most "
+                f"num_envs = {self.num_envs}, or None for exact resets)"
             )
-        units = self.num_envs if self.policy.kind != "mlp" else self.batch_size
-        what = "num_envs" if self.policy.kind != "mlp" else "num_envs * num_steps"
+        recurrent = self.policy.kind != "mlp"
+        units = self.num_envs if recurrent else self.batch_size
+        what = "num_envs" if recurrent else "num_envs * num_steps"
         if units % self.num_minibatches:
+            whole = " (a recurrent policy's minibatches are whole environments)"
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must divide {what}={units}"
+                + (whole if recurrent else "")
             )
         if self.total_steps < self.batch_size:
             raise ValueError(

@@ -9,8 +9,9 @@ space, sampled actions accepted (`sample_space`: finite where a Box is unbounded
 identical transitions for identical keys. Dtypes are compared as JAX makes them: a
 float64 space holds float32 observations unless x64 is enabled.
 
-`require` is the one-line range check that every config's ``__post_init__`` uses;
-`is_int` the integer test behind the library's "must be an int" errors.
+`require` is the one-line range check that every config's ``__post_init__`` uses,
+`require_type` its type check (a float count failed deep inside jit, a string flag was
+truthy); `is_int` the integer test behind the library's "must be an int" errors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
 import jax
@@ -48,6 +50,37 @@ def require(config: Any, rule: str, *names: str) -> None:
         require_value(name, getattr(config, name), rule)
 
 
+TYPES = {
+    "an int": lambda v: is_int(v),
+    "a number": lambda v: isinstance(v, Real | jax.Array) and not _is_bool(v),
+    "True or False": lambda v: _is_bool(v),
+}
+"""The types `require_type` checks, by the words its error message uses."""
+
+
+def require_type(config: Any, kind: str, *names: str, hint: str = "") -> None:
+    """Raise TypeError "<name> must be <kind>, got <value>" (+ ``hint``) for the first
+    of ``names`` whose value is not of ``kind`` (a key of `TYPES`)."""
+    for name in names:
+        value = getattr(config, name)
+        if not TYPES[kind](value):
+            if kind == "an int" and isinstance(value, float) and value.is_integer():
+                hint = f"; write {int(value)}{hint}"
+            raise TypeError(f"{name} must be {kind}, got {value!r}{hint}")
+
+
+def require_hashable(env: Any) -> None:
+    """Refuse an unhashable environment: jit takes it as a static argument."""
+    try:
+        hash(env)
+    except TypeError:
+        raise TypeError(
+            "the environment must be hashable (jit takes it as a static argument), "
+            f"and a {type(env).__name__} is not; declare it @dataclass(frozen=True) "
+            "with hashable fields, or @dataclass(eq=False)"
+        ) from None
+
+
 def require_value(name: str, value: Any, rule: str) -> None:
     """`require` for a value that is not a config's field (a function's argument)."""
     if not RULES[rule](value):
@@ -76,6 +109,10 @@ def is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def _is_bool(x: Any) -> bool:
+    return isinstance(x, (bool, np.bool_))
+
+
 _BATCH = 3  # members 0 and 1 share key and action, member 2 differs
 # Floats of members 0 and 1 may differ by rounding (as on a GPU), not more.
 _RTOL, _ATOL = 1e-4, 1e-6
@@ -101,6 +138,10 @@ def check_env(
     """
     env = _adapt(env)
     name = _label(env)
+    try:
+        require_hashable(env)
+    except TypeError as e:
+        _raise(name, [str(e)])
     params = env.default_params if params is None else params
     key = jax.random.key(0) if key is None else key
     obs_space = _call(

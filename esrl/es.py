@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any
 
 import jax
@@ -19,11 +18,11 @@ import optax
 from flax import struct
 
 from esrl import noise
-from esrl.checks import is_int, require
+from esrl.checks import is_int, require, require_type
 from esrl.fitness import SHAPERS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-_NUMBERS = ("sigma", "lr", "weight_decay", "sigma_decay", "sigma_min", "lr_decay")
+_NUMBERS = ("sigma", "weight_decay", "sigma_decay", "sigma_min", "lr_decay")
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,10 @@ class ESConfig:
     """Rank, antithetic sampling, noise reuse and excluded parameters."""
 
     def __post_init__(self):
-        if not is_int(self.population):
-            raise TypeError(f"population must be an int, got {self.population!r}")
-        for name in _NUMBERS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real | jax.Array):
-                schedule = "; for a schedule, pass ES(config, optax.adam(schedule))"
-                hint = schedule if name == "lr" else ""
-                raise TypeError(f"{name} must be a number, got {value!r}{hint}")
+        require_type(self, "an int", "population")
+        schedule = "; for a schedule, pass ES(config, optax.adam(schedule))"
+        require_type(self, "a number", "lr", hint=schedule)
+        require_type(self, "a number", *_NUMBERS)
         if self.population < 2:
             raise ValueError(f"population must be >= 2, got {self.population}")
         if self.noise.antithetic and self.population % 2:

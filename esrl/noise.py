@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import core, traverse_util
 
-from esrl.checks import is_int
+from esrl.checks import require_type
 
 Params = Any
 
@@ -60,9 +60,8 @@ class NoiseConfig:
     """Parameters whose path contains one of these substrings are never perturbed."""
 
     def __post_init__(self):
-        for name in ("rank", "noise_reuse"):
-            if not is_int(getattr(self, name)):
-                raise TypeError(f"{name} must be an int, got {getattr(self, name)!r}")
+        require_type(self, "an int", "rank", "noise_reuse")
+        require_type(self, "True or False", "antithetic")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.noise_reuse < 1:

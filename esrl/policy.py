@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from esrl import spaces
+from esrl.checks import require_type
 from esrl.nn import CELLS, Dense, initial_carry, perturbation, perturbed
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": nn.relu, "gelu": nn.gelu}
@@ -111,6 +112,16 @@ class PolicySpec:
     """Activation: tanh, relu or gelu."""
 
     def __post_init__(self):
+        require_type(self, "an int", "hidden", "num_layers")  # a float failed in jit
+        if self.kind != "mlp" and self.kind not in CELLS:
+            raise ValueError(
+                f"unknown policy {self.kind!r}; choose one of mlp, {', '.join(CELLS)}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose one of "
+                f"{', '.join(ACTIVATIONS)}"
+            )
         if self.hidden < 1:
             raise ValueError(f"hidden width must be >= 1, got {self.hidden}")
         if self.num_layers < 0:
@@ -123,12 +134,6 @@ class PolicySpec:
 
 def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:
     """A `Policy` for ``action_space``; raises a clear error for spaces it cannot serve."""
-    if spec.kind != "mlp" and spec.kind not in CELLS:
-        raise ValueError(
-            f"unknown policy {spec.kind!r}; choose one of mlp, {', '.join(CELLS)}"
-        )
-    if spec.activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {spec.activation!r}: {list(ACTIVATIONS)}")
     if isinstance(action_space, spaces.Discrete):
         discrete, dim = True, int(action_space.n)
     elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:

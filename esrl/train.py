@@ -30,6 +30,7 @@ from flax import struct
 from esrl import distributed as dist
 from esrl import xla
 from esrl.checkpoint import load_checkpoint
+from esrl.checks import require_hashable
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.es import ES, ESState
@@ -105,6 +106,7 @@ class ESTrainer:
     def __init__(
         self, env: Environment, strategy: ES, config: TrainConfig, env_params=None
     ):
+        require_hashable(env)
         self.env, self.strategy, self.config = env, strategy, config
         self.env_params = env.default_params if env_params is None else env_params
         self.policy = make_policy(config.policy, env.action_space(self.env_params))

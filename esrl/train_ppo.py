@@ -28,7 +28,7 @@ from esrl import distributed as dist
 from esrl import xla
 from esrl.agents.ppo import PPO, Metrics, PPOConfig, PPOState
 from esrl.checkpoint import load_checkpoint
-from esrl.checks import SEED, require, require_env_id
+from esrl.checks import SEED, require, require_env_id, require_hashable
 from esrl.cli import import_plugins
 from esrl.env import Environment
 from esrl.logger import RunLogger, to_json
@@ -260,6 +260,8 @@ def agent_for(spec: PPORunSpec, env: Environment | None = None) -> PPO:
     config = spec.ppo  # cached agents are shared by runs that differ in length only
     if not config.anneal_lr:
         config = dataclasses.replace(config, total_steps=config.batch_size)
+    if env is not None:
+        require_hashable(env)  # else the cache's bare "unhashable type"
     return _ppo(spec.env if env is None else env, config)
 
 

@@ -80,6 +80,12 @@ def test_non_integer_sizes_are_a_clear_error(kwargs, name):
         EggrollConfig(**{"population": 8, **kwargs}).strategy()
 
 
+def test_a_string_flag_is_a_clear_error():
+    # was: accepted; "no" is truthy, so antithetic sampling stayed on
+    with pytest.raises(TypeError, match="antithetic must be True or False, got 'no'"):
+        EggrollConfig(population=8, antithetic="no").strategy()
+
+
 def test_a_learning_rate_schedule_in_the_config_says_how_to_use_one():
     # was "TypeError: '>' not supported between instances of 'function' and 'int'"
     schedule = optax.linear_schedule(0.1, 0.0, 100)

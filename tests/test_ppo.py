@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from esrl.agents.ppo import PPO, PPOConfig
 from flax import struct
@@ -447,6 +448,64 @@ def test_bad_configurations_say_what_to_do():
         PPOConfig(num_envs=16, reset_pool=17)  # checked when built, not by PPO
     with pytest.raises(TypeError, match="without autoreset"):
         PPO(PPOConfig(), esrl.make("gymnax/CartPole-v1", autoreset=True))
+
+
+def test_values_of_the_wrong_type_are_refused_when_the_config_is_built():
+    # were accepted: a float count failed inside jit ("Shapes must be 1D sequences of
+    # concrete values of integer type") or ran with float counters, a string flag
+    # ("no") was truthy, a PolicySpec typo hit the minibatch rule as a recurrent one
+    with pytest.raises(TypeError, match=r"total_steps must be an int, got 1000000.0; "
+                       "write 1000000"):  # fmt: skip
+        PPOConfig(total_steps=1e6)
+    for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches"):
+        with pytest.raises(TypeError, match=f"^{name} must be an int, got 2.5$"):
+            PPOConfig(**{name: 2.5})
+    with pytest.raises(TypeError, match="num_envs must be an int, got True"):
+        PPOConfig(num_envs=True, num_steps=2048, num_minibatches=1)
+    with pytest.raises(ValueError, match=r"must be in \[1, num_envs\], got 2.5"):
+        PPOConfig(reset_pool=2.5)
+    with pytest.raises(TypeError, match="^lr must be a number, got '3e-4'$"):
+        PPOConfig(lr="3e-4")
+    schedule = optax.linear_schedule(1e-3, 0.0, 100)
+    with pytest.raises(TypeError, match="anneal_lr=True decays it"):
+        PPOConfig(lr=schedule)
+    with pytest.raises(TypeError, match="anneal_lr must be True or False, got 'no'"):
+        PPOConfig(anneal_lr="no")
+    with pytest.raises(TypeError, match="policy must be a PolicySpec, got 'gru'"):
+        PPOConfig(policy="gru")
+    with pytest.raises(ValueError, match="unknown policy 'GRU'; choose one of mlp"):
+        PPOConfig(num_envs=16, num_minibatches=32, policy=PolicySpec(kind="GRU"))
+    with pytest.raises(ValueError, match="unknown activation 'elu'"):
+        PPOConfig(policy=PolicySpec(activation="elu"))
+    with pytest.raises(TypeError, match="hidden must be an int, got 8.0"):
+        PolicySpec(hidden=8.0)
+    with pytest.raises(ValueError, match="minibatches are whole environments"):
+        PPOConfig(num_envs=4, num_minibatches=8, policy=GRU)
+    numpy = PPOConfig(num_envs=np.int64(16), lr=np.float32(1e-3), anneal_lr=np.True_)
+    assert numpy.num_updates == 244
+
+
+@dataclasses.dataclass
+class PlainDataclassBandit(ContinuousBandit):
+    """A user's environment with a field: a plain @dataclass is unhashable."""
+
+    scale: float = 1.0
+
+
+def test_an_unhashable_environment_is_refused_with_what_to_do(tmp_path):
+    # was: "unhashable type" from the agent cache, or from jit's static arguments
+    # once compiling (a traceback after prepare had passed)
+    tiny = PPOConfig(total_steps=8, num_envs=2, num_steps=4, num_minibatches=1)
+    spec = PPORunSpec(env="my/Bandit-v0", ppo=tiny, progress=False)
+    message = r"must be hashable .* @dataclass\(frozen=True\)"
+    with pytest.raises(TypeError, match=message):
+        prepare(spec, tmp_path, env=PlainDataclassBandit())
+    with pytest.raises(TypeError, match=message):
+        PPO(tiny, PlainDataclassBandit())
+    frozen = dataclasses.dataclass(frozen=True)(
+        type("Frozen", (ContinuousBandit,), {"__annotations__": {"scale": float}})
+    )
+    PPO(tiny, frozen(scale=1.0))
 
 
 def test_autoreset_under_another_wrapper_is_rejected():

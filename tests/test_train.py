@@ -329,6 +329,28 @@ class NaNMemoryEnv(MemoryEnv):
         return obs, state2, reward, term, trunc, info
 
 
+@dataclasses.dataclass
+class DataclassMemoryEnv(MemoryEnv):
+    """A user's environment as a plain @dataclass: unhashable (eq without frozen)."""
+
+    delay: int = 2
+    num_cues: int = 2
+
+
+def test_an_unhashable_environment_is_refused_with_what_to_do(tmp_path):
+    # was: "unhashable type" from inside jit, after the run directory was set up
+    spec = RunSpec(
+        env="test/Memory-v0",
+        agent_config=EggrollConfig(population=4),
+        train=TrainConfig(generations=1, progress=False),
+    )
+    message = r"must be hashable .* @dataclass\(frozen=True\)"
+    with pytest.raises(TypeError, match=message):
+        train(spec, tmp_path, env=DataclassMemoryEnv())
+    with pytest.raises(esrl.EnvCheckError, match=message):
+        esrl.check_env(DataclassMemoryEnv())
+
+
 def test_nan_members_are_reported_and_harmless(tmp_path, capsys):
     spec = RunSpec(
         env="test/Memory-v0",
