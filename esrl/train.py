@@ -333,10 +333,11 @@ def train(
     out_dir: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     env: Environment | None = None,
 ) -> TrainResult:
     """Train ``spec`` up to ``spec.train.generations`` (the total, resumes included)."""
-    return fit(prepare(spec, out_dir, resume=resume, env=env))
+    return fit(prepare(spec, out_dir, resume=resume, overwrite=overwrite, env=env))
 
 
 def fit(prepared: Prepared) -> TrainResult:
