@@ -10,7 +10,9 @@ episode, indexed like `achievement_names`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from typing import Any
 
 from esrl.envs.legacy import LegacyEnv
@@ -85,6 +87,10 @@ class CraftaxEnv(LegacyEnv):
 def make_craftax(name: str = "Craftax-Classic-Symbolic-v1") -> CraftaxEnv:
     """Build ``craftax/<name>`` without Craftax's every-step auto-reset."""
     _check_name(name)
-    from craftax.craftax_env import make_craftax_env_from_name
+    # Pixels envs print texture loading on stdout, which would corrupt JSON output
+    # (`esrl eval --json`); it is progress, so it goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        from craftax.craftax_env import make_craftax_env_from_name
 
-    return CraftaxEnv(make_craftax_env_from_name(name, auto_reset=False), name)
+        env = make_craftax_env_from_name(name, auto_reset=False)
+    return CraftaxEnv(env, name)

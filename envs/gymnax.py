@@ -57,9 +57,23 @@ class GymnaxEnv(Environment):
         return f"{self.prefix}{self.env.name}"
 
 
+MNIST_DIR = "/tmp/mnist"
+"""Where gymnax's MNISTBandit-bsuite reads MNIST, downloading it when it is missing."""
+
+
 def make_gymnax(name: str, **kwargs) -> GymnaxEnv:
     """Build ``gymnax/<name>``; keyword arguments go to the gymnax constructor."""
-    env, _ = gymnax.make(name, **kwargs)
+    try:
+        env, _ = gymnax.make(name, **kwargs)
+    except OSError as e:  # MNISTBandit downloads MNIST when built (URLError offline)
+        if name != "MNISTBandit-bsuite":
+            raise
+        raise FileNotFoundError(
+            f"gymnax/{name} needs MNIST, which gymnax downloads into {MNIST_DIR} when "
+            f"it is built, and that failed ({e}); run it once with internet access, or "
+            f"put the four MNIST .gz files (train-images-idx3-ubyte.gz, ...) in "
+            f"{MNIST_DIR} (delete a partly downloaded file first)"
+        ) from e
     return GymnaxEnv(env, prefix="gymnax/")
 
 

@@ -60,6 +60,21 @@ def test_gymnax_adapter_reproduces_raw_step_env(name):
     assert reward.dtype == jnp.float32 and terminated.dtype == truncated.dtype == bool
 
 
+def test_gymnax_mnist_bandit_offline_says_where_mnist_goes(monkeypatch):
+    from urllib.error import URLError
+
+    from gymnax.utils import load_mnist
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(load_mnist, "load_mnist", offline)
+    # Was a raw URLError traceback from `esrl train --env gymnax/MNISTBandit-bsuite`
+    # (the CLI reports FileNotFoundError as one error line).
+    with pytest.raises(FileNotFoundError, match="put the four MNIST .gz files"):
+        esrl.make("gymnax/MNISTBandit-bsuite")
+
+
 # --- Brax -----------------------------------------------------------------------
 
 
@@ -169,6 +184,22 @@ def test_craftax_splits_time_limit_from_death(craftax):
     dead_at_limit = at_limit.replace(player_health=jnp.zeros_like(state.player_health))
     assert not bool(env._truncated(dead_at_limit, params, done))
     assert not bool(env._truncated(state, params, done))
+
+
+def test_craftax_texture_messages_go_to_stderr(monkeypatch, capsys):
+    from craftax import craftax_env
+
+    real = craftax_env.make_craftax_env_from_name
+
+    def loads_textures(*args, **kwargs):  # as the Pixels envs do when built
+        print("Loading Craftax-Classic textures from cache.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(craftax_env, "make_craftax_env_from_name", loads_textures)
+    esrl.make("craftax/Craftax-Classic-Symbolic-v1")
+    out, err = capsys.readouterr()
+    # was on stdout, ahead of the JSON of `esrl eval --json` on a Pixels run
+    assert out == "" and "textures" in err
 
 
 def test_craftax_unknown_name():
