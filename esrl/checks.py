@@ -88,11 +88,19 @@ def require_value(name: str, value: Any, rule: str) -> None:
 
 
 def require_env_id(env: Any, trainer: str) -> None:
-    """A run spec's ``env`` is an id (it is stored in the checkpoint's JSON metadata)."""
+    """A run spec's ``env`` is an id (it is stored in the checkpoint's JSON metadata),
+    and not a language-model task, which the trainers' policies cannot learn."""
     if not isinstance(env, str):
         raise TypeError(
             f"env is the environment id, a str (got a {type(env).__name__}); train on "
             f"an environment object with {trainer}(spec, DIR, env=...)"
+        )
+    if env.startswith("llm/"):  # an MLP/GRU would read each token id as one number
+        raise ValueError(
+            f"{env} is a language-model task: the policies of esrl train and "
+            f"{trainer}() read each token id as one number and cannot learn it; "
+            "fine-tune the shipped language model with scripts/train_countdown.py or "
+            "esrl.envs.llm.finetune (README: LLM reasoning)"
         )
 
 

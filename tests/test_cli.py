@@ -72,6 +72,11 @@ def test_bad_environments_fail_before_compiling(no_compile, capsys, tmp_path):
     assert "policies serve Discrete or 1-D Box action spaces" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path)]) == 2
     assert "--env is required" in capsys.readouterr().err
+    # was: trained an MLP on token ids as numbers (eval return 0), silently
+    for agent in ("eggroll", "ppo"):
+        args = ["train", "--env", "llm/countdown", "--agent", agent]
+        assert main([*args, "--out", str(tmp_path)]) == 2
+        assert "scripts/train_countdown.py" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
