@@ -158,7 +158,13 @@ class PPO:
         self.env_params = env.default_params if env_params is None else env_params
         self.vec = VecEnv(env, config.num_envs, reset_pool=config.reset_pool)
         self.action_space = env.action_space(self.env_params)
-        self.policy = make_policy(config.policy, self.action_space, critic=True)
+        self.policy = make_policy(
+            config.policy,
+            self.action_space,
+            critic=True,
+            observation_space=env.observation_space(self.env_params),
+            normalize_obs=config.normalize_obs,
+        )
         self.discrete = isinstance(self.action_space, spaces.Discrete)
         self.recurrent = config.policy.kind != "mlp"
         self.optimizer = self._optimizer()

@@ -55,6 +55,9 @@ class Policy(nn.Module):
     cell: str = "mlp"
     critic: bool = False
     activation: str = "tanh"
+    obs_classes: int = 0
+    """One-hot encode the observation into this many classes (a Discrete observation
+    space); 0: read it as numbers."""
 
     @nn.compact
     def __call__(self, carry, obs: jax.Array):
@@ -62,7 +65,10 @@ class Policy(nn.Module):
         if isinstance(obs, (Mapping, tuple, list)):
             raise TypeError(_STRUCTURED_OBS.format(_describe(obs)))
         # one example (batch with vmap), in the default float dtype (float64 under x64)
-        x = jnp.ravel(obs).astype(jnp.result_type(float))
+        x = jnp.ravel(obs)
+        if self.obs_classes:  # an index as a number would order unrelated states
+            x = jnp.ravel(jax.nn.one_hot(x, self.obs_classes))
+        x = x.astype(jnp.result_type(float))
         if self.cell == "mlp":
             features = trunk = x  # the critic's input: its own MLP
             for i in range(self.num_layers):
@@ -132,8 +138,26 @@ class PolicySpec:
             )
 
 
-def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:
-    """A `Policy` for ``action_space``; raises a clear error for spaces it cannot serve."""
+def make_policy(
+    spec: PolicySpec,
+    action_space,
+    critic: bool = False,
+    observation_space=None,
+    normalize_obs: bool = False,
+) -> Policy:
+    """A `Policy` for ``action_space``; raises a clear error for spaces it cannot serve.
+
+    A Discrete ``observation_space`` is one-hot encoded (normalising it is refused).
+    """
+    obs_classes = 0
+    if isinstance(observation_space, spaces.Discrete):
+        obs_classes = int(observation_space.n)
+        if normalize_obs:
+            raise ValueError(
+                "observation normalisation does not apply to a Discrete observation "
+                f"space ({observation_space!r}, one-hot encoded); leave out "
+                "--normalize-obs (normalize_obs=False)"
+            )
     if isinstance(action_space, spaces.Discrete):
         discrete, dim = True, int(action_space.n)
     elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
@@ -151,6 +175,7 @@ def make_policy(spec: PolicySpec, action_space, critic: bool = False) -> Policy:
         cell=spec.kind,
         critic=critic,
         activation=spec.activation,
+        obs_classes=obs_classes,
     )
 
 

@@ -201,7 +201,12 @@ def random_baseline(
 
     env = make(env_id) if env is None else env
     env_params = env.default_params
-    policy = make_policy(PolicySpec(), env.action_space(env_params))
+    policy = make_policy(
+        PolicySpec(),
+        env.action_space(env_params),
+        False,
+        env.observation_space(env_params),
+    )
     key = jax.random.PRNGKey(seed)
     obs = jax.eval_shape(env.reset, key, env_params)[0]
     shapes = jax.eval_shape(policy.init, key, policy.initial_carry(), obs)["params"]

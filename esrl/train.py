@@ -109,7 +109,12 @@ class ESTrainer:
         require_hashable(env)
         self.env, self.strategy, self.config = env, strategy, config
         self.env_params = env.default_params if env_params is None else env_params
-        self.policy = make_policy(config.policy, env.action_space(self.env_params))
+        self.policy = make_policy(
+            config.policy,
+            env.action_space(self.env_params),
+            observation_space=env.observation_space(self.env_params),
+            normalize_obs=config.rollout.normalize_obs,
+        )
         self.population = strategy.config.population
         self.mesh = dist.population_mesh(self.population, config.num_devices)
         platform = self.mesh.devices.flat[0].platform

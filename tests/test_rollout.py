@@ -306,6 +306,25 @@ def test_a_dict_observation_is_a_clear_error_for_a_policy():
         policy.init(jax.random.key(0), (), obs)
 
 
+def test_a_discrete_observation_is_one_hot_encoded():
+    # was: the index reached the policy as one number (FrozenLake's cell 7 read as
+    # "more" than cell 3)
+    policy = make_policy(
+        PolicySpec(hidden=4, num_layers=1), spaces.Discrete(2),
+        observation_space=spaces.Discrete(5),
+    )  # fmt: skip
+    params = policy.init(jax.random.key(0), (), jnp.asarray(3))["params"]
+    layer = params["actor_0"]
+    assert layer["kernel"].shape == (5, 4)
+    _, out = policy.apply({"params": params}, (), jnp.asarray(3))
+    features = jnp.tanh(layer["kernel"][3] + layer["bias"])
+    head = params["head"]
+    np.testing.assert_allclose(out.logits, features @ head["kernel"] + head["bias"],
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="normalisation does not apply to a Discrete"):
+        make_policy(PolicySpec(), spaces.Discrete(2), False, spaces.Discrete(5), True)
+
+
 def test_an_autoreset_env_is_rolled_out_without_a_reset_per_step():
     # was: esrl.make(id, autoreset=True) handed to a rollout reset every live episode
     # at every step (a Craftax reset costs ~6 ms); done-masking never needs it
