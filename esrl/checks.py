@@ -95,12 +95,12 @@ def require_env_id(env: Any, trainer: str) -> None:
             f"env is the environment id, a str (got a {type(env).__name__}); train on "
             f"an environment object with {trainer}(spec, DIR, env=...)"
         )
-    if env.startswith("llm/"):  # an MLP/GRU would read each token id as one number
+    if env.startswith("llm/"):  # a run "succeeded" with eval return 0
         raise ValueError(
-            f"{env} is a language-model task: the policies of esrl train and "
-            f"{trainer}() read each token id as one number and cannot learn it; "
-            "fine-tune the shipped language model with scripts/train_countdown.py or "
-            "esrl.envs.llm.finetune (README: LLM reasoning)"
+            f"{env} is a language-model task: the small MLP and recurrent policies of "
+            f"esrl train and {trainer}() would have to learn language from scratch, one "
+            "token per step; fine-tune the shipped language model with "
+            "scripts/train_countdown.py or esrl.envs.llm.finetune (README: LLM reasoning)"
         )
 
 
