@@ -26,6 +26,11 @@ from esrl.nn import CELLS
 
 POLICIES = ("mlp", *CELLS)
 ES_AGENTS = ("eggroll", "openai_es")
+OUT_HELP = (
+    "run directory (default runs/<env>/{agent}-s<seed>; a scripts/train_*.py preset's: "
+    "runs/<name>_{agent}, replaced)"
+)
+"""``--out``'s help, shared by ES and PPO; a preset script prints it too."""
 EXTERNAL_AGENTS: dict[str, str] = {"ppo": "esrl.train_ppo:main"}
 """Agents with their own runner ``module:function``, called as ``fn(argv) -> int``."""
 
@@ -187,7 +192,7 @@ def _add_train(sub) -> None:
     a("--lr-decay", type=float, metavar="D", help="learning rate *= D every generation")
     a("--generations", type=int, metavar="G", help="total generations (resumes too)")
     a("--seed", type=int, metavar="S", help="random seed (default 0)")
-    a("--out", metavar="DIR", help="run directory (default runs/<env>/<agent>-s<seed>)")
+    a("--out", metavar="DIR", help=OUT_HELP.format(agent="<agent>"))
     a("--resume", metavar="DIR", help="continue the run in DIR up to --generations")
     a("--plugin", action="append", default=[], metavar="MODULE",
       help="import MODULE first (it registers your environments); repeatable")  # fmt: skip

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 
 from esrl.checks import require_value
-from esrl.cli import POLICIES, count, refused_on_resume, run_command
+from esrl.cli import OUT_HELP, POLICIES, count, refused_on_resume, run_command
 
 DEFAULTS: dict[str, object] = {
     "policy": "mlp", "hidden": 64, "seed": 0, "eval_every": 10, "eval_episodes": 16,
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-every", type=int, metavar="K", help="updates between evaluations (10)")
     a("--eval-episodes", type=int, metavar="M", help="episodes per evaluation (16)")
     a("--horizon", type=int, metavar="T", help="evaluation step limit (1000)")
-    a("--out", metavar="DIR", help="run directory (default runs/<env>/ppo-s<seed>)")
+    a("--out", metavar="DIR", help=OUT_HELP.format(agent="ppo"))
     a("--resume", metavar="DIR", help="continue the run in DIR up to --total-steps")
     a("--overwrite", action="store_true",
       help="start afresh in a --out that holds a run (its checkpoint, metrics, "

@@ -235,10 +235,11 @@ class RunLogger:
             self._progress.start()
 
     def _stats(self, r: dict) -> str:
-        sps = r.get("env_steps_per_s")
+        sps, best = r.get("env_steps_per_s"), r.get("train_return_max")
         return (
-            f"mean {_fmt(r.get('train_return_mean'))} max {_fmt(r.get('train_return_max'))}"
-            f" eval {_fmt(self.last_eval)}"
+            f"mean {_fmt(r.get('train_return_mean'))}"
+            + (f" max {_fmt(best)}" if "train_return_max" in r else "")  # not PPO's
+            + f" eval {_fmt(self.last_eval)}"
             + (f" {sps / 1e3:,.0f}k steps/s" if sps else "")
         )
 
@@ -260,7 +261,7 @@ class RunLogger:
         if self._progress is not None:
             self._progress.update(self._task, completed=it, stats=self._stats(record))
         elif not self._quiet and ("eval_return" in record or it == self.total):
-            self.console.print(f"{self.title} {it}/{self.total} {self._stats(record)}")
+            self.message(f"{self.title} {it}/{self.total} {self._stats(record)}")
 
     def message(self, text: str) -> None:
         """Print a line (a warning, a note) above the progress bar."""

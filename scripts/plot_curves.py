@@ -3,11 +3,12 @@
     python scripts/plot_curves.py --out docs/curves_cartpole.png \\
         --title "CartPole-v1" runs/cartpole_eggroll runs/cartpole_ppo ...
 
-Each positional argument is a run directory (its metrics.jsonl and summary.json), or
-``LABEL=DIR`` to name the curve (default: the run's agent). The left panel puts the
-evaluation return over environment steps (log scale: ES spends far more steps than
-PPO), the right one over wall-clock seconds since the run started (compilation
-included, so the curves start where training did).
+Each positional argument is a run directory (its metrics.jsonl, and summary.json or,
+for a run interrupted or still training, its checkpoint), or ``LABEL=DIR`` to name the
+curve (default: the run's agent). The left panel puts the evaluation return over
+environment steps (log scale: ES spends far more steps than PPO), the right one over
+wall-clock seconds since the run started (compilation included, so the curves start
+where training did).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from esrl.logger import read_metrics
+from esrl.checkpoint import has_checkpoint, read_meta
+from esrl.logger import METRICS, SUMMARY, read_metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="[LABEL=]DIR", help="run directories")
+    p.add_argument(
+        "runs", nargs="+", metavar="[LABEL=]DIR",
+        help="run directories, finished or not; LABEL= names a curve (default: agent)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
     p.add_argument(
         "--title", default="", help="figure title (default: the runs' env ids)"
@@ -40,10 +45,20 @@ def load(run: str) -> tuple[str, list[dict], dict]:
     is_dir = Path(run).is_dir()  # a directory may have "=" in its name (lr=0.1)
     label, _, path = ("", "", run) if is_dir or "=" not in run else run.partition("=")
     directory = Path(path)
-    summary_path = directory / "summary.json"
-    if not summary_path.is_file():
-        raise SystemExit(f"{directory} has no summary.json; is it a finished run?")
-    summary = json.loads(summary_path.read_text())
+    if not (directory / METRICS).is_file():
+        what = (
+            f"holds no run (no {METRICS})" if directory.is_dir() else "is no directory"
+        )
+        raise SystemExit(f"{directory} {what}; pass the --out directory of a run")
+    summary_path = directory / SUMMARY
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+    elif has_checkpoint(directory):  # interrupted, or still training
+        meta = read_meta(directory)
+        saved = meta.get("spec", meta)  # an LLM run's meta names them itself
+        summary = {"env": saved["env"], "agent": saved["agent"]}
+    else:
+        raise SystemExit(f"{directory} has neither {SUMMARY} nor a checkpoint")
     records = [r for r in read_metrics(directory) if r.get("eval_return") is not None]
     if not records:
         raise SystemExit(f"{directory}/metrics.jsonl has no eval_return records")

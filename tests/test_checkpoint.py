@@ -174,6 +174,20 @@ def test_run_logger_messages_print_paths_verbatim(out, capsys):
     assert f"continue with: esrl train --resume {out}\n" in capsys.readouterr().err
 
 
+def test_run_logger_progress_lines_stay_whole_in_a_log_file(capsys):
+    # stderr redirected to a file: one plain line per evaluation, none split by the
+    # console's 80 columns (was "... 1,631k" and "steps/s" on the next line)
+    title = "openai_es gymnax/Pendulum-v1 [sweep a]"  # no markup either
+    logger = RunLogger(None, total=100000, title=title)
+    logger.log({"iteration": 50, "train_return_mean": -808.2, "train_return_max": -1.0,
+                "eval_return": -526.2, "env_steps_per_s": 1.631e6})  # fmt: skip
+    line = f"{title} 50/100000 mean -808.2 max -1.0 eval -526.2 1,631k steps/s\n"
+    assert capsys.readouterr().err == line
+    # PPO logs no train_return_max: no "max -" on every line
+    logger.log({"iteration": 100000, "train_return_mean": 1.5})
+    assert capsys.readouterr().err == f"{title} 100000/100000 mean 1.5 eval -526.2\n"
+
+
 def test_a_config_with_infinity_is_saved_and_resumed(tmp_path):
     from esrl.rollout import RolloutConfig
     from esrl.runs import check_run_dir, save_run

@@ -120,6 +120,8 @@ def test_script_help_lists_preset_values_and_every_option(agent, capsys):
     assert option in text and "--resume" in text
     if agent == "ppo":
         assert "normalize_reward=True" in text
+    # --out's help gave esrl train's default alone, not the script's runs/brax_<agent>
+    assert "a scripts/train_*.py preset's: runs/<name>_" in " ".join(text.split())
 
 
 # --- tiny training runs -----------------------------------------------------------
@@ -219,7 +221,7 @@ def test_plot_curves_from_two_runs(cartpole_run, breakout_run, tmp_path):
     label, records, summary = plot.load(runs[0])
     assert (label, len(records), summary["agent"]) == ("low-rank", 2, "eggroll")
     assert plot.load(runs[1])[0] == "openai_es"
-    with pytest.raises(SystemExit, match="no summary.json"):
+    with pytest.raises(SystemExit, match="missing is no directory; pass the --out"):
         plot.main(["--out", str(png), str(tmp_path / "missing")])
 
 
@@ -366,3 +368,23 @@ def test_plot_is_written_where_it_says(tmp_path, capsys):
     assert plot.main(["--out", str(out), str(run)]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out} (")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_curves_takes_an_interrupted_run_and_refuses_a_non_run(tmp_path):
+    from esrl.checkpoint import save_checkpoint
+
+    plot = load_script("plot_curves")
+    run = _fake_run(tmp_path / "run")
+    (run / "summary.json").unlink()  # interrupted: metrics and checkpoint, no summary
+    meta = {"spec": {"env": "gymnax/Pendulum-v1", "agent": "ppo"}, "counters": {}}
+    save_checkpoint(run, {"x": jax.numpy.zeros(2)}, meta)
+    # was "has no summary.json; is it a finished run?": no curve of a run in progress
+    label, records, summary = plot.load(str(run))
+    assert (label, len(records), summary["env"]) == ("ppo", 1, "gymnax/Pendulum-v1")
+    assert plot.main(["--out", str(tmp_path / "f.png"), str(run)]) == 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty holds no run .no metrics.jsonl."):
+        plot.load(str(tmp_path / "empty"))
+    (run / "checkpoint.safetensors").unlink()
+    with pytest.raises(SystemExit, match="has neither summary.json nor a checkpoint"):
+        plot.load(str(run))
