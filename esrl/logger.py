@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -230,7 +231,7 @@ class RunLogger:
                 console=self.console,
             )
             self._task = self._progress.add_task(
-                "", total=total, completed=start, title=title, stats=""
+                "", total=total, completed=start, title=escape(title), stats=""
             )
             self._progress.start()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import types
@@ -186,6 +187,24 @@ def test_run_logger_progress_lines_stay_whole_in_a_log_file(capsys):
     # PPO logs no train_return_max: no "max -" on every line
     logger.log({"iteration": 100000, "train_return_mean": 1.5})
     assert capsys.readouterr().err == f"{title} 100000/100000 mean 1.5 eval -526.2\n"
+
+
+def test_progress_bar_shows_the_title_verbatim(monkeypatch):
+    # on a terminal, rich read "[...]" in the title as markup and dropped it
+    import io
+
+    from rich.console import Console
+
+    import esrl.logger
+
+    screen = io.StringIO()
+    terminal = functools.partial(
+        Console, file=screen, force_terminal=True, width=200, color_system=None
+    )
+    monkeypatch.setattr(esrl.logger, "Console", lambda file: terminal())
+    with RunLogger(None, total=2, title="eggroll my/Grid[small]-v0") as logger:
+        logger.log({"iteration": 2, "train_return_mean": 1.0})
+    assert "eggroll my/Grid[small]-v0" in screen.getvalue()
 
 
 def test_a_config_with_infinity_is_saved_and_resumed(tmp_path):
