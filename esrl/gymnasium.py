@@ -7,9 +7,10 @@ gymnasium 1.x way, reports the observation that ended an episode in
 info in ``infos["final_info"]``; an environment whose observation or reward turns
 non-finite is truncated and reset there (`esrl.vec.VecEnv`). Reset and step are jitted
 once; the environment's randomness comes from a JAX key seeded by ``seed`` (or by
-``reset(seed=...)``). A Discrete action that is not an integer in ``[0, n)`` is refused
-(ValueError); Box actions reach the environment as given, as in gymnasium
-(``gymnasium.wrappers.ClipAction`` clips them).
+``reset(seed=...)``), which seeds ``np_random`` too. A Discrete action that is not an
+integer in ``[0, n)`` is refused (ValueError); Box actions reach the environment as
+given, as in gymnasium (``gymnasium.wrappers.ClipAction`` clips them). Nothing renders
+(no render modes).
 
 gymnasium's vector wrappers that accept only next-step auto-reset refuse the VectorEnv.
 ``RecordEpisodeStatistics`` (gymnasium 1.3) runs but counts as if next-step: from an
@@ -25,6 +26,7 @@ import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -91,7 +93,13 @@ def _to_jax(action: Any, space: spaces.Space, batch: tuple[int, ...]) -> Any:
         return tuple(_to_jax(a, s, batch) for a, s in zip(action, space.spaces))
     if isinstance(space, spaces.Discrete):
         _check_discrete(np.asarray(action), space)
-    action = jnp.asarray(action, dtype=space.dtype)
+    try:
+        action = jnp.asarray(action, dtype=space.dtype)
+    except (TypeError, ValueError) as error:  # None, a string, a ragged list
+        raise ValueError(
+            f"action {action!r} is not an array of numbers; the action space is "
+            f"{space!r}"
+        ) from error
     want = tuple(space.shape)
     fits = broadcasts_to(action.shape[len(batch) :], want)
     if action.shape[: len(batch)] != batch or not fits:
@@ -112,7 +120,7 @@ def _check_discrete(action: np.ndarray, space: spaces.Discrete) -> None:
     else:
         return
     raise ValueError(
-        f"action {action.tolist()} {problem}; the action space {space!r} takes "
+        f"action {action.tolist()!r} {problem}; the action space {space!r} takes "
         f"integers in [0, {space.n})"
     )
 
@@ -153,12 +161,21 @@ class GymnasiumEnv(gymnasium.Env):
         self._driver = _Driver(
             env.reset, env.step, self.params, self._space, self.observation_space, seed
         )
+        # as reset(seed=seed) would: gymnasium wrappers (StickyAction) draw from it
+        self._np_random, self._np_random_seed = seeding.np_random(int(seed))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
         obs = self._driver.start(seed)  # checks the seed first
         super().reset(seed=None if seed is None else int(seed))  # np.int64 too
         return obs, {}
+
+    def render(self) -> None:
+        """Refused: esrl environments have no render modes."""
+        raise NotImplementedError(
+            f"{self.env.name} does not render: esrl environments have no render "
+            "modes (metadata['render_modes'] is empty)"
+        )
 
     def step(self, action: Any):
         """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
@@ -246,6 +263,7 @@ class GymnasiumVectorEnv(VectorEnv):
             seed,
             (num_envs,),
         )
+        self._np_random, self._np_random_seed = seeding.np_random(int(seed))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset every environment; returns batched ``(obs, {})``."""
@@ -291,7 +309,8 @@ def to_gymnasium(
     Args:
         env: an `esrl.Environment`, a registered id, or a raw gymnax/legacy env.
         num_envs: None for a single ``gymnasium.Env``, else the vector size.
-        seed: seeds the JAX key until ``reset(seed=...)`` re-seeds it.
+        seed: seeds the JAX key and ``np_random`` until ``reset(seed=...)``
+            re-seeds them.
         params: environment parameters; the default ones when None.
     """
     from esrl.registry import as_environment, make

@@ -262,3 +262,41 @@ def test_a_numpy_integer_seed_seeds_like_the_int(num_envs):
     again, _ = env.reset(seed=3)
     np.testing.assert_array_equal(obs, again)
     assert env.np_random.integers(1000) == draw
+
+
+@pytest.mark.parametrize("num_envs", [None, 2])
+def test_the_constructor_seed_seeds_np_random_as_reset_would(num_envs):
+    # np_random was seeded at random: StickyAction(to_gymnasium(id, seed=7)) then
+    # reset() replayed differently on every run, although the JAX side was seeded
+    env = to_gymnasium("gymnax/CartPole-v1", num_envs=num_envs, seed=7)
+    draw = env.np_random.integers(1000)
+    env.reset(seed=7)
+    assert env.np_random.integers(1000) == draw
+    if num_envs is None:
+        runs = []
+        for _ in range(2):
+            sticky = gymnasium.wrappers.StickyAction(
+                to_gymnasium("gymnax/CartPole-v1", seed=7), 0.5
+            )
+            sticky.reset()
+            runs.append([sticky.step(t % 2)[0] for t in range(8)])
+        np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_render_and_unreadable_actions_are_refused_by_name():
+    # render raised a bare NotImplementedError; "a" or None as a Box action failed
+    # inside jnp.asarray; the Discrete action "1" was reported as the number 1
+    env = to_gymnasium("gymnax/Pendulum-v1")
+    with pytest.raises(NotImplementedError, match="Pendulum-v1 does not render"):
+        env.render()
+    env.reset(seed=0)
+    for action in ["a", None]:
+        message = (
+            f"action {action!r} is not an array of numbers; the action space is Box"
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            env.step(action)
+    ring = to_gymnasium(Ring())
+    ring.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape("action '1' is not an integer")):
+        ring.step("1")
