@@ -18,6 +18,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.interpreters import partial_eval as pe
 
 from esrl.noise import LowRank
 
@@ -47,13 +48,14 @@ def unread_perturbations(apply: Callable, perturbation, *args) -> list[str]:
 
     shapes = [abstract(x) for _, x in leaves]
     jaxpr = jax.make_jaxpr(fn)(shapes, jax.tree.map(abstract, args)).jaxpr
-    read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars}
-    read |= {id(v) for v in jaxpr.outvars}
+    # Dead-code elimination follows the inputs into nested jaxprs (nn.remat, nn.scan,
+    # jit): a flax layer under nn.remat takes the noise in and never reads it.
+    _, used = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
     return sorted(
         {
             "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-            for (path, _), v in zip(leaves, jaxpr.invars)  # the leaves come first
-            if id(v) not in read
+            for (path, _), read in zip(leaves, used)  # the leaves come first
+            if not read
         }
     )
 

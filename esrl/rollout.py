@@ -359,7 +359,8 @@ def _check_perturbations_read(env, env_params, policy, params, perturbations) ->
             f"the policy never reads the perturbation of {', '.join(unread)}: layers "
             "not from esrl.nn (flax.linen.Dense, say) ignore it, and ES would move "
             "their parameters by noise alone; build them from esrl.nn layers, or "
-            f"leave them unperturbed and untrained with exclude={roots!r}"
+            f"leave them unperturbed and untrained with exclude={roots!r} (under "
+            "nn.scan or nn.vmap, lift the 'perturb' collection as 'params' is)"
         )
 
 

@@ -1,5 +1,7 @@
 """Perturbable layers: low-rank forward == dense forward with W + E_i materialised."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from esrl.nn import (
     RMSNorm,
     initial_carry,
     reset_carry,
+    unread_perturbations,
 )
 from esrl.noise import NoiseConfig
 from esrl.policy import Policy
@@ -243,3 +246,32 @@ def test_a_recurrent_policy_without_layers_is_a_clear_error(kind):
     with pytest.raises(ValueError, match=f"a {kind} policy needs num_layers >= 1"):
         PolicySpec(kind=kind, num_layers=0)
     PolicySpec(kind="mlp", num_layers=0)  # a linear policy
+
+
+class _Lifted(nn.Module):
+    """esrl.nn and flax layers under nn.remat and nn.scan (both take the noise in)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.remat(Dense)(4, name="remat_esrl")(x)
+        h = nn.remat(nn.Dense)(4, name="remat_flax")(h)
+        scan = functools.partial(
+            nn.scan,
+            variable_broadcast=["params", "perturb"],
+            split_rngs={"params": False},
+        )
+        h, _ = scan(GRUCell)(3, name="scan_esrl")(h[:3], h[:, None])
+        h, _ = scan(nn.GRUCell)(3, name="scan_flax")(h, jnp.tile(h, (4, 1)))
+        return h
+
+
+def test_unread_perturbations_looks_inside_remat_and_scan():
+    # was: an eqn that took the noise in counted as reading it, so flax's Dense under
+    # nn.remat passed the check and ES moved its parameters by noise alone
+    module, x = _Lifted(), jnp.ones(5)
+    params = jax.jit(module.init)(jax.random.key(0), x)["params"]
+    perts = noise.member_perturbation(KEY, 0, 0, params, NoiseConfig(), 0.1)
+    apply = lambda p, x: module.apply({"params": params, "perturb": p}, x)
+    unread = unread_perturbations(apply, perts, x)
+    assert {path.split("/")[0] for path in unread} == {"remat_flax", "scan_flax"}
+    assert "remat_flax/kernel" in unread

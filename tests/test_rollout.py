@@ -393,3 +393,31 @@ def test_a_layer_that_reads_no_perturbation_is_a_clear_error(cartpole, compact):
     with pytest.raises(ValueError, match=re.escape(message)):
         rollout(())
     assert np.isfinite(rollout(("head",)).returns).all()
+
+
+class _ScanOnlyParams(flax.linen.Module):
+    """An esrl.nn cell under nn.scan that lifts "params" but not "perturb"."""
+
+    @flax.linen.compact
+    def __call__(self, carry, obs):
+        scan = flax.linen.scan(
+            esrl.nn.GRUCell, variable_broadcast="params", split_rngs={"params": False}
+        )
+        h, _ = scan(3, name="cell")(jnp.zeros(3), obs[:, None])
+        return carry, PolicyOutput(esrl.nn.Dense(2, name="head")(h), jnp.zeros(2), 0.0)
+
+    def initial_carry(self):
+        return ()
+
+
+def test_an_unlifted_perturb_collection_is_a_clear_error(cartpole):
+    # the message blamed only layers not from esrl.nn; these are esrl.nn's own
+    policy, key = _ScanOnlyParams(), jax.random.key(0)
+    obs, _ = cartpole.reset(key)
+    params = policy.init(key, (), obs)["params"]
+    es = EggrollConfig(population=2).strategy()
+    perts = es.ask(es.init(key, params), compact=True)
+    message = "never reads the perturbation of cell/candidate_bias, cell/input/bias"
+    with pytest.raises(ValueError, match=message) as error:
+        evaluate_population(key, cartpole, None, policy, params, perts)
+    assert "lift the 'perturb' collection as 'params' is" in str(error.value)
