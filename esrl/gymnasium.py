@@ -204,6 +204,17 @@ class _Driver:
         self._reset = jax.jit(reset)
         self._step = jax.jit(step)
 
+    def __getstate__(self) -> dict:
+        """Picklable (jitted functions are not): ``reset`` and ``step`` are re-jitted."""
+        state = dict(self.__dict__)
+        for name in ("_reset", "_step"):
+            state[name] = state[name].__wrapped__
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset, self._step = jax.jit(self._reset), jax.jit(self._step)
+
     def start(self, seed: int | None):
         """Reset (re-seeding the key if ``seed`` is given); the observation as NumPy."""
         if seed is not None:

@@ -300,3 +300,17 @@ def test_render_and_unreadable_actions_are_refused_by_name():
     ring.reset(seed=0)
     with pytest.raises(ValueError, match=re.escape("action '1' is not an integer")):
         ring.step("1")
+
+
+@pytest.mark.parametrize("num_envs", [None, 3])
+def test_an_exported_env_pickles_and_continues_where_it_was(num_envs):
+    # was: "Can't pickle local object '_cpp_pjit.<locals>.cache_miss'"
+    import pickle
+
+    env = esrl.to_gymnasium("gymnax/CartPole-v1", num_envs=num_envs, seed=5)
+    action = np.ones(num_envs, int) if num_envs else 1
+    env.reset()
+    env.step(action)
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(3):
+        np.testing.assert_array_equal(env.step(action)[0], clone.step(action)[0])
