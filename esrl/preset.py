@@ -204,8 +204,7 @@ def random_baseline(
     policy = make_policy(
         PolicySpec(),
         env.action_space(env_params),
-        False,
-        env.observation_space(env_params),
+        observation_space=env.observation_space(env_params),
     )
     key = jax.random.PRNGKey(seed)
     obs = jax.eval_shape(env.reset, key, env_params)[0]
