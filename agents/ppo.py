@@ -142,9 +142,21 @@ def _zero_value(carry, obs: jax.Array) -> jax.Array:
 
 
 class PPO:
-    """PPO on one environment: `init(key)`, then `train(state, n)` in chunks."""
+    """PPO on one environment: `init(key)`, then `train(state, n)` in chunks.
 
-    def __init__(self, config: PPOConfig, env: Environment | str, env_params=None):
+    ``optimizer`` (any optax transformation, e.g. ``optax.adamw(schedule)``) replaces
+    the default ``clip_by_global_norm(max_grad_norm)`` then ``adam(lr)`` (decayed to 0
+    by ``anneal_lr``); the config's ``lr``, ``anneal_lr`` and ``max_grad_norm`` are
+    then unused.
+    """
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        env: Environment | str,
+        env_params=None,
+        optimizer: optax.GradientTransformation | None = None,
+    ):
         if isinstance(env, str):
             env = make(env)
         if wraps(env, AutoReset):
@@ -167,7 +179,7 @@ class PPO:
         )
         self.discrete = isinstance(self.action_space, spaces.Discrete)
         self.recurrent = config.policy.kind != "mlp"
-        self.optimizer = self._optimizer()
+        self.optimizer = self._optimizer() if optimizer is None else optimizer
 
     def _optimizer(self) -> optax.GradientTransformation:
         c = self.config

@@ -34,7 +34,8 @@ class PPOConfig:
     num_minibatches: int = 4
     """Minibatches per epoch (recurrent: whole sequences, split over environments)."""
     lr: float = 2.5e-3
-    """Adam learning rate: a number (see anneal_lr; PPO takes no optax schedule)."""
+    """Adam learning rate: a number (see anneal_lr; for an optax schedule or another
+    optimizer, pass ``PPO(config, env, optimizer=...)``)."""
     anneal_lr: bool = False
     """Decay the learning rate linearly to 0 over the run."""
     gamma: float = 0.99
@@ -64,7 +65,10 @@ class PPOConfig:
 
     def __post_init__(self):
         require_type(self, "an int", *_INTS)
-        constant = "; PPO's lr is a constant (anneal_lr=True decays it to 0)"
+        constant = (
+            "; anneal_lr=True decays it to 0; for a schedule, pass "
+            "PPO(config, env, optimizer=optax.adam(schedule))"
+        )
         require_type(self, "a number", "lr", hint=constant if callable(self.lr) else "")
         require_type(self, "a number", *_NUMBERS)
         require_type(self, "True or False", *_FLAGS)

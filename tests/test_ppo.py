@@ -570,6 +570,18 @@ def test_ppo_trains_under_x64():
         assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float64")}
 
 
+def test_a_custom_optimizer_replaces_the_default():
+    # was: no way to use an optax schedule or another optimizer with PPO
+    config = PPOConfig(num_envs=4, num_steps=8, num_minibatches=2, total_steps=64)
+    frozen = PPO(config, "gymnax/CartPole-v1", optimizer=optax.sgd(0.0))
+    start = frozen.init(jax.random.PRNGKey(0))
+    state, _ = frozen.train(start, 2)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, state.params, start.params))
+    adam = PPO(config, "gymnax/CartPole-v1")
+    state, _ = adam.train(adam.init(jax.random.PRNGKey(0)), 2)  # the same start
+    assert not jax.tree.all(jax.tree.map(jnp.array_equal, state.params, start.params))
+
+
 class DictObs(Environment):
     """An environment whose observation is a dict (policies take one array)."""
 
