@@ -127,6 +127,11 @@ def build(args: argparse.Namespace) -> RunConfig:
 def resumed(path: Path, generations: int | None) -> RunConfig:
     """The configuration saved in ``path``, run up to ``generations`` if one is given."""
     meta = read_meta(path)
+    if not {"agent_config", "finetune"} <= meta.keys():  # an esrl train run, say
+        raise ValueError(
+            f"{str(path)!r} holds no train_countdown.py run (esrl train's runs "
+            "continue with esrl train --resume); pass a train_countdown.py --out"
+        )
     saved = {**meta["agent_config"], "exclude": tuple(meta["agent_config"]["exclude"])}
     config_cls = EggrollConfig if meta["agent"] == "eggroll" else OpenAIESConfig
     finetune = meta["finetune"]

@@ -144,3 +144,20 @@ def test_pretrain_seed_must_be_non_negative():
     # was: accepted, then numpy's "expected non-negative integer" traceback
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
         PretrainConfig(seed=-1)
+
+
+@pytest.mark.parametrize("script", ["train_countdown", "countdown_breakdown"])
+def test_a_run_of_esrl_train_is_refused_in_one_line(
+    tmp_path, capsys, monkeypatch, script
+):
+    # was: KeyError 'agent_config' (a traceback) from --resume / the breakdown
+    from esrl.checkpoint import save_checkpoint
+
+    meta = {"spec": {"env": "gymnax/CartPole-v1"}, "counters": {}}  # esrl train's
+    save_checkpoint(tmp_path / "run", {"w": np.zeros(2)}, meta)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    run = str(tmp_path / "run")
+    argv = ["--resume", run] if script == "train_countdown" else [run]
+    assert load_script(script).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{script}.py: error: ") and "train_countdown.py run" in err
