@@ -25,6 +25,16 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 _NUMBERS = ("sigma", "weight_decay", "sigma_decay", "sigma_min", "lr_decay")
 
 
+def _require_pairs(population: int, antithetic: bool, owner: str) -> None:
+    """Antithetic sampling needs an even population; ``owner`` is the config whose
+    ``antithetic`` field turns it off."""
+    if antithetic and population % 2:
+        raise ValueError(
+            f"population {population} must be even for antithetic pairs; use "
+            f"{population + 1} (or, in Python, {owner}(antithetic=False))"
+        )
+
+
 @dataclass(frozen=True)
 class ESConfig:
     """Hyperparameters of one ES strategy."""
@@ -59,11 +69,7 @@ class ESConfig:
         require_type(self, "a number", *_NUMBERS)
         if self.population < 2:
             raise ValueError(f"population must be >= 2, got {self.population}")
-        if self.noise.antithetic and self.population % 2:
-            raise ValueError(
-                f"population {self.population} must be even for antithetic pairs; "
-                f"use {self.population + 1} (or, in Python, NoiseConfig(antithetic=False))"
-            )
+        _require_pairs(self.population, self.noise.antithetic, "NoiseConfig")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
@@ -289,15 +295,10 @@ class AgentConfig:
     """Parameter-path substrings never perturbed (e.g. an LLM's embedding and head)."""
 
     def __post_init__(self):
-        # ESConfig checks the rest when `strategy` builds it; this check is here to name
-        # the field an agent config has (ESConfig's advice is its NoiseConfig's)
-        odd = is_int(self.population) and self.population > 2 and self.population % 2
-        if self.antithetic and odd:
-            raise ValueError(
-                f"population {self.population} must be even for antithetic pairs; use "
-                f"{self.population + 1} (or, in Python, "
-                f"{type(self).__name__}(antithetic=False))"
-            )
+        # ESConfig checks the rest when `strategy` builds it; checked here too, the
+        # advice names the agent config's own antithetic field (ESConfig's its noise's)
+        if is_int(self.population) and self.population > 2:
+            _require_pairs(self.population, self.antithetic, type(self).__name__)
 
     def noise(self) -> noise.NoiseConfig:
         """How members are perturbed."""
