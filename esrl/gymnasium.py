@@ -287,7 +287,8 @@ class GymnasiumVectorEnv(VectorEnv):
         obs, reward, terminated, truncated, info = self._driver.advance(actions)
         terminated, truncated = np.array(terminated), np.array(truncated)
         infos = self._infos(jax.tree.map(np.array, info), terminated | truncated)
-        return obs, np.array(reward), terminated, truncated, infos
+        # float64 rewards, as gymnasium's own vector envs give
+        return obs, np.asarray(reward, np.float64), terminated, truncated, infos
 
     def _infos(self, info: dict[str, Any], done: np.ndarray) -> dict[str, Any]:
         """gymnasium's vector info layout: ``key`` arrays with ``_key`` masks."""
@@ -305,9 +306,14 @@ class GymnasiumVectorEnv(VectorEnv):
 
 
 def _masked(info: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """``info`` where ``mask`` holds, zeros elsewhere (gymnasium's defaults), and masks."""
     out = {}
     for key, value in info.items():
-        out[key] = _masked(value, mask) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            out[key] = _masked(value, mask)
+        else:
+            keep = mask.reshape(mask.shape + (1,) * (value.ndim - 1))
+            out[key] = np.where(keep, value, np.zeros((), value.dtype))
         out[f"_{key}"] = mask.copy()
     return out
 

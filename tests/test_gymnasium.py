@@ -102,7 +102,26 @@ def test_vector_env_shapes_and_final_observations():
             assert np.all(np.abs(obs[i]) <= 0.05)
             assert not np.array_equal(final, previous[i])
         np.testing.assert_array_equal(infos["_discount"], ~done)
+        # as gymnasium's own vector envs: a masked-out entry holds the zero default
+        assert np.all(infos["discount"][done] == 0)
+        assert np.all(infos["final_info"]["discount"][~done] == 0)
+        np.testing.assert_array_equal(infos["final_info"]["discount"][done], 0.0)
     assert finished > 0
+
+
+def test_vector_rewards_and_infos_have_the_dtypes_of_gymnasiums_vector_envs():
+    ours = to_gymnasium("gymnax/CartPole-v1", num_envs=2, seed=0)
+    theirs = gymnasium.vector.SyncVectorEnv(
+        [lambda: to_gymnasium("gymnax/CartPole-v1", seed=i) for i in range(2)],
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    actions = np.zeros(2, np.int64)
+    _, reward, _, _, infos = ours.step(actions)
+    _, reward_theirs, _, _, infos_theirs = theirs.step(actions)
+    assert reward.dtype == reward_theirs.dtype == np.float64
+    assert infos["discount"].dtype == infos_theirs["discount"].dtype
 
 
 def test_vector_env_rejects_bad_num_envs():
