@@ -202,7 +202,7 @@ class _Runner:
             obs=_select(alive, obs2, c.obs),
             policy_carry=_select(alive, pcarry, c.policy_carry),
             alive=alive & ~done,
-            returns=c.returns + jnp.where(alive, reward.astype(jnp.float32), 0.0),
+            returns=c.returns + jnp.where(alive, reward.astype(c.returns.dtype), 0.0),
             lengths=c.lengths + alive.astype(jnp.int32),
             info=_select(alive, info, c.info),
             moments=moments,
@@ -254,7 +254,7 @@ def _initial_carry(runner: _Runner, batch: _Batch, reset_keys, info_template, st
         obs=obs,
         policy_carry=pcarry,
         alive=jnp.ones((n, e), bool),
-        returns=jnp.zeros((n, e), jnp.float32),
+        returns=jnp.zeros((n, e), jnp.result_type(float)),  # float64 under x64
         lengths=jnp.zeros((n, e), jnp.int32),
         info=info,
         moments=moments,
@@ -328,10 +328,12 @@ def evaluate_population(
     final = runner.run(batch, carry)
     return RolloutResult(
         returns=final.returns.mean(axis=1),
-        lengths=final.lengths.astype(jnp.float32).mean(axis=1),
+        lengths=final.lengths.astype(final.returns.dtype).mean(axis=1),
         episode_returns=final.returns,
         episode_lengths=final.lengths,
-        info={k: v.astype(jnp.float32).mean(axis=1) for k, v in final.info.items()},
+        info={
+            k: v.astype(final.returns.dtype).mean(axis=1) for k, v in final.info.items()
+        },
         moments=final.moments,
     )
 

@@ -112,7 +112,7 @@ def test_vector_env_shapes_and_final_observations():
 def test_vector_rewards_and_infos_have_the_dtypes_of_gymnasiums_vector_envs():
     ours = to_gymnasium("gymnax/CartPole-v1", num_envs=2, seed=0)
     theirs = gymnasium.vector.SyncVectorEnv(
-        [lambda: to_gymnasium("gymnax/CartPole-v1", seed=i) for i in range(2)],
+        [lambda i=i: to_gymnasium("gymnax/CartPole-v1", seed=i) for i in range(2)],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
     ours.reset(seed=0)

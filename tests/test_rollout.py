@@ -294,6 +294,33 @@ def test_a_box_action_reaches_the_env_in_the_box_dtype():
         assert clip_action(jnp.array([0.5, 3.0]), box).dtype == jnp.float32
 
 
+class Spike(Echo):
+    """Reward 2**25 on the first step, then 1: float32 sums lose the ones."""
+
+    def step(self, key, state, action, params=None):
+        obs, state2, _, term, trunc, info = super().step(key, state, action, params)
+        return obs, state2, jnp.where(state == 0, 2.0**25, 1.0), term, trunc, info
+
+
+def test_returns_are_summed_in_the_default_float_dtype():
+    box = spaces.Box(-1.0, 1.0, (2,), jnp.float32)
+    policy = make_policy(PolicySpec(hidden=4), box)
+    config = RolloutConfig(horizon=3, info_keys=("action",))
+    for x64, dtype, total in [
+        (False, jnp.float32, 2.0**25),
+        (True, jnp.float64, 2.0**25 + 2),
+    ]:
+        with jax.enable_x64(x64):
+            params = policy.init(jax.random.key(0), (), jnp.zeros(2))["params"]
+            result = evaluate_population(
+                jax.random.key(1), Spike(box), None, policy, params, None, config,
+                num_members=1,
+            )  # fmt: skip
+            # was: float32 under x64 too, 2**25 + 2 summed to 2**25
+            assert result.returns.dtype == result.info["action"].dtype == dtype
+            assert result.returns.tolist() == [total]
+
+
 def test_a_dict_observation_is_a_clear_error_for_a_policy():
     # was: "ravel requires ndarray or scalar arguments, got <class 'dict'>"
     policy = make_policy(PolicySpec(hidden=4), spaces.Discrete(2))
