@@ -5,7 +5,8 @@
 
 Each positional argument is a run directory (its metrics.jsonl, and summary.json or,
 for a run interrupted or still training, its checkpoint), or ``LABEL=DIR`` to name the
-curve (default: the run's agent). The left panel puts the evaluation return over
+curve (default: the run's agent); runs given the same label are seeds of one setting,
+drawn as their mean with a band from the lowest to the highest. The left panel puts the evaluation return over
 environment steps (log scale: ES spends far more steps than PPO), the right one over
 wall-clock seconds since the run started (compilation included, so the curves start
 where training did).
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -65,17 +67,47 @@ def load(run: str) -> tuple[str, list[dict], dict]:
     return label or summary["agent"], records, summary
 
 
+def curves(runs: list[tuple[str, list[dict], dict]]) -> list[tuple[str, dict]]:
+    """(label, columns) per label: a run's env_steps, wall_time_s and eval_return, or
+    for runs sharing a label their means per evaluation, with "low" and "high" returns.
+    """
+    seeds: dict[str, list[list[dict]]] = {}
+    for label, records, _ in runs:
+        seeds.setdefault(label, []).append(records)
+    out = []
+    for label, runs_of_label in seeds.items():
+        if len({len(records) for records in runs_of_label}) > 1:
+            raise SystemExit(
+                f"the runs labelled {label!r} evaluated a different number of times "
+                "(not seeds of one setting?); give them different labels"
+            )
+        columns = {
+            key: np.array([[r[key] for r in records] for records in runs_of_label])
+            for key in ("env_steps", "wall_time_s", "eval_return")
+        }
+        merged = {key: values.mean(axis=0) for key, values in columns.items()}
+        if len(runs_of_label) > 1:
+            label = f"{label} (mean of {len(runs_of_label)})"
+            merged["low"] = columns["eval_return"].min(axis=0)
+            merged["high"] = columns["eval_return"].max(axis=0)
+        out.append((label, merged))
+    return out
+
+
 def plot(runs: list[tuple[str, list[dict], dict]], out: Path, title: str) -> None:
     """Write the two-panel figure to ``out``."""
     fig, (ax_steps, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, records, _ in runs:
-        returns = [r["eval_return"] for r in records]
-        times = [r["wall_time_s"] for r in records]
+    for label, c in curves(runs):
         # a log axis cannot place an evaluation at step 0 (an LLM run's initial one)
-        later = [r for r in records if r["env_steps"] > 0]
-        steps = [r["env_steps"] for r in later]
-        ax_steps.plot(steps, [r["eval_return"] for r in later], marker=".", label=label)
-        ax_time.plot(times, returns, marker=".", label=label)
+        later = c["env_steps"] > 0
+        for ax, x, keep in [
+            (ax_steps, c["env_steps"], later),
+            (ax_time, c["wall_time_s"], slice(None)),  # every evaluation
+        ]:
+            (line,) = ax.plot(x[keep], c["eval_return"][keep], marker=".", label=label)
+            if "low" in c:
+                ax.fill_between(x[keep], c["low"][keep], c["high"][keep],
+                                color=line.get_color(), alpha=0.2)  # fmt: skip
     ax_steps.set_xscale("log")
     ax_steps.set_xlabel("environment steps")
     ax_time.set_xlabel("wall-clock seconds (compile included)")

@@ -388,3 +388,44 @@ def test_plot_curves_takes_an_interrupted_run_and_refuses_a_non_run(tmp_path):
     (run / "checkpoint.safetensors").unlink()
     with pytest.raises(SystemExit, match="has neither summary.json nor a checkpoint"):
         plot.load(str(run))
+
+
+def _seed_run(directory: Path, seed: int, ret: float, lr: float = 0.05) -> Path:
+    """A finished fake ES run: summary.json and a checkpoint whose spec has the seed."""
+    from esrl.checkpoint import save_checkpoint
+
+    directory.mkdir(parents=True)
+    summary = {"env": "gymnax/CartPole-v1", "agent": "eggroll", "policy": "mlp",
+               "final_eval_return": ret, "env_steps": 2_000_000, "wall_time_s": 4.0}  # fmt: skip
+    (directory / "summary.json").write_text(json.dumps(summary))
+    train = {"seed": seed, "progress": seed % 2 == 0, "generations": 30}
+    spec = {"env": summary["env"], "agent": "eggroll", "agent_config": {"lr": lr},
+            "train": train}  # fmt: skip
+    save_checkpoint(directory, {"x": jax.numpy.zeros(2)}, {"spec": spec})
+    return directory
+
+
+def test_seed_table_groups_runs_that_differ_only_in_the_seed(tmp_path, capsys):
+    table = load_script("seed_table")
+    runs = [
+        _seed_run(tmp_path / f"s{s}", s, r)
+        for s, r in [(0, 10.0), (1, 20.0), (2, 60.0)]
+    ]
+    other = _seed_run(tmp_path / "lr", 0, 500.0, lr=0.1)  # another setting: its own row
+    assert table.main([str(r) for r in [*runs, other]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # header, rule, two settings
+    # mean 30, sample std sqrt(((-20)**2 + (-10)**2 + 30**2) / 2) = 26.5
+    assert lines[2] == (
+        "| gymnax/CartPole-v1 | eggroll | mlp | 0, 1, 2 | 30.0 ± 26.5 | 10.0 | 60.0 "
+        "| 2.00M | 4.0 s |"
+    )
+    assert lines[3].startswith("| gymnax/CartPole-v1 | eggroll | mlp | 0 | 500.0 | ")
+    twice = _seed_run(tmp_path / "again", 1, 20.0)
+    with pytest.raises(
+        SystemExit, match="same setting with the same seed 1; pass each"
+    ):
+        table.main([str(runs[1]), str(twice)])
+    (runs[0] / "summary.json").unlink()  # interrupted
+    with pytest.raises(SystemExit, match="s0 is no finished run"):
+        table.main([str(runs[0])])
