@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "hidden": 32, "generations": 30, "eval_every": 5, "eval_episodes": 32,
     },
     "gymnax/Pendulum-v1": {
-        "episodes": 8, "generations": 200, "eval_every": 10, "eval_episodes": 64,
+        "episodes": 8, "generations": 400, "eval_every": 10, "eval_episodes": 64,
     },
     "gymnax/Breakout-MinAtar": {
         "rank": 3, "sigma": 0.1, "episodes": 2, "generations": 1000, "eval_every": 100,
