@@ -205,7 +205,8 @@ class PPO:
         obs_stats = init_obs_stats(obs.shape[1:])
         if c.normalize_obs:
             obs_stats = merge_batch(obs_stats, obs, all_finite(obs))
-        zeros = jnp.zeros((c.num_envs,), jnp.float32)
+        # the default float (float64 under x64), whatever the reward's float dtype
+        zeros = jnp.zeros((c.num_envs,), jnp.result_type(float))
         return PPOState(
             params=params,
             opt_state=self.optimizer.init(params),

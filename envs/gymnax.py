@@ -9,6 +9,7 @@ itself. Any object with the gymnax 1.x API (a user's own
 from __future__ import annotations
 
 import gymnax
+import jax
 import jax.numpy as jnp
 from esrl.envs.legacy import five_values
 
@@ -32,16 +33,21 @@ class GymnaxEnv(Environment):
 
     def step(self, key, state, action, params=None):
         params = self.default_params if params is None else params
-        obs, state, reward, terminated, info = five_values(
+        obs, new_state, reward, terminated, info = five_values(
             self.env.step_env(key, state, action, params),
             f"{self.env.name}.step_env",
             "the gymnax API returns (obs, state, reward, terminated, info), with "
             "truncation from is_truncated(state, params)",
         )
+        # keep the state's dtypes, as lax.scan and compiled chunks need: under x64
+        # Pendulum's reset stores a float64 last_u, its step the float32 action
+        state = jax.tree.map(
+            lambda x, old: jnp.asarray(x, jnp.result_type(old)), new_state, state
+        )
         truncated = self.env.is_truncated(state, params)
         terminated = jnp.asarray(terminated, dtype=bool)
         truncated = jnp.asarray(truncated, dtype=bool)
-        reward = jnp.asarray(reward, dtype=jnp.float32)
+        reward = jnp.asarray(reward, dtype=jnp.result_type(float))  # float64 under x64
         return obs, state, reward, terminated, truncated, dict(info)
 
     def observation_space(self, params=None):

@@ -92,6 +92,21 @@ def test_mismatched_template_and_missing_checkpoint(tmp_path):
         load_checkpoint(tmp_path, {"v": jnp.zeros((2, 3))})
 
 
+@pytest.mark.parametrize("saved_x64", [True, False])
+def test_a_checkpoint_read_in_the_other_precision_says_to_set_jax_enable_x64(
+    tmp_path, saved_x64
+):
+    # was: float64 parameters silently cast to float32 (or back): a resume continued
+    # another run, and esrl eval missed final_eval_return
+    with jax.enable_x64(saved_x64):
+        save_checkpoint(tmp_path, {"w": jnp.ones(3), "n": jnp.zeros((), jnp.int32)}, {})
+    with jax.enable_x64(not saved_x64):
+        template = {"w": jnp.ones(3), "n": jnp.zeros((), jnp.int32)}
+        want = "with JAX_ENABLE_X64=1" if saved_x64 else "without JAX_ENABLE_X64"
+        with pytest.raises(ValueError, match=want):
+            load_checkpoint(tmp_path, template)
+
+
 def test_run_logger_writes_the_contract_files_and_trims_on_resume(tmp_path):
     rows = [
         {"iteration": i, "env_steps": 10 * i, "wall_time_s": 0.1 * i,

@@ -27,8 +27,16 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # --- gymnax ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("x64", [False, True])
 @pytest.mark.parametrize("name", ["CartPole-v1", "Pendulum-v1"])
-def test_gymnax_adapter_reproduces_raw_step_env(name):
+def test_gymnax_adapter_reproduces_raw_step_env(name, x64):
+    # under x64 the adapter's reward was float32 (the raw one float64) and Pendulum's
+    # step returned its last_u in float32 (reset: float64)
+    with jax.enable_x64(x64):
+        _reproduces_raw_step_env(name)
+
+
+def _reproduces_raw_step_env(name):
     env = esrl.make(f"gymnax/{name}")
     raw, params = env.env, env.default_params
     action_space = env.action_space()
@@ -57,7 +65,12 @@ def test_gymnax_adapter_reproduces_raw_step_env(name):
     np.testing.assert_array_equal(reward, r_rew)
     np.testing.assert_array_equal(terminated, r_term)
     np.testing.assert_array_equal(truncated, r_trunc)
-    assert reward.dtype == jnp.float32 and terminated.dtype == truncated.dtype == bool
+    assert reward.dtype == jnp.result_type(float)  # float64 under x64
+    assert terminated.dtype == truncated.dtype == bool
+    reset_state = jax.eval_shape(env.reset, jax.random.key(0))[1]
+    assert jax.tree.map(lambda x: x.dtype, state) == jax.tree.map(
+        lambda x: x.dtype, reset_state
+    )
 
 
 def test_gymnax_mnist_bandit_offline_says_where_mnist_goes(monkeypatch):

@@ -570,6 +570,34 @@ def test_ppo_trains_under_x64():
         assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float64")}
 
 
+def test_ppo_trains_under_x64_on_float64_rewards():
+    # was: "scan body function carry input and carry output must have equal types"
+    # (episode returns summed in float32, the bandit's reward float64 under x64)
+    with jax.enable_x64(True):
+        config = PPOConfig(
+            num_envs=4, num_steps=8, num_minibatches=2, total_steps=64,
+            normalize_reward=True,
+        )  # fmt: skip
+        ppo = PPO(config, ContinuousBandit())
+        state, metrics = ppo.train(ppo.init(jax.random.PRNGKey(0)), 2)
+        assert state.episode_return.dtype == state.disc_return.dtype == jnp.float64
+        assert np.isfinite(metrics.return_sum).all()
+
+
+def test_train_ppo_runs_gymnax_pendulum_under_x64(tmp_path):
+    # was: the second chunk's call failed ("Argument 'state.env_state.last_u' compiled
+    # with float64[8] and called with float32[8]"): Pendulum's reset stores a float64
+    # last_u, its step the float32 action
+    with jax.enable_x64(True):
+        spec = PPORunSpec(
+            env="gymnax/Pendulum-v1", ppo=PPOConfig(num_envs=4, num_steps=8,
+            total_steps=64), eval_every=1, eval_episodes=2, eval_horizon=20,
+            progress=False,
+        )  # fmt: skip
+        summary = train_ppo(spec, tmp_path / "run").summary
+        assert summary["updates"] == 2 and np.isfinite(summary["final_eval_return"])
+
+
 def test_a_custom_optimizer_replaces_the_default():
     # was: no way to use an optax schedule or another optimizer with PPO
     config = PPOConfig(num_envs=4, num_steps=8, num_minibatches=2, total_steps=64)
