@@ -112,7 +112,7 @@ class BraxEnv(Environment):
         steps = state.steps + self.action_repeat
         terminated = jnp.asarray(done, dtype=bool)
         truncated = jnp.logical_and(steps >= self.episode_length, ~terminated)
-        reward = jnp.asarray(reward, dtype=jnp.float32)
+        reward = jnp.asarray(reward, dtype=jnp.result_type(float))  # float64 under x64
         info = dict(brax_state.metrics)
         return (
             brax_state.obs,
@@ -132,7 +132,7 @@ class BraxEnv(Environment):
             total = total + jnp.where(done, 0.0, s.reward)
             return (s, total, jnp.logical_or(done, s.done > 0)), None
 
-        init = (brax_state, jnp.zeros((), jnp.float32), jnp.zeros((), bool))
+        init = (brax_state, jnp.zeros((), jnp.result_type(float)), jnp.zeros((), bool))
         (brax_state, total, done), _ = jax.lax.scan(
             body, init, None, self.action_repeat
         )

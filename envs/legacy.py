@@ -125,7 +125,7 @@ class LegacyEnv(Environment):
         done = jnp.asarray(done, dtype=bool)
         truncated = self._truncated(state, params, done)
         terminated = jnp.logical_and(done, jnp.logical_not(truncated))
-        reward = jnp.asarray(reward, dtype=jnp.float32)
+        reward = jnp.asarray(reward, dtype=jnp.result_type(float))  # float64 under x64
         return obs, state, reward, terminated, truncated, self.info(state, info)
 
     def info(self, state: Any, info: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,25 @@ def test_brax_step_counter_truncates_and_repeats_actions():
         assert int(state.steps) == 2 * (i + 1)
 
 
+def test_brax_rewards_are_in_the_default_float_under_x64():
+    # was: float32, and with action_repeat > 1 a float64 reward failed the repeat's
+    # scan ("carry input and carry output must have equal types")
+    with jax.enable_x64(True):
+        for repeat in (1, 2):
+            env = esrl_brax.make_brax("fast", episode_length=4, action_repeat=repeat)
+
+            def fine_step(s, a, raw_step=env.env.step):
+                # a float64 reward, as a user's Brax env under x64 may give
+                n = raw_step(s, a)
+                return n.replace(reward=n.reward.astype(jnp.float64) + 2.0**-40)
+
+            env.env.step = fine_step
+            _, state = env.reset(jax.random.key(0))
+            reward = env.step(jax.random.key(1), state, jnp.array([1.0]))[2]
+            assert reward.dtype == jnp.float64
+            assert float(reward) % 2.0**-30 != 0  # the 2**-40 survived
+
+
 def test_brax_dict_observations_get_a_dict_space():
     env = esrl_brax.make_brax("fast", obs_mode="dict_state", asymmetric_obs=True)
     space = env.observation_space()
@@ -280,6 +299,20 @@ def test_legacy_env_is_adapted_and_splits_done():
     # Reaching the goal on the last allowed step is a termination, not a timeout.
     assert _flags(env, [0, 1, 1]) == [(False, False), (False, False), (True, False)]
     check_env(raw)
+
+
+def test_legacy_rewards_are_in_the_default_float_under_x64():
+    class Fine(OldWalk):
+        def step_env(self, key, state, action, params):
+            obs, state, _, done, info = super().step_env(key, state, action, params)
+            return obs, state, jnp.float64(1.0 + 2.0**-40), done, info
+
+    with jax.enable_x64(True):
+        env = LegacyEnv(Fine())
+        _, state = env.reset(jax.random.key(0))
+        reward = env.step(jax.random.key(0), state, 0)[2]
+        # was float32: 1 + 2**-40 came out 1
+        assert reward.dtype == jnp.float64 and float(reward) == 1.0 + 2.0**-40
 
 
 def test_legacy_env_without_time_limit_never_truncates():
