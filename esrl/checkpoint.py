@@ -162,20 +162,19 @@ def _restore(name: str, stored: np.ndarray, like, dtypes: dict):
         )
     if is_key:
         return jax.random.wrap_key_data(stored, impl=jax.random.key_impl(like))
-    if hasattr(like, "dtype"):  # (a Python float's numpy dtype is float64 either way)
-        _check_precision(name, stored.dtype, np.dtype(like.dtype))
-    dtype = like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype
-    return jax.numpy.asarray(stored, dtype=dtype)
+    if not hasattr(like, "dtype"):  # a Python number: float64 either way
+        return jax.numpy.asarray(stored, dtype=np.asarray(like).dtype)
+    _check_precision(name, stored.dtype, np.dtype(like.dtype))
+    return jax.numpy.asarray(stored, dtype=like.dtype)
 
 
 def _check_precision(name: str, stored: np.dtype, wanted: np.dtype) -> None:
     """Refuse float64 read as float32 (or back): a run written in the other precision
     (jax_enable_x64) would resume as another run and evaluate to other returns."""
-    widths = {np.dtype("float32"): False, np.dtype("float64"): True}
-    if stored in widths and wanted in widths and stored != wanted:
-        setting = (
-            "with JAX_ENABLE_X64=1" if widths[stored] else "without JAX_ENABLE_X64"
-        )
+    floats = (np.dtype(np.float32), np.dtype(np.float64))
+    if stored != wanted and stored in floats and wanted in floats:
+        x64 = stored == np.float64
+        setting = "with JAX_ENABLE_X64=1" if x64 else "without JAX_ENABLE_X64"
         raise ValueError(
             f"checkpoint leaf {name} is {stored.name}, this process makes "
             f"{wanted.name}: the run was written {setting} (jax_enable_x64); resume "
