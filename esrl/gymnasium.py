@@ -168,6 +168,7 @@ class GymnasiumEnv(gymnasium.Env):
         """Start an episode; ``seed`` re-seeds the JAX key. Returns ``(obs, {})``."""
         obs = self._driver.start(seed)  # checks the seed first
         super().reset(seed=None if seed is None else int(seed))  # np.int64 too
+        self._ended = self._warned = False
         return obs, {}
 
     def render(self) -> None:
@@ -180,6 +181,13 @@ class GymnasiumEnv(gymnasium.Env):
     def step(self, action: Any):
         """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
         obs, reward, terminated, truncated, info = self._driver.advance(action)
+        if self._ended and not self._warned:  # as gymnasium's own environments do
+            self._warned = True
+            gymnasium.logger.warn(
+                "step() after the episode ended (terminated or truncated): the steps "
+                "that follow are undefined; call reset() to start a new episode"
+            )
+        self._ended = self._ended or bool(terminated) or bool(truncated)
         return (
             obs,
             float(reward),

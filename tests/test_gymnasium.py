@@ -333,3 +333,21 @@ def test_an_exported_env_pickles_and_continues_where_it_was(num_envs):
     clone = pickle.loads(pickle.dumps(env))
     for _ in range(3):
         np.testing.assert_array_equal(env.step(action)[0], clone.step(action)[0])
+
+
+def test_stepping_after_the_episode_ended_warns_once_until_reset():
+    # as gymnasium's own environments do: the steps after an ended episode are undefined
+    env = to_gymnasium(esrl.make("gymnax/CartPole-v1"))
+    env.reset(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning while the episode runs
+        terminated = truncated = False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, _ = env.step(np.int64(1))
+    with pytest.warns(UserWarning, match=r"step\(\) after the episode ended.*reset\(\)"):
+        env.step(np.int64(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.step(np.int64(1))  # once per episode
+        env.reset(seed=1)
+        env.step(np.int64(1))
