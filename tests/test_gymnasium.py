@@ -344,7 +344,9 @@ def test_stepping_after_the_episode_ended_warns_once_until_reset():
         terminated = truncated = False
         while not (terminated or truncated):
             _, _, terminated, truncated, _ = env.step(np.int64(1))
-    with pytest.warns(UserWarning, match=r"step\(\) after the episode ended.*reset\(\)"):
+    with pytest.warns(
+        UserWarning, match=r"step\(\) after the episode ended.*reset\(\)"
+    ):
         env.step(np.int64(1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
