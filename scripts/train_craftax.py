@@ -12,7 +12,7 @@ one's evaluation settings (episodes, horizon and seed; a key of its own, so othe
 episodes) and both are printed side by side: mean return and achievements unlocked
 per episode (DIR/random_baseline.json; an interrupted run gets it when this script
 resumes it). ``--env Craftax-Symbolic-v1`` trains full Craftax. ``--agent ppo``
-trains a greedy-evaluated GRU for 1M steps (about 8 minutes here); its auto-reset
+trains a greedy-evaluated GRU for 1M steps (about 6 minutes here); its auto-reset
 draws finished environments from 16 fresh reset states per step (``--reset-pool
 16``), as one Craftax reset per environment and step would make it impractically slow
 on a CPU. Writes DIR/metrics.jsonl, summary.json, curve.png and a checkpoint that
