@@ -181,20 +181,15 @@ class GymnasiumEnv(gymnasium.Env):
     def step(self, action: Any):
         """Advance one step: ``(obs, reward, terminated, truncated, info)``."""
         obs, reward, terminated, truncated, info = self._driver.advance(action)
+        terminated, truncated = bool(terminated), bool(truncated)
         if self._ended and not self._warned:  # as gymnasium's own environments do
             self._warned = True
             gymnasium.logger.warn(
                 "step() after the episode ended (terminated or truncated): the steps "
                 "that follow are undefined; call reset() to start a new episode"
             )
-        self._ended = self._ended or bool(terminated) or bool(truncated)
-        return (
-            obs,
-            float(reward),
-            bool(terminated),
-            bool(truncated),
-            jax.tree.map(np.array, info),
-        )
+        self._ended = self._ended or terminated or truncated
+        return obs, float(reward), terminated, truncated, jax.tree.map(np.array, info)
 
 
 class _Driver:
